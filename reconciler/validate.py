@@ -1,0 +1,274 @@
+"""Validate raw desired state: JSON Schema per file, then checks across files. Pure: no I/O.
+
+Every problem carries file:line. The one host-dependent check (does model_path exist here?) is
+injected as a callable so that this module stays pure and a pull-request machine can skip it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import jsonschema
+from pydantic import ValidationError
+
+from reconciler.load import RawDesiredState, SourceDoc
+from reconciler.problems import Problem
+from reconciler.spec import ClusterSpec, ModelSpec, cluster_json_schema, model_json_schema
+
+PathCheck = Callable[[ModelSpec], str | None]
+"""Returns a warning message when the model's files are not available on this host."""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """A valid desired state: what the planner reads."""
+
+    models: dict[str, ModelSpec]
+    cluster: ClusterSpec
+    revision: str | None = None
+    origins: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """model id -> (file, line) of its id field, for messages."""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    desired: DesiredState | None
+    problems: list[Problem]
+
+    @property
+    def valid(self) -> bool:
+        return self.desired is not None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.is_error]
+
+
+@cache
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    schema = model_json_schema() if kind == "model" else cluster_json_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def validate(
+    raw: RawDesiredState,
+    *,
+    path_check: PathCheck | None = None,
+    known_parameters: Mapping[str, frozenset[str]] | None = None,
+) -> ValidationResult:
+    """Validate everything in `raw`; `desired` is None when any error was found."""
+    problems = list(raw.problems)
+    cluster = ClusterSpec()
+    if raw.cluster is not None:
+        parsed_cluster = _parse(raw.cluster, "cluster", ClusterSpec, problems)
+        if parsed_cluster is not None:
+            cluster = parsed_cluster
+            problems.extend(_check_cluster(raw.cluster, cluster))
+    specs: list[tuple[SourceDoc, ModelSpec]] = []
+    for doc in raw.models:
+        spec = _parse(doc, "model", ModelSpec, problems)
+        if spec is not None:
+            specs.append((doc, spec))
+            problems.extend(_check_model(doc, spec, known_parameters))
+            if path_check is not None:
+                message = path_check(spec)
+                if message:
+                    line = doc.line_of(("model_path",))
+                    problems.append(Problem(doc.file, line, "model_path", message, "warning"))
+    # ids of every file that names one, valid or not, so that a broken file does not also make
+    # each fallback to it look unknown
+    named = {d.data["id"] for d in raw.models if isinstance(d.data.get("id"), str)}
+    problems.extend(_check_across(specs, named, cluster, raw.cluster))
+    problems.sort(key=lambda p: (p.file, p.line, p.severity, p.field, p.message))
+    if any(p.is_error for p in problems):
+        return ValidationResult(None, problems)
+    models = {spec.id: spec for _, spec in specs}
+    origins = {spec.id: (doc.file, doc.line_of(("id",))) for doc, spec in specs}
+    return ValidationResult(DesiredState(models, cluster, raw.revision, origins), problems)
+
+
+def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> Any:
+    schema_problems = [_schema_problem(doc, e) for e in _validator(kind).iter_errors(doc.data)]
+    if schema_problems:
+        problems.extend(p for group in schema_problems for p in group)
+        return None
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:  # the schema should have caught it; report, never raise
+        for err in exc.errors():
+            path = tuple(err["loc"])
+            problems.append(Problem(doc.file, doc.line_of(path), _dotted(path), err["msg"]))
+        return None
+
+
+def _schema_problem(doc: SourceDoc, error: jsonschema.ValidationError) -> list[Problem]:
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        return [
+            Problem(
+                doc.file,
+                doc.line_of((*path, key)),
+                _dotted((*path, key)),
+                f"unknown field '{key}'{_suggestion(str(key), allowed)}",
+            )
+            for key in extra
+        ]
+    field_name = _dotted(path)
+    return [Problem(doc.file, doc.line_of(path), field_name, _message(error, path))]
+
+
+def _message(error: jsonschema.ValidationError, path: tuple) -> str:
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"missing required field '{missing}'"
+    if path and path[0] == "parameters" and error.validator in ("anyOf", "type"):
+        return f"parameter value must be a scalar or a list of scalars, got {error.instance!r}"
+    if error.validator == "pattern" and path and path[-1] in ("id", "fallback"):
+        return f"{error.instance!r} is not a DNS label (lowercase letters, digits and '-')"
+    if error.validator == "anyOf":
+        options = [s.get("type") or s.get("const") for s in error.validator_value]
+        return f"{error.instance!r} must be one of: {', '.join(map(str, options))}"
+    return error.message
+
+
+def _suggestion(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(allowed)}"
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
+
+
+def _check_cluster(doc: SourceDoc, cluster: ClusterSpec) -> list[Problem]:
+    problems = []
+    first, last = cluster.port_range
+    if first > last:
+        line = doc.line_of(("port_range",))
+        problems.append(
+            Problem(doc.file, line, "port_range", f"first port {first} is after last {last}")
+        )
+    if isinstance(cluster.gpus, list):
+        seen: dict[int, int] = {}
+        for i, gpu in enumerate(cluster.gpus):
+            line = doc.line_of(("gpus", i, "index"))
+            if gpu.index in seen:
+                message = f"GPU index {gpu.index} declared twice (first on line {seen[gpu.index]})"
+                problems.append(Problem(doc.file, line, f"gpus[{i}].index", message))
+            seen.setdefault(gpu.index, line)
+    return problems
+
+
+def _check_model(
+    doc: SourceDoc, spec: ModelSpec, known_parameters: Mapping[str, frozenset[str]] | None
+) -> list[Problem]:
+    problems = []
+
+    def add(path: tuple, message: str, severity: str = "error") -> None:
+        problems.append(Problem(doc.file, doc.line_of(path), _dotted(path), message, severity))
+
+    stem = doc.file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    if stem != spec.id:
+        add(("id",), f"id '{spec.id}' does not match the file name '{stem}'", "warning")
+    count = spec.resource_requirements.gpu_count
+    if spec.gpu_devices and len(spec.gpu_devices) != count:
+        add(
+            ("gpu_devices",),
+            f"pins {len(spec.gpu_devices)} GPU(s) but resource_requirements.gpu_count is {count}",
+        )
+    if len(set(spec.gpu_devices)) != len(spec.gpu_devices):
+        add(("gpu_devices",), "the same GPU is pinned twice")
+    if spec.framework == "docker":
+        if not spec.image:
+            add(("image",), "framework docker needs an image")
+        if count > 0 and spec.resource_requirements.gpu_memory_mb is None:
+            add(
+                ("resource_requirements",),
+                "framework docker needs resource_requirements.gpu_memory_mb: "
+                "a container's memory cannot be estimated",
+            )
+    elif spec.image:
+        add(("image",), f"image is ignored for framework {spec.framework}", "warning")
+    if spec.fallback == spec.id:
+        add(("fallback",), "a model cannot be its own fallback")
+    known = (known_parameters or {}).get(spec.framework)
+    if known is not None:
+        for key in spec.parameters:
+            if key not in known:
+                hint = _suggestion(key, sorted(known))
+                add(("parameters", key), f"unknown {spec.framework} parameter '{key}'{hint}")
+    return problems
+
+
+def _check_across(
+    specs: list[tuple[SourceDoc, ModelSpec]],
+    named: set[str],
+    cluster: ClusterSpec,
+    cluster_doc: SourceDoc | None,
+) -> list[Problem]:
+    problems = []
+    first_id: dict[str, tuple[str, int]] = {}
+    first_port: dict[int, tuple[str, int]] = {}
+    for doc, spec in specs:
+        where = (doc.file, doc.line_of(("id",)))
+        if spec.id in first_id:
+            f, line = first_id[spec.id]
+            problems.append(
+                Problem(doc.file, where[1], "id", f"duplicate id '{spec.id}' (also in {f}:{line})")
+            )
+        first_id.setdefault(spec.id, where)
+        if spec.port is not None:
+            line = doc.line_of(("port",))
+            if spec.port in first_port:
+                f, other = first_port[spec.port]
+                message = f"port {spec.port} is also fixed in {f}:{other}"
+                problems.append(Problem(doc.file, line, "port", message))
+            first_port.setdefault(spec.port, (doc.file, line))
+    by_id = {spec.id: spec for _, spec in specs}
+    declared = (
+        {g.index for g in cluster.gpus} if isinstance(cluster.gpus, list) else None
+    )  # `auto`: the inventory is only known on the host, where the planner reports it
+    for doc, spec in specs:
+        if spec.fallback is not None and spec.fallback != spec.id:
+            line = doc.line_of(("fallback",))
+            if spec.fallback not in named:
+                message = f"fallback '{spec.fallback}' is not a model in desired-state"
+                problems.append(Problem(doc.file, line, "fallback", message))
+            elif spec.fallback in by_id:
+                cycle = _fallback_cycle(spec.id, by_id)
+                if cycle:
+                    message = "fallback cycle: " + " -> ".join(cycle)
+                    problems.append(Problem(doc.file, line, "fallback", message))
+        if declared is not None:
+            for i, index in enumerate(spec.gpu_devices):
+                if index not in declared:
+                    known = ", ".join(map(str, sorted(declared))) or "none"
+                    file = cluster_doc.file if cluster_doc else "cluster.yaml"
+                    message = f"GPU {index} is not declared in {file} (declared: {known})"
+                    line = doc.line_of(("gpu_devices", i))
+                    problems.append(Problem(doc.file, line, f"gpu_devices[{i}]", message))
+            count = spec.resource_requirements.gpu_count
+            if count > len(declared):
+                message = f"needs {count} GPUs but only {len(declared)} are declared"
+                line = doc.line_of(("resource_requirements", "gpu_count"))
+                field_name = "resource_requirements.gpu_count"
+                problems.append(Problem(doc.file, line, field_name, message))
+    return problems
+
+
+def _fallback_cycle(start: str, by_id: Mapping[str, ModelSpec]) -> list[str]:
+    chain = [start]
+    current = by_id[start].fallback
+    while current is not None and current in by_id:
+        if current in chain:
+            return [*chain[chain.index(current) :], current] if current == start else []
+        chain.append(current)
+        current = by_id[current].fallback
+    return []
