@@ -76,7 +76,10 @@ def validate(
             specs.append((doc, spec))
             problems.extend(_check_model(doc, spec, known_parameters))
             if path_check is not None:
-                message = path_check(spec)
+                try:
+                    message = path_check(spec)
+                except (OSError, ValueError) as exc:  # e.g. a name too long for this host
+                    message = f"cannot check {spec.model_path!r} on this host: {exc}"
                 if message:
                     line = doc.line_of(("model_path",))
                     problems.append(Problem(doc.file, line, "model_path", message, "warning"))
@@ -102,7 +105,10 @@ def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> A
     except ValidationError as exc:  # the schema should have caught it; report, never raise
         for err in exc.errors():
             path = tuple(err["loc"])
-            problems.append(Problem(doc.file, doc.line_of(path), _dotted(path), err["msg"]))
+            message = err["msg"]
+            if err["type"] == "string_pattern_mismatch" and path[-1:] in (("id",), ("fallback",)):
+                message = _not_dns_label(err["input"])  # "a\n": Python's `$` lets it pass
+            problems.append(Problem(doc.file, doc.line_of(path), _dotted(path), message))
         return None
 
 
@@ -120,8 +126,25 @@ def _schema_problem(doc: SourceDoc, error: jsonschema.ValidationError) -> list[P
             )
             for key in extra
         ]
+    if error.validator == "anyOf" and not (path and path[0] == "parameters"):
+        branch = _fitting_branch(error)
+        if branch:  # e.g. `port: 70000` is an integer out of range, not "integer or null"
+            return [p for sub in branch for p in _schema_problem(doc, sub)]
     field_name = _dotted(path)
     return [Problem(doc.file, doc.line_of(path), field_name, _message(error, path))]
+
+
+def _fitting_branch(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The errors of the one anyOf branch whose type fits the value, when exactly one does."""
+    branches: dict[object, list[jsonschema.ValidationError]] = {}
+    for sub in error.context or ():
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [
+        errors
+        for errors in branches.values()
+        if not any(e.validator in ("type", "const") and not e.relative_path for e in errors)
+    ]
+    return fitting[0] if len(fitting) == 1 else []
 
 
 def _message(error: jsonschema.ValidationError, path: tuple) -> str:
@@ -131,11 +154,17 @@ def _message(error: jsonschema.ValidationError, path: tuple) -> str:
     if path and path[0] == "parameters" and error.validator in ("anyOf", "type"):
         return f"parameter value must be a scalar or a list of scalars, got {error.instance!r}"
     if error.validator == "pattern" and path and path[-1] in ("id", "fallback"):
-        return f"{error.instance!r} is not a DNS label (lowercase letters, digits and '-')"
+        return _not_dns_label(error.instance)
     if error.validator == "anyOf":
-        options = [s.get("type") or s.get("const") for s in error.validator_value]
+        options = [
+            repr(s["const"]) if "const" in s else s.get("type") for s in error.validator_value
+        ]
         return f"{error.instance!r} must be one of: {', '.join(map(str, options))}"
     return error.message
+
+
+def _not_dns_label(value: object) -> str:
+    return f"{value!r} is not a DNS label (lowercase letters, digits and '-')"
 
 
 def _suggestion(key: str, allowed: list[str]) -> str:

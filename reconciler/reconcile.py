@@ -1,0 +1,495 @@
+"""One reconcile pass: load -> validate -> observe -> plan -> apply -> record.
+
+Level-triggered: a pass recomputes everything from the desired state and from what the engines
+really are (processes and containers, found afresh every pass); the state file only carries what
+cannot be observed (restart counts, backoff, the last error) and is rebuilt when it is corrupt.
+`converge()` repeats passes until nothing is pending: that is `reconciler apply`; the daemon
+(controller.py) runs passes on triggers instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
+from reconciler.engines.health import probe
+from reconciler.gpus import InventoryError
+from reconciler.load import LoadError, load_directory, load_revision
+from reconciler.observed import ObservedModel, Status
+from reconciler.plan import Plan, invalid_plan
+from reconciler.planning import Requirements, plan_desired
+from reconciler.problems import Problem
+from reconciler.spec import ClusterSpec, ModelSpec
+from reconciler.state import ModelState, State, read_state_or_recover, write_state
+from reconciler.supervise import (
+    Failure,
+    RetryState,
+    cleared,
+    record_failure,
+    record_permanent,
+    record_ready,
+    waiting,
+)
+from reconciler.validate import DesiredState, validate
+
+STATE_FILE = "state.yaml"
+LAST_VALID_FILE = "last-valid-desired.json"
+EVENTS_FILE = "events.jsonl"
+RESTART_REQUESTS = "restart-requests"
+
+
+def namespace_for(state_dir: Path) -> str:
+    """Engines are marked with this, so reconcilers with different state dirs never mix."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+@dataclass
+class Settings:
+    desired_dir: Path
+    state_dir: Path
+    rev: str | None = None
+    """read desired state from this git revision instead of the working tree"""
+    stop_grace_s: float = 10.0
+
+
+@dataclass
+class PassResult:
+    plan: Plan
+    executed: list[str] = field(default_factory=list)
+    """human lines, one per action carried out"""
+    settled: bool = True
+    """nothing is starting and no retry is scheduled"""
+    next_wake: float | None = None
+    """when a pass should run again without a trigger (a retry or a readiness probe is due)"""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Mapping[str, Engine] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from reconciler.engines.registry import engines as default_engines
+
+        self.settings = settings
+        self.state_dir = settings.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.namespace = namespace_for(self.state_dir)
+        self.engines = dict(engines or default_engines(self.state_dir, self.namespace))
+        self.clock = clock
+        self.requirements = Requirements()
+        self._probe_failures: dict[str, int] = {}
+
+    # -- desired state -----------------------------------------------------------------------
+
+    def load_desired(self) -> tuple[DesiredState | None, list[Problem]]:
+        """The desired state to apply, and the problems found; None when invalid."""
+        from reconciler import modelfiles
+        from reconciler.flags import KNOWN_PARAMETERS
+
+        directory = self.settings.desired_dir
+        try:
+            if self.settings.rev:
+                raw = load_revision(directory, self.settings.rev)
+            else:
+                raw = load_directory(directory)
+        except LoadError as exc:
+            return None, [Problem(str(directory), 1, "", str(exc))]
+        result = validate(
+            raw, path_check=modelfiles.missing_message, known_parameters=KNOWN_PARAMETERS
+        )
+        return result.desired, result.problems
+
+    def _last_valid(self) -> DesiredState | None:
+        path = self.state_dir / LAST_VALID_FILE
+        try:
+            doc = json.loads(path.read_text())
+            models = {m["id"]: ModelSpec.model_validate(m) for m in doc["models"]}
+            return DesiredState(models, ClusterSpec.model_validate(doc["cluster"]), doc["revision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _remember_valid(self, desired: DesiredState) -> None:
+        doc = {
+            "revision": desired.revision,
+            "cluster": desired.cluster.model_dump(mode="json"),
+            "models": [m.model_dump(mode="json") for m in desired.models.values()],
+        }
+        _atomic_write(self.state_dir / LAST_VALID_FILE, json.dumps(doc, indent=1, sort_keys=True))
+
+    # -- observation -------------------------------------------------------------------------
+
+    def observe(self) -> dict[str, list[Handle]]:
+        """Every engine of ours that exists now, alive or exited, by model id."""
+        found: dict[str, list[Handle]] = {}
+        for engine in self.engines.values():
+            for handle in engine.observe():
+                found.setdefault(handle.model_id, []).append(handle)
+        return found
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def pass_once(self, *, dry_run: bool = False) -> PassResult:
+        now = self.clock()
+        previous, corrupt = read_state_or_recover(self.state_dir / STATE_FILE)
+        if corrupt:
+            self.event("state-rebuilt", None, f"state file was unreadable ({corrupt}); rebuilt")
+        states = dict(previous.models) if previous else {}
+        desired, problems = self.load_desired()
+        invalid = desired is None
+        if desired is None:
+            desired = self._last_valid()
+            if previous is None or previous.problems != [p.to_dict() for p in problems]:
+                self.event("desired-invalid", None, f"{len(problems)} problem(s); nothing changed")
+        elif not dry_run:
+            self._remember_valid(desired)
+        handles = self.observe()
+        if not dry_run:
+            self._consume_restart_requests(states, handles)
+        if desired is None:  # invalid, and never valid before: only watch what runs
+            plan = invalid_plan(None, problems)
+            self._write(states, None, problems, now)
+            return PassResult(plan)
+        states = self._supervise(desired, handles, states, now, dry_run)
+        observed = self._observed(states, handles, desired)
+        pids = [h.pid for hs in handles.values() for h in hs if h.pid]
+        try:
+            plan = plan_desired(
+                desired, observed, problems, managed_pids=pids, requirements=self.requirements
+            )
+        except InventoryError as exc:
+            problems = [*problems, Problem("cluster.yaml", 1, "gpus", str(exc))]
+            self._write(states, desired.revision, problems, now)
+            return PassResult(invalid_plan(desired.revision, problems))
+        if invalid:
+            plan = replace(plan, valid=False)
+        if dry_run:
+            return PassResult(plan)
+        executed = self._execute(plan, desired, handles, states, now)
+        self._write(states, desired.revision, problems if invalid else [], now)
+        return self._result(plan, executed, states, desired, now)
+
+    def _supervise(
+        self,
+        desired: DesiredState,
+        handles: Mapping[str, list[Handle]],
+        states: dict[str, ModelState],
+        now: float,
+        dry_run: bool,
+    ) -> dict[str, ModelState]:
+        """Probe engines, notice crashes and hangs, count failures; stop what failed."""
+        out = dict(states)
+        for model_id in sorted(set(handles) | set(states)):
+            spec = desired.models.get(model_id)
+            state = out.get(model_id) or ModelState(id=model_id, status=Status.stopped)
+            changed = spec is not None and state.spec_hash not in (None, spec.spec_hash())
+            if changed and state.given_up:  # a changed spec is a new chance
+                state = _with_retry(state, cleared(_retry(state)))
+            alive = [h for h in handles.get(model_id, []) if h.alive]
+            dead = [h for h in handles.get(model_id, []) if not h.alive]
+            for handle in dead:
+                if not dry_run:
+                    self._engine(handle).stop(handle, 0)  # drops the record of an exited engine
+            if not alive:
+                if state.status in (Status.starting, Status.running):
+                    exit_code = dead[0].exit_code if dead else None
+                    message = (
+                        f"engine exited with code {exit_code}"
+                        if exit_code is not None
+                        else "engine disappeared"
+                    )
+                    logs = tuple(self._engine(dead[0]).logs(dead[0])) if dead else ()
+                    state = self._fail(state, spec, Failure(message, logs), now)
+                out[model_id] = state
+                continue
+            handle = self._dedupe(alive, spec, dry_run)
+            state = _from_handle(state, handle)
+            if spec is None:
+                out[model_id] = state
+                continue
+            state = self._check_health(state, spec, handle, now, dry_run)
+            out[model_id] = state
+        return out
+
+    def _check_health(
+        self, state: ModelState, spec: ModelSpec, handle: Handle, now: float, dry_run: bool
+    ) -> ModelState:
+        hc = spec.health_check
+        engine = self._engine(handle)
+        path = engine.health_path(spec) if hasattr(engine, "health_path") else hc.path
+        healthy = probe(f"http://127.0.0.1:{handle.port}{path}", min(hc.timeout_s, 2.0))
+        if healthy:
+            self._probe_failures.pop(spec.id, None)
+            if state.status != Status.running:
+                self.event("ready", spec.id, f"ready after {now - handle.started_at:.1f}s")
+                state = _with_retry(
+                    replace(state, status=Status.running), record_ready(_retry(state))
+                )
+                state = replace(state, last_transition=now)
+            return state
+        if state.status != Status.running:
+            if now - handle.started_at <= hc.startup_timeout_s:
+                return replace(state, status=Status.starting)
+            failure = Failure(f"not ready within {hc.startup_timeout_s:g}s")
+        else:
+            misses = self._probe_failures.get(spec.id, 0) + 1
+            self._probe_failures[spec.id] = misses
+            if misses < hc.failure_threshold:
+                return state
+            failure = Failure(f"unhealthy: {misses} failed health checks on {path}")
+        self._probe_failures.pop(spec.id, None)
+        if dry_run:
+            return state
+        failure = Failure(failure.message, tuple(engine.logs(handle)))
+        engine.stop(handle, self.settings.stop_grace_s)
+        return self._fail(state, spec, failure, now)
+
+    def _fail(
+        self, state: ModelState, spec: ModelSpec | None, failure: Failure, now: float
+    ) -> ModelState:
+        if spec is None:
+            return replace(state, status=Status.stopped, last_transition=now)
+        retry = record_failure(_retry(state), spec.retry_policy, failure, now)
+        if retry.given_up:
+            self.event(
+                "gave-up",
+                spec.id,
+                f"{failure.message}; gave up after {spec.retry_policy.max_retries} restart(s)",
+            )
+        else:
+            self.event("crashed", spec.id, f"{failure.message}; restart #{retry.restarts} planned")
+        state = replace(state, status=Status.error, pid=None, container_id=None)
+        return replace(_with_retry(state, retry), last_transition=now)
+
+    def _dedupe(self, alive: list[Handle], spec: ModelSpec | None, dry_run: bool) -> Handle:
+        """Nothing runs twice: keep the oldest engine that matches the spec, stop the others."""
+        wanted = spec.spec_hash() if spec else None
+        alive = sorted(alive, key=lambda h: (h.spec_hash != wanted, h.started_at))
+        for extra in alive[1:]:
+            self.event("duplicate", extra.model_id, f"stopping a duplicate engine {_ident(extra)}")
+            if not dry_run:
+                self._engine(extra).stop(extra, self.settings.stop_grace_s)
+        return alive[0]
+
+    def _observed(
+        self,
+        states: Mapping[str, ModelState],
+        handles: Mapping[str, list[Handle]],
+        desired: DesiredState,
+    ) -> dict[str, ObservedModel]:
+        observed = {}
+        for model_id, state in states.items():
+            alive = [h for h in handles.get(model_id, []) if h.alive]
+            running = state.status in (Status.starting, Status.running) and alive
+            if running:
+                h = alive[0]
+                observed[model_id] = ObservedModel(
+                    model_id, state.status, h.gpus, h.memory_mb, h.port, h.spec_hash
+                )
+            elif state.status == Status.error:
+                observed[model_id] = ObservedModel(
+                    model_id,
+                    Status.error,
+                    given_up=state.given_up,
+                    last_error=state.last_error,
+                    spec_hash=state.spec_hash,
+                )
+        return observed
+
+    def _execute(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        handles: Mapping[str, list[Handle]],
+        states: dict[str, ModelState],
+        now: float,
+    ) -> list[str]:
+        executed = []
+        # stops first (including the old engine of each restart), so that memory is free
+        for action in plan.actions:
+            if action.action in ("stop", "preempt", "restart"):
+                for handle in handles.get(action.model, []):
+                    if handle.alive:
+                        self._engine(handle).stop(handle, self.settings.stop_grace_s)
+                status = Status.preempted if action.action == "preempt" else Status.stopped
+                state = states.get(action.model) or ModelState(id=action.model, status=status)
+                states[action.model] = replace(
+                    state, status=status, pid=None, container_id=None, last_transition=now
+                )
+                if action.action != "restart":
+                    self.event(action.action, action.model, action.reason)
+                    executed.append(f"{action.action} {action.model}: {action.reason}")
+        for action in plan.actions:
+            if action.action in ("start", "restart"):
+                line = self._start(action, desired.models[action.model], states, now)
+                if line:
+                    executed.append(line)
+        return executed
+
+    def _start(self, action, spec: ModelSpec, states: dict[str, ModelState], now: float) -> str:
+        state = states.get(spec.id) or ModelState(id=spec.id, status=Status.stopped)
+        if waiting(_retry(state), now):
+            return ""
+        placement = EnginePlacement(tuple(action.gpus), action.port, action.memory_mb or 0)
+        engine = self.engines.get(spec.framework)
+        try:
+            if engine is None:
+                raise EngineError(f"no {spec.framework} engine on this host")
+            handle = engine.start(spec, placement)
+        except EngineError as exc:
+            self.event("error", spec.id, str(exc))
+            retry = record_permanent(_retry(state), str(exc))
+            state = replace(_with_retry(state, retry), status=Status.error, last_transition=now)
+            states[spec.id] = replace(state, spec_hash=spec.spec_hash())
+            return f"error {spec.id}: {exc}"
+        self.event(action.action, spec.id, action.reason)
+        states[spec.id] = replace(
+            _from_handle(state, handle),
+            status=Status.starting,
+            last_transition=now,
+            next_retry_at=None,
+        )
+        return f"{action.action} {spec.id}: {action.reason}"
+
+    def _result(
+        self,
+        plan: Plan,
+        executed: list[str],
+        states: Mapping[str, ModelState],
+        desired: DesiredState,
+        now: float,
+    ) -> PassResult:
+        starting = [s for s in states.values() if s.status == Status.starting]
+        retries = [
+            s.next_retry_at
+            for s in states.values()
+            if s.next_retry_at and not s.given_up and s.id in desired.models
+        ]
+        wake = min(retries, default=None)
+        if starting:
+            wake = min(wake or now + 0.5, now + 0.5)
+        settled = not starting and not retries and not executed
+        return PassResult(plan, executed, settled, wake)
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _write(
+        self,
+        states: Mapping[str, ModelState],
+        revision: str | None,
+        problems: list[Problem],
+        now: float,
+    ) -> None:
+        # models that are neither desired nor running leave the state file
+        keep = {k: v for k, v in states.items() if v.status != Status.stopped or v.restarts_total}
+        state = State(
+            revision=revision,
+            applied_at=now,
+            models=keep,
+            problems=[p.to_dict() for p in problems if p.is_error],
+        )
+        write_state(self.state_dir / STATE_FILE, state)
+
+    def event(self, kind: str, model: str | None, message: str) -> None:
+        line = json.dumps({"time": self.clock(), "kind": kind, "model": model, "message": message})
+        with open(self.state_dir / EVENTS_FILE, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def request_restart(self, model_id: str) -> None:
+        """Ask the next pass to restart a model and forget that it gave up."""
+        requests = self.state_dir / RESTART_REQUESTS
+        requests.mkdir(exist_ok=True)
+        (requests / model_id).write_text(str(self.clock()))
+
+    def _consume_restart_requests(
+        self, states: dict[str, ModelState], handles: Mapping[str, list[Handle]]
+    ) -> None:
+        requests = self.state_dir / RESTART_REQUESTS
+        if not requests.is_dir():
+            return
+        for path in sorted(requests.iterdir()):
+            model_id = path.name
+            for handle in handles.get(model_id, []):
+                if handle.alive:
+                    self._engine(handle).stop(handle, self.settings.stop_grace_s)
+            state = states.get(model_id)
+            if state is not None:
+                states[model_id] = replace(
+                    _with_retry(state, cleared(_retry(state))), status=Status.stopped
+                )
+            self.event("restart-requested", model_id, "restart requested by an operator")
+            path.unlink(missing_ok=True)
+            if model_id in handles:
+                handles[model_id].clear()
+
+    def _engine(self, handle: Handle) -> Engine:
+        return self.engines[handle.framework]
+
+
+def converge(reconciler: Reconciler, timeout_s: float, sleep: Callable[[float], None] = time.sleep):
+    """Run passes until settled (all started engines ready, no retry pending) or the timeout."""
+    deadline = reconciler.clock() + timeout_s
+    results = []
+    while True:
+        result = reconciler.pass_once()
+        results.append(result)
+        now = reconciler.clock()
+        if result.settled or now >= deadline:
+            return results
+        wake = result.next_wake if result.next_wake is not None else now + 0.5
+        sleep(max(0.05, min(wake, deadline) - now))
+
+
+def _retry(state: ModelState) -> RetryState:
+    return RetryState(
+        restarts=state.restarts,
+        restarts_total=state.restarts_total,
+        next_retry_at=state.next_retry_at,
+        given_up=state.given_up,
+        last_error=state.last_error,
+        last_log_lines=tuple(state.last_log_lines or ()),
+    )
+
+
+def _with_retry(state: ModelState, retry: RetryState) -> ModelState:
+    return replace(
+        state,
+        restarts=retry.restarts,
+        restarts_total=retry.restarts_total,
+        next_retry_at=retry.next_retry_at,
+        given_up=retry.given_up,
+        last_error=retry.last_error,
+        last_log_lines=list(retry.last_log_lines),
+    )
+
+
+def _from_handle(state: ModelState, handle: Handle) -> ModelState:
+    return replace(
+        state,
+        pid=handle.pid,
+        container_id=handle.container_id,
+        port=handle.port,
+        gpus=list(handle.gpus),
+        memory_mb=handle.memory_mb,
+        spec_hash=handle.spec_hash,
+        started_at=handle.started_at,
+        status=state.status
+        if state.status in (Status.running, Status.starting)
+        else Status.starting,
+    )
+
+
+def _ident(handle: Handle) -> str:
+    return f"pid {handle.pid}" if handle.pid else f"container {handle.container_id}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

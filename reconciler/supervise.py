@@ -1,0 +1,82 @@
+"""Crash and health bookkeeping of one engine across passes: restarts, backoff, giving up.
+
+Pure: fed with what a pass saw (alive? healthy? since when?) and the clock value, it returns the
+next bookkeeping record. The shell (reconcile.py) does the probing and the stopping.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from reconciler.spec import RetryPolicy
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an engine was lost: exited, disappeared, unhealthy, not ready in time."""
+
+    message: str
+    log_lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetryState:
+    restarts: int = 0
+    """failures in a row (reset once the engine is ready again)"""
+    restarts_total: int = 0
+    next_retry_at: float | None = None
+    given_up: bool = False
+    last_error: str | None = None
+    last_log_lines: tuple[str, ...] = ()
+
+
+def backoff_s(policy: RetryPolicy, restarts: int, jitter: float = 1.0) -> float:
+    """Delay before restart number `restarts` (1-based): backoff_s doubling, capped, jittered.
+
+    Jitter (a factor around 1) spreads the restarts of engines that failed together, so that a
+    host that lost all engines at once does not restart them in lock-step.
+    """
+    base = policy.backoff_s * (2 ** max(restarts - 1, 0))
+    return min(base, policy.max_backoff_s) * jitter
+
+
+def record_failure(
+    state: RetryState,
+    policy: RetryPolicy,
+    failure: Failure,
+    now: float,
+    jitter: float | None = None,
+) -> RetryState:
+    """Count one failure; schedule the retry, or give up after max_retries in a row."""
+    restarts = state.restarts + 1
+    factor = jitter if jitter is not None else random.uniform(0.8, 1.2)
+    gave_up = restarts > policy.max_retries
+    return RetryState(
+        restarts=restarts,
+        restarts_total=state.restarts_total + 1,
+        next_retry_at=None if gave_up else now + backoff_s(policy, restarts, factor),
+        given_up=gave_up,
+        last_error=failure.message,
+        last_log_lines=failure.log_lines,
+    )
+
+
+def record_permanent(state: RetryState, message: str) -> RetryState:
+    """A failure that retrying cannot fix (missing executable or file, port in use)."""
+    return replace(state, given_up=True, next_retry_at=None, last_error=message)
+
+
+def record_ready(state: RetryState) -> RetryState:
+    """Ready again: the next crash starts the backoff from the beginning."""
+    return replace(state, restarts=0, next_retry_at=None, given_up=False)
+
+
+def cleared(state: RetryState) -> RetryState:
+    """An operator's restart or a changed spec: try again from scratch, history kept."""
+    return RetryState(restarts_total=state.restarts_total, last_error=state.last_error)
+
+
+def waiting(state: RetryState, now: float) -> bool:
+    """True while a retry is scheduled in the future."""
+    return state.next_retry_at is not None and now < state.next_retry_at
