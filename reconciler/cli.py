@@ -15,8 +15,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from reconciler.load import LoadError, RawDesiredState, load_directory, load_revision
+from reconciler.load import (
+    LoadError,
+    RawDesiredState,
+    load_directory,
+    load_revision,
+    load_staged,
+)
 from reconciler.problems import Problem
 from reconciler.validate import ValidationResult, validate
 
@@ -52,9 +59,11 @@ def usage_error(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def read_desired(directory: Path, rev: str | None) -> RawDesiredState:
-    """Load from the working tree or a revision; a bad location is a usage error (exit 2)."""
+def read_desired(directory: Path, rev: str | None, staged: bool = False) -> RawDesiredState:
+    """Load from the working tree, a revision or the index; a bad location is exit 2."""
     try:
+        if staged:
+            return load_staged(directory)
         return load_revision(directory, rev) if rev else load_directory(directory)
     except LoadError as exc:
         raise usage_error(str(exc)) from exc
@@ -73,14 +82,24 @@ def print_problems(problems: list[Problem], fmt: Format) -> None:
     if fmt is Format.github:
         for p in problems:
             kind = "error" if p.is_error else "warning"
-            title = f",title={p.field}" if p.field else ""
-            message = p.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-            out.print(f"::{kind} file={p.file},line={p.line}{title}::{message}", markup=False)
+            title = f",title={_gh_property(p.field)}" if p.field else ""
+            where = f"file={_gh_property(p.file)},line={p.line}"
+            out.print(f"::{kind} {where}{title}::{_gh_data(p.message)}", markup=False)
         return
     for p in problems:
         style = "red" if p.is_error else "yellow"
-        out.print(f"[{style}]{p.location()}[/]: {p.severity}: ", end="")
+        out.print(Text(p.location(), style=style), end="")
+        out.print(f": {p.severity}: ", end="", markup=False)
         out.print(f"{p.field}: {p.message}" if p.field else p.message, markup=False)
+
+
+def _gh_data(text: str) -> str:
+    """Escape a workflow command's message (GitHub Actions' escaping rules)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 @app.command("validate")
@@ -91,9 +110,14 @@ def validate_cmd(
     no_path_check: Annotated[
         bool, typer.Option("--no-path-check", help="do not warn about model files absent here")
     ] = False,
+    staged: Annotated[
+        bool, typer.Option("--staged", help="validate what git's index holds (pre-commit hook)")
+    ] = False,
 ) -> None:
     """Validate desired state: JSON Schema per file, then checks across files."""
-    raw = read_desired(directory, rev)
+    if staged and rev:
+        raise usage_error("--staged and --rev exclude each other")
+    raw = read_desired(directory, rev, staged)
     result = validate_here(raw, check_paths=not no_path_check)
     if fmt is Format.json:
         doc = {"valid": result.valid, "problems": [p.to_dict() for p in result.problems]}

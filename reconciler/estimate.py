@@ -449,6 +449,8 @@ def requirement_mb(
 
 def render_estimate(estimate: Estimate) -> str:
     """A small table of the breakdown, the per-GPU total and the note."""
+    if estimate.per_gpu_mb is None and not estimate.breakdown:
+        return f"per GPU: unknown\n{estimate.note}"
     rows = [(part.replace("_", " "), f"{mib:,}") for part, mib in estimate.breakdown.items()]
     total = "unknown" if estimate.per_gpu_mb is None else f"{estimate.per_gpu_mb:,}"
     gpus = "GPU" if estimate.gpu_count == 1 else "GPUs"

@@ -316,27 +316,63 @@ def load_directory(root: str | os.PathLike[str]) -> RawDesiredState:
     return _assemble(str(root), None, triples)
 
 
-def load_revision(root: str | os.PathLike[str], rev: str) -> RawDesiredState:
-    """Read desired-state as committed at `rev`, straight from the commit's tree (no checkout)."""
+def _repo_of(root: str | os.PathLike[str]) -> Any:
     import git  # GitPython; imported here so the working-tree path needs no git at all
 
     start = Path(root)
     while not start.exists() and start != start.parent:
         start = start.parent  # a directory deleted from the working tree may exist at `rev`
     try:
-        repo = git.Repo(start, search_parent_directories=True)
+        return git.Repo(start, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
         raise LoadError(f"{root}: not inside a git repository") from exc
+
+
+def _relative(repo: Any, root: str | os.PathLike[str]) -> str:
+    top = Path(repo.working_tree_dir or root).resolve()
+    try:
+        return Path(root).resolve().relative_to(top).as_posix()
+    except ValueError as exc:
+        raise LoadError(f"{root}: not inside the working tree {top}") from exc
+
+
+def load_staged(root: str | os.PathLike[str]) -> RawDesiredState:
+    """Read desired-state as it would be committed: the blobs in git's index (pre-commit)."""
+    repo = _repo_of(root)
+    rel = _relative(repo, root)
+    prefix = "" if rel == "." else rel + "/"
+    staged = sorted(
+        (path, entry)
+        for (path, stage), entry in repo.index.entries.items()
+        if stage == 0 and path.startswith(prefix)
+    )
+
+    def files() -> Iterator[tuple[bool, str, str | Problem]]:
+        for path, entry in staged:
+            inner = path[len(prefix) :]
+            is_cluster = inner == CLUSTER_FILE
+            in_models = inner.startswith(MODELS_DIR + "/") and inner.count("/") == 1
+            if is_cluster or (in_models and _is_spec_name(inner.rsplit("/", 1)[-1])):
+                data = repo.odb.stream(entry.binsha).read()
+                try:
+                    yield is_cluster, path, data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield is_cluster, path, Problem(path, 1, "", f"not UTF-8 text: {exc.reason}")
+
+    return _assemble(str(root), None, files())
+
+
+def load_revision(root: str | os.PathLike[str], rev: str) -> RawDesiredState:
+    """Read desired-state as committed at `rev`, straight from the commit's tree (no checkout)."""
+    import git
+
+    repo = _repo_of(root)
     try:
         commit = repo.commit(rev)
         root_tree = commit.tree  # reading the tree is what proves that the commit exists
     except (git.BadName, git.BadObject, ValueError) as exc:
         raise LoadError(f"{rev}: unknown revision") from exc
-    top = Path(repo.working_tree_dir or root).resolve()
-    try:
-        rel = Path(root).resolve().relative_to(top).as_posix()
-    except ValueError as exc:
-        raise LoadError(f"{root}: not inside the working tree {top}") from exc
+    rel = _relative(repo, root)
     try:
         tree = root_tree / rel if rel != "." else root_tree
     except KeyError as exc:

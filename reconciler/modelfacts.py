@@ -79,8 +79,7 @@ def estimate_path(
     """
     framework = framework or _guess_framework(model_path)
     try:
-        path = resolve(model_path)
-        facts = read_path(path, framework)
+        facts = _facts_of_path(model_path, framework)
     except (ModelFileError, FactsError) as exc:
         return Estimate(None, {}, str(exc))
     if isinstance(facts, GGUFFacts):
@@ -90,10 +89,25 @@ def estimate_path(
     return estimate.vllm_estimate(facts, parameters)
 
 
+def _facts_of_path(model_path: str, framework: Framework) -> ModelFacts:
+    if framework == "vllm" and _is_hub_id(model_path):
+        snapshot = hub_snapshot(model_path)
+        if snapshot is None:
+            raise FactsError(
+                f"{model_path} is neither a local path nor downloaded to the Hugging Face "
+                f"cache ({_hub_cache()}): cannot estimate a model that is not on this host"
+            )
+        return read_path(snapshot, "vllm")
+    return read_path(resolve(model_path), framework)
+
+
 def _guess_framework(model_path: str) -> Framework:
-    if is_packaged(model_path):
+    """A .gguf file or packaged model is llama.cpp; a directory or a hub id is vLLM."""
+    if is_packaged(model_path) or model_path.endswith(".gguf"):
         return "llama_cpp"
-    return "vllm" if Path(model_path).expanduser().is_dir() else "llama_cpp"
+    if Path(model_path).expanduser().is_dir() or _is_hub_id(model_path):
+        return "vllm"
+    return "llama_cpp"
 
 
 # ---- GGUF -----------------------------------------------------------------------------------
@@ -104,27 +118,30 @@ def read_gguf(path: Path) -> GGUFFacts:
 
     GGUFReader parses the whole vocabulary into Python objects: about 10 s of CPU for a
     262k-token vocabulary on a small machine, for every model on every reconciler start. The
-    facts are therefore cached in memory and on disk, keyed by the file's path, size and mtime
-    (a rewritten file is read again).
+    facts are therefore cached in memory and on disk, keyed by the path, size and mtime of
+    every file of the model (a rewritten file is read again).
     """
+    path = path.resolve()
+    files = [path, *_other_splits(path)]
     try:
-        stat = path.resolve().stat()
+        identity = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     except OSError as exc:
         raise FactsError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return _read_gguf_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _read_gguf_cached(identity)
 
 
 @functools.lru_cache(maxsize=64)
-def _read_gguf_cached(path: str, size: int, mtime_ns: int) -> GGUFFacts:
-    key = {"version": FACTS_CACHE_VERSION, "path": path, "size": size, "mtime_ns": mtime_ns}
+def _read_gguf_cached(identity: tuple[tuple[str, int, int], ...]) -> GGUFFacts:
+    key = {"version": FACTS_CACHE_VERSION, "files": [list(f) for f in identity]}
     cached = _load_cached_facts(key)
     if cached is not None:
         return cached
-    first = _gguf_reader(Path(path))
-    tensor_bytes = _gguf_tensor_bytes(first)
-    for split in _other_splits(Path(path)):
+    first, *others = (Path(name) for name, _, _ in identity)
+    reader = _gguf_reader(first)
+    tensor_bytes = _gguf_tensor_bytes(reader)
+    for split in others:
         tensor_bytes.update(_gguf_tensor_bytes(_gguf_reader(split)))
-    facts = _gguf_facts(path, first, tensor_bytes)
+    facts = _gguf_facts(str(first), reader, tensor_bytes)
     _store_cached_facts(key, facts)
     return facts
 
@@ -207,12 +224,15 @@ def _gguf_tensor_bytes(reader: Any) -> Counter[str]:
     return Counter({tensor.name: int(tensor.n_bytes) for tensor in reader.tensors})
 
 
+_MISSING = object()
+
+
 def _gguf_facts(path: str, reader: Any, tensor_bytes: Counter[str]) -> GGUFFacts:
     arch = _gguf_value(reader, "general.architecture", path)
     if not isinstance(arch, str):
         raise FactsError(f"{path}: general.architecture is not a string")
 
-    def arch_value(key: str, default: Any = None) -> Any:
+    def arch_value(key: str, default: Any = _MISSING) -> Any:
         return _gguf_value(reader, f"{arch}.{key}", path, default)
 
     n_embd = _largest(arch_value("embedding_length"), f"{arch}.embedding_length", path)
@@ -231,17 +251,14 @@ def _gguf_facts(path: str, reader: Any, tensor_bytes: Counter[str]) -> GGUFFacts
         layer_weights_bytes=layer_bytes,
         output_weights_bytes=tensor_bytes[output_name] + tensor_bytes["output_norm.weight"],
         n_layer=_largest(arch_value("block_count"), f"{arch}.block_count", path),
-        n_ctx_train=arch_value("context_length"),
+        n_ctx_train=arch_value("context_length", None),
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=n_head_kv,
         head_dim_k=arch_value("attention.key_length", head_dim),
         head_dim_v=arch_value("attention.value_length", head_dim),
-        n_vocab=arch_value("vocab_size") or _vocabulary_size(reader, path),
+        n_vocab=arch_value("vocab_size", None) or _vocabulary_size(reader, path),
     )
-
-
-_MISSING = object()
 
 
 def _gguf_value(reader: Any, key: str, path: str, default: Any = _MISSING) -> Any:

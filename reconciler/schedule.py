@@ -145,7 +145,7 @@ def _by_id(item: Demand | Running) -> str:
 
 
 def _slot(d: Demand) -> tuple[int, str]:
-    return (-d.priority, d.id)
+    return (d.priority, d.id)
 
 
 def _names(indexes: Iterable[int]) -> str:

@@ -167,9 +167,9 @@ def _not_dns_label(value: object) -> str:
     return f"{value!r} is not a DNS label (lowercase letters, digits and '-')"
 
 
-def _suggestion(key: str, allowed: list[str]) -> str:
+def _suggestion(key: str, allowed: list[str], kind: str = "fields") -> str:
     close = difflib.get_close_matches(key, allowed, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(allowed)}"
+    return f" (did you mean '{close[0]}'?)" if close else f"; known {kind}: {', '.join(allowed)}"
 
 
 def _dotted(path: tuple) -> str:
@@ -231,7 +231,7 @@ def _check_model(
     if known is not None:
         for key in spec.parameters:
             if key not in known:
-                hint = _suggestion(key, sorted(known))
+                hint = _suggestion(key, sorted(known), "parameters")
                 add(("parameters", key), f"unknown {spec.framework} parameter '{key}'{hint}")
     return problems
 
