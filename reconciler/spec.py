@@ -10,7 +10,8 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 Framework = Literal["llama_cpp", "vllm", "docker"]
 Scalar = str | int | float | bool
@@ -108,6 +109,179 @@ class DeclaredGPU(Strict):
     memory_mb: int = Field(ge=1, description="total memory in MiB")
 
 
+NotificationKind = Literal["error", "preempted", "unschedulable", "invalid", "recovered"]
+NOTIFICATION_KINDS: tuple[NotificationKind, ...] = (
+    "error",
+    "preempted",
+    "unschedulable",
+    "invalid",
+    "recovered",
+)
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+# Which fields each target type reads; a field set for another type is an error, not ignored.
+_TARGET_FIELDS = {
+    "webhook": {"url", "url_env"},
+    "slack": {"url", "url_env"},
+    "email": {"host", "port", "from_", "to", "username_env", "password_env", "starttls"},
+}
+_COMMON_TARGET_FIELDS = {"type", "name", "events", "timeout_s"}
+
+
+class NotificationTarget(Strict):
+    """Where important events are sent: a JSON webhook, a Slack incoming webhook, or e-mail.
+
+    One flat model rather than a union per type: the JSON Schema then names a mistyped field
+    ("did you mean 'url'?") instead of "not valid under any of the given schemas"; the rules per
+    type are checked below. Secrets never live in git: webhook URLs that embed a token (Slack's
+    do) and SMTP credentials are read from environment variables named here.
+    """
+
+    # `from` is a Python keyword: the field is from_, written `from` in YAML and in dumps.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    type: Literal["webhook", "slack", "email"]
+    name: str | None = Field(
+        None, min_length=1, description="label in logs and metrics; default <type>-<position>"
+    )
+    events: list[NotificationKind] = Field(
+        default_factory=lambda: list(NOTIFICATION_KINDS),
+        min_length=1,
+        description="which notifications this target receives (default: all)",
+    )
+    timeout_s: float = Field(10, gt=0, le=300, description="seconds per delivery attempt")
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="webhook/slack: the URL; prefer url_env when the URL carries a token",
+    )
+    url_env: EnvName | None = Field(
+        None, description="webhook/slack: environment variable that holds the URL"
+    )
+    host: str | None = Field(None, min_length=1, description="email: SMTP server")
+    port: Port | None = Field(None, description="email: SMTP port (default 587, or 25 without TLS)")
+    from_: str | None = Field(None, alias="from", pattern=r"@", description="email: sender")
+    to: list[Annotated[str, Field(pattern=r"@")]] = Field(
+        default_factory=list, description="email: recipients"
+    )
+    username_env: EnvName | None = Field(
+        None, description="email: environment variable that holds the SMTP user name"
+    )
+    password_env: EnvName | None = Field(
+        None, description="email: environment variable that holds the SMTP password"
+    )
+    starttls: bool | None = Field(None, description="email: upgrade with STARTTLS (default true)")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_type(self) -> NotificationTarget:
+        allowed = _TARGET_FIELDS[self.type] | _COMMON_TARGET_FIELDS
+        # null or empty counts as unset: a dump of this model (the last valid state) has them all
+        foreign = sorted(
+            f for f in self.model_fields_set - allowed if getattr(self, f) not in (None, [])
+        )
+        if foreign:
+            names = ", ".join("from" if f == "from_" else f for f in foreign)
+            raise _target_error(f"{names}: not a field of a {self.type} target")
+        if self.type in ("webhook", "slack") and (self.url is None) == (self.url_env is None):
+            raise _target_error(f"a {self.type} target needs exactly one of url or url_env")
+        if self.type == "email":
+            missing = [n for n, v in (("host", self.host), ("from", self.from_)) if v is None]
+            if not self.to:
+                missing.append("to")
+            if missing:
+                raise _target_error(f"an email target needs {', '.join(missing)}")
+            if (self.username_env is None) != (self.password_env is None):
+                raise _target_error("username_env and password_env go together")
+        return self
+
+
+def _target_error(message: str) -> PydanticCustomError:
+    # A custom error type keeps the message as written (a ValueError gets "Value error, " in front)
+    return PydanticCustomError("notification_target", message)
+
+
+# DNS subdomain (RFC 1123): names of Kubernetes objects such as a PersistentVolumeClaim.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+AbsolutePath = Annotated[str, Field(pattern=r"^/")]
+
+
+class LlamaCppContainer(Strict):
+    """The llama.cpp container on Kubernetes: an image whose server is llama-server."""
+
+    image: str = Field(
+        "ghcr.io/ggml-org/llama.cpp:server-cuda",
+        min_length=1,
+        description="image with llama-server (`:server` is the CPU-only build); pin a tag or "
+        "digest for reproducible rollouts",
+    )
+    executable: str = Field(
+        "/app/llama-server",
+        min_length=1,
+        description="llama-server inside the image: the container runs it with the flags the "
+        "reconciler builds",
+    )
+
+
+class VllmContainer(Strict):
+    """The vLLM container on Kubernetes: an image with the `vllm` command."""
+
+    image: str = Field(
+        "vllm/vllm-openai:latest",
+        min_length=1,
+        description="vLLM's OpenAI-compatible server image; pin a tag or digest for "
+        "reproducible rollouts",
+    )
+    executable: str = Field(
+        "vllm",
+        min_length=1,
+        description="the vllm command inside the image: the container runs `vllm serve ...`",
+    )
+
+
+class ModelVolume(Strict):
+    """Where pods find the model files: a directory on every GPU node, or a shared claim."""
+
+    type: Literal["hostPath", "persistentVolumeClaim"] = Field(
+        "hostPath", description="hostPath = a directory on each node; persistentVolumeClaim"
+    )
+    host_path: AbsolutePath = Field("/models", description="hostPath: the directory on the nodes")
+    claim_name: str = Field(
+        "models",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="persistentVolumeClaim: the claim's name (ReadOnlyMany) in the namespace",
+    )
+    mount_path: AbsolutePath = Field("/models", description="where containers see the volume")
+    models_root: AbsolutePath = Field(
+        "/models",
+        description="where the specs' absolute model_path values live on a single host: a "
+        "model_path below it is found at the same place below mount_path",
+    )
+
+
+class KubernetesSpec(Strict):
+    """`reconciler render kubernetes`: how the same specs run on a Kubernetes cluster."""
+
+    namespace: ModelId = Field("default", description="namespace of the rendered objects")
+    llama_cpp: LlamaCppContainer = Field(default_factory=LlamaCppContainer)
+    vllm: VllmContainer = Field(default_factory=VllmContainer)
+    model_volume: ModelVolume = Field(default_factory=ModelVolume)
+    model_paths: dict[ModelId, Annotated[str, Field(pattern=r"^[^/]")]] = Field(
+        default_factory=dict,
+        description="model id -> path of its model inside the volume, where the rule of "
+        "models_root does not fit (packaged models, files elsewhere)",
+    )
+    container_port: Port = Field(8080, description="container port of models without a port")
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        "ClusterIP", description="type of each model's Service"
+    )
+
+
 class ClusterSpec(Strict):
     """desired-state/cluster.yaml: the host as a whole."""
 
@@ -120,6 +294,13 @@ class ClusterSpec(Strict):
     )
     port_range: tuple[Port, Port] = Field(
         (8100, 8199), description="[first, last] ports allocated to models without a fixed port"
+    )
+    kubernetes: KubernetesSpec = Field(
+        default_factory=KubernetesSpec,
+        description="`reconciler render kubernetes`: images, model volume, namespace",
+    )
+    notifications: list[NotificationTarget] = Field(
+        default_factory=list, description="where important events are sent (webhook, slack, email)"
     )
 
 
