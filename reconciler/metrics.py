@@ -1,0 +1,429 @@
+"""Prometheus metrics: what runs, on which GPU, how the loop is doing.
+
+Two kinds of metric, for two kinds of truth:
+- live values (model status, priorities, reservations, GPU telemetry, desired-state validity) are
+  read at scrape time from callables the daemon gives, so a scrape always shows the state file
+  and the inventory as they are now, and nothing can drift from them;
+- things that only happen (passes, preemptions, start-to-ready times, events) are counted by the
+  hooks `record_pass` and `record_event` as the loop runs.
+
+Restart counts are read from the state file's `restarts_total`, not counted here, so that they
+survive a daemon restart (a Prometheus counter may reset, but need not when the truth is on disk).
+Every family is built with prometheus-client's types: the exposition is never formatted by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from reconciler.gpus import MIB, GPUInfo
+from reconciler.observed import OCCUPYING, Status
+from reconciler.plan import Plan
+from reconciler.state import State
+
+log = logging.getLogger("reconciler.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The Content-Type of `render()`'s output, for the /metrics response. The text format 0.0.4 is
+what generate_latest writes for these names, and what every Prometheus version and other scraper
+accepts (prometheus-client's own HTTP handler announces it too)."""
+
+PASS_RESULTS = ("ok", "invalid", "error")
+"""ok: a valid desired state was applied; invalid: the desired state was rejected (the last valid
+one stayed in force); error: the pass raised."""
+
+EVENT_KINDS = (
+    "start",
+    "stop",
+    "preempt",
+    "restart",
+    "ready",
+    "crashed",
+    "gave-up",
+    "error",
+    "desired-invalid",
+    "applied",
+    "state-rebuilt",
+    "duplicate",
+    "restart-requested",
+    "unschedulable",
+    "recovered",
+)
+"""Known event kinds: exported at 0 from the start, so that increase() works on the first one."""
+
+# Engines take from a second (a small GGUF) to many minutes (a 70B model loading from disk).
+READY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# A pass is mostly file reads and process checks; seconds mean an engine stop was slow.
+PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# The reconciler's own ready message, read when an event has no `seconds` field.
+_READY_MESSAGE = re.compile(r"ready after ([0-9]+(?:\.[0-9]+)?)s")
+
+
+class DesiredSnapshot(NamedTuple):
+    """What `desired()` returns (a plain 4-tuple in this order works as well)."""
+
+    valid: bool
+    """the desired state as last loaded is valid"""
+    revision: str | None
+    """the revision in force (the last valid one while the current one is invalid)"""
+    priorities: Mapping[str, int]
+    """model id -> priority, for every model of the desired state in force"""
+    unschedulable: int
+    """models that the last plan could not place"""
+
+
+def snapshot_from_plan(plan: Plan | None) -> DesiredSnapshot | None:
+    """The desired-state metrics of the last pass's plan (PassResult.plan); None before one."""
+    if plan is None:
+        return None
+    priorities = {m: o.priority for m, o in plan.models.items() if o.priority is not None}
+    return DesiredSnapshot(plan.valid, plan.revision, priorities, len(plan.unschedulable))
+
+
+StateSource = Callable[[], State | None]
+GPUSource = Callable[[], Sequence[GPUInfo]]
+DesiredSource = Callable[[], tuple[bool, str | None, Mapping[str, int], int]]
+NotificationSource = Callable[[], Mapping[tuple[str, str], int]]
+
+
+class ReconcilerMetrics:
+    """Every reconciler_* metric, registered in `registry`.
+
+    The daemon calls `record_event` for each event it writes to events.jsonl and `record_pass`
+    after each pass; the live sources are called on every scrape, from the API's thread, so
+    they must be thread-safe and cheap (reading the state file is; so is NVML).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        state: StateSource,
+        gpus: GPUSource,
+        desired: DesiredSource,
+        gpus_declared: Callable[[], bool] = lambda: False,
+        notifications: NotificationSource | None = None,
+        process_metrics: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._preemptions: Tally[str] = Tally()
+        self._last_success: float | None = None
+        self._source_errors: Tally[str] = Tally()
+        self._pass_duration = Histogram(
+            "reconciler_reconcile_duration_seconds",
+            "Time one reconcile pass took.",
+            buckets=PASS_BUCKETS,
+            registry=registry,
+        )
+        self._passes = Counter(
+            "reconciler_reconcile",
+            "Reconcile passes, by result (ok, invalid, error).",
+            ["result"],
+            registry=registry,
+        )
+        self._events = Counter(
+            "reconciler_events",
+            "Events written to events.jsonl, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self._ready = Histogram(
+            "reconciler_model_ready_seconds",
+            "Time from an engine's start to its first successful readiness probe.",
+            ["model"],
+            buckets=READY_BUCKETS,
+            registry=registry,
+        )
+        for result in PASS_RESULTS:
+            self._passes.labels(result)
+        for kind in EVENT_KINDS:
+            self._events.labels(kind)
+        self._live = _LiveCollector(
+            self, state, gpus, desired, gpus_declared, notifications or (lambda: {})
+        )
+        registry.register(self._live)
+        if process_metrics:  # memory, CPU, open fds and start time of the daemon itself
+            ProcessCollector(registry=registry)
+
+    # -- hooks the daemon calls ------------------------------------------------------------
+
+    def record_event(self, event: Mapping[str, Any]) -> None:
+        """Count one event {time, kind, model, message, ...}. Never raises on a malformed one:
+        a metrics hook must not break the loop that calls it."""
+        kind = event.get("kind") if isinstance(event, Mapping) else None
+        if not isinstance(kind, str):
+            log.debug("ignoring an event without a kind: %r", event)
+            return
+        model = event.get("model")
+        self._events.labels(kind).inc()
+        if not isinstance(model, str):
+            return
+        if kind == "preempt":
+            with self._lock:
+                self._preemptions[model] += 1
+        elif kind == "ready":
+            seconds = _ready_seconds(event)
+            if seconds is not None:
+                self._ready.labels(model).observe(seconds)
+
+    def record_pass(self, duration_s: float, result: str) -> None:
+        """Count one pass: result is ok, invalid or error."""
+        if result not in PASS_RESULTS:
+            raise ValueError(f"unknown pass result {result!r} (one of {', '.join(PASS_RESULTS)})")
+        self._pass_duration.observe(max(0.0, duration_s))
+        self._passes.labels(result).inc()
+        if result == "ok":
+            with self._lock:
+                self._last_success = self._clock()
+
+    # -- read by the collector -------------------------------------------------------------
+
+    def _counted(self) -> tuple[dict[str, int], float | None, dict[str, int]]:
+        with self._lock:
+            return dict(self._preemptions), self._last_success, dict(self._source_errors)
+
+    def _source_failed(self, source: str) -> None:
+        with self._lock:
+            self._source_errors[source] += 1
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition of every metric in `registry` (serve it with CONTENT_TYPE)."""
+    return generate_latest(registry)
+
+
+def _ready_seconds(event: Mapping[str, Any]) -> float | None:
+    seconds = event.get("seconds")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return max(0.0, float(seconds))
+    # Events written before the `seconds` field existed say it only in words.
+    match = _READY_MESSAGE.search(str(event.get("message", "")))
+    return float(match.group(1)) if match else None
+
+
+class _LiveCollector(Collector):
+    """Builds the live families on each scrape from the daemon's sources."""
+
+    def __init__(
+        self,
+        metrics: ReconcilerMetrics,
+        state: StateSource,
+        gpus: GPUSource,
+        desired: DesiredSource,
+        gpus_declared: Callable[[], bool],
+        notifications: NotificationSource,
+    ) -> None:
+        self._metrics = metrics
+        self._sources: dict[str, Callable[[], Any]] = {
+            "state": state,
+            "gpus": gpus,
+            "desired": desired,
+            "gpus_declared": gpus_declared,
+            "notifications": notifications,
+        }
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: registering must not call the sources (the daemon may not be ready yet).
+        return _Families().all()
+
+    def collect(self) -> Iterable[Metric]:
+        state: State | None = self._read("state", None)
+        gpus: Sequence[GPUInfo] = self._read("gpus", [])
+        desired = _desired_snapshot(self._read("desired", None))
+        declared = bool(self._read("gpus_declared", False))
+        notifications: Mapping[tuple[str, str], int] = self._read("notifications", {})
+        preemptions, last_success, source_errors = self._metrics._counted()
+        families = _Families()
+        models = _models(state)
+        priorities = dict(desired.priorities) if desired else {}
+        _add_models(families, models, priorities, preemptions)
+        _add_gpus(families, gpus, _reserved_bytes_by_gpu(models), declared)
+        _add_desired(families, desired)
+        if last_success is not None:
+            families.last_success.add_metric([], last_success)
+        for (target, outcome), count in sorted(notifications.items()):
+            families.notifications.add_metric([target, outcome], count)
+        for source in self._sources:
+            families.source_errors.add_metric([source], source_errors.get(source, 0))
+        return families.all()
+
+    def _read(self, source: str, default: Any) -> Any:
+        """One source's value; a failing source leaves its families empty, not the scrape."""
+        try:
+            return self._sources[source]()
+        except Exception:
+            log.warning("metrics: reading %s failed", source, exc_info=True)
+            self._metrics._source_failed(source)
+            return default
+
+
+class _Families:
+    """Fresh, empty metric families for one scrape (families are not reusable)."""
+
+    def __init__(self) -> None:
+        self.status = GaugeMetricFamily(
+            "reconciler_model_status",
+            "1 for the model's current status, 0 for the other statuses.",
+            labels=["model", "status"],
+        )
+        self.priority = GaugeMetricFamily(
+            "reconciler_model_priority",
+            "Priority of each desired model (1..10, 10 = most important).",
+            labels=["model"],
+        )
+        self.restarts = CounterMetricFamily(
+            "reconciler_model_restarts",
+            "Restarts of the model's engine after a crash or failed health checks (state file).",
+            labels=["model"],
+        )
+        self.preemptions = CounterMetricFamily(
+            "reconciler_model_preemptions",
+            "Times the model was stopped to make room for a higher-priority one.",
+            labels=["model"],
+        )
+        self.reserved = GaugeMetricFamily(
+            "reconciler_model_gpu_memory_reserved_bytes",
+            "GPU memory reserved for the model's engine, per GPU.",
+            labels=["model", "gpu"],
+        )
+        self.gpu_total = GaugeMetricFamily(
+            "reconciler_gpu_memory_total_bytes",
+            "Total memory of each GPU.",
+            labels=["gpu", "name"],
+        )
+        self.gpu_used = GaugeMetricFamily(
+            "reconciler_gpu_memory_used_bytes",
+            "Used memory of each GPU (NVML; for declared GPUs, the engines' reservations).",
+            labels=["gpu"],
+        )
+        self.gpu_utilization = GaugeMetricFamily(
+            "reconciler_gpu_utilization_ratio",
+            "GPU busy time over the last sample period, 0..1 (NVML only).",
+            labels=["gpu"],
+        )
+        self.gpu_temperature = GaugeMetricFamily(
+            "reconciler_gpu_temperature_celsius",
+            "GPU core temperature (NVML only).",
+            labels=["gpu"],
+        )
+        self.gpu_power = GaugeMetricFamily(
+            "reconciler_gpu_power_watts", "GPU power draw (NVML only).", labels=["gpu"]
+        )
+        self.valid = GaugeMetricFamily(
+            "reconciler_desired_state_valid",
+            "1 when the desired state as last loaded is valid, 0 when it was rejected.",
+        )
+        self.revision = GaugeMetricFamily(
+            "reconciler_desired_revision_info",
+            "The desired-state revision in force (value is always 1).",
+            labels=["revision"],
+        )
+        self.unschedulable = GaugeMetricFamily(
+            "reconciler_unschedulable_models",
+            "Enabled models the last plan could not place on any GPU.",
+        )
+        self.last_success = GaugeMetricFamily(
+            "reconciler_last_successful_reconcile_timestamp_seconds",
+            "Unix time at which the last pass that applied a valid desired state finished.",
+        )
+        self.notifications = CounterMetricFamily(
+            "reconciler_notifications",
+            "Notifications by target and outcome (sent, failed, dropped).",
+            labels=["target", "outcome"],
+        )
+        self.source_errors = CounterMetricFamily(
+            "reconciler_metrics_source_errors",
+            "Scrapes in which a metrics source (state, gpus, desired...) could not be read.",
+            labels=["source"],
+        )
+
+    def all(self) -> list[Metric]:
+        return list(vars(self).values())
+
+
+def _desired_snapshot(value: Any) -> DesiredSnapshot | None:
+    return None if value is None else DesiredSnapshot(*value)
+
+
+def _models(state: State | None) -> Mapping[str, Any]:
+    return state.models if state is not None else {}
+
+
+def _add_models(
+    families: _Families,
+    models: Mapping[str, Any],
+    priorities: Mapping[str, int],
+    preemptions: Mapping[str, int],
+) -> None:
+    # A desired model that has never run is absent from the state file: it is stopped. A model
+    # neither desired nor in the state file is gone: its series end (its preemptions with them).
+    for model_id in sorted(set(models) | set(priorities)):
+        model = models.get(model_id)
+        current = model.status if model is not None else Status.stopped
+        for status in Status:
+            families.status.add_metric([model_id, status.value], 1.0 if status == current else 0.0)
+        if model_id in priorities:
+            families.priority.add_metric([model_id], priorities[model_id])
+        families.restarts.add_metric([model_id], model.restarts_total if model else 0)
+        families.preemptions.add_metric([model_id], preemptions.get(model_id, 0))
+        if model is not None and model.status in OCCUPYING:
+            for gpu in model.gpus:
+                families.reserved.add_metric([model_id, str(gpu)], model.memory_mb * MIB)
+
+
+def _reserved_bytes_by_gpu(models: Mapping[str, Any]) -> dict[int, int]:
+    reserved: Tally[int] = Tally()
+    for model in models.values():
+        if model.status in OCCUPYING:
+            for gpu in model.gpus:
+                reserved[gpu] += model.memory_mb * MIB
+    return dict(reserved)
+
+
+def _add_gpus(
+    families: _Families, gpus: Sequence[GPUInfo], reserved: Mapping[int, int], declared: bool
+) -> None:
+    for gpu in sorted(gpus, key=lambda g: g.device_id):
+        index = str(gpu.device_id)
+        families.gpu_total.add_metric([index, gpu.name], gpu.memory_total * MIB)
+        # A declared GPU is simulated: the only memory known to be in use is what we reserved.
+        used = reserved.get(gpu.device_id, 0) if declared else gpu.memory_used * MIB
+        families.gpu_used.add_metric([index], used)
+        for family, value in _telemetry(families, gpu):
+            if value is not None:
+                family.add_metric([index], value)
+
+
+def _telemetry(families: _Families, gpu: GPUInfo) -> Iterator[tuple[Metric, float | None]]:
+    yield families.gpu_utilization, None if gpu.utilization is None else gpu.utilization / 100
+    yield families.gpu_temperature, gpu.temperature
+    yield families.gpu_power, gpu.power
+
+
+def _add_desired(families: _Families, desired: DesiredSnapshot | None) -> None:
+    if desired is None:  # not loaded yet: say nothing rather than "invalid"
+        return
+    families.valid.add_metric([], 1.0 if desired.valid else 0.0)
+    if desired.revision:
+        families.revision.add_metric([desired.revision], 1.0)
+    families.unschedulable.add_metric([], desired.unschedulable)
