@@ -338,12 +338,18 @@ def _relative(repo: Any, root: str | os.PathLike[str]) -> str:
 
 def load_staged(root: str | os.PathLike[str]) -> RawDesiredState:
     """Read desired-state as it would be committed: the blobs in git's index (pre-commit)."""
+    import git
+
     repo = _repo_of(root)
     rel = _relative(repo, root)
     prefix = "" if rel == "." else rel + "/"
+    # `git commit -a` and `git commit PATH` stage into a temporary index that git names in
+    # GIT_INDEX_FILE for the hooks; that index, not .git/index, is what will be committed.
+    index_file = os.environ.get("GIT_INDEX_FILE")
+    index = git.IndexFile(repo, os.path.abspath(index_file)) if index_file else repo.index
     staged = sorted(
         (path, entry)
-        for (path, stage), entry in repo.index.entries.items()
+        for (path, stage), entry in index.entries.items()
         if stage == 0 and path.startswith(prefix)
     )
 
