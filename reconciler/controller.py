@@ -1,0 +1,260 @@
+"""The daemon loop: triggers -> one reconcile pass at a time.
+
+Triggers: a file change under the desired-state directory (watchfiles, debounced), a new commit
+(local HEAD moves, or a remote fetch brings one), an engine that exits (a cheap pid poll), a health
+probe or a restart that falls due, an explicit trigger (the HTTP API and the git webhook call
+`trigger()`), and a periodic resync that catches drift. Triggers that arrive during a pass coalesce
+into one more pass; passes never overlap because only the loop thread runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from reconciler.reconcile import PassResult, Reconciler
+
+log = logging.getLogger("reconciler.controller")
+
+
+class FollowedSource(Protocol):
+    """What the loop needs of a git source: a cheap "has anything moved?" check."""
+
+    def head_sha(self) -> str | None: ...
+
+
+@dataclass
+class LoopSettings:
+    resync_s: float = 60.0
+    """full pass even without a trigger, to catch drift"""
+    poll_s: float = 30.0
+    """remote mode: fetch interval"""
+    head_poll_s: float = 0.5
+    """local mode: how often HEAD is compared (reading a ref file is cheap)"""
+    liveness_poll_s: float = 1.0
+    """how often the pids of running engines are checked for an exit"""
+    debounce_ms: int = 150
+    watch: bool = True
+
+
+@dataclass
+class LoopStats:
+    passes: int = 0
+    last_pass_at: float | None = None
+    last_result: PassResult | None = None
+    last_reasons: list[str] = field(default_factory=list)
+
+
+class Controller:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        *,
+        source: FollowedSource | None = None,
+        settings: LoopSettings | None = None,
+        on_pass: Callable[[PassResult, list[str]], None] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self.source = source
+        self.settings = settings or LoopSettings()
+        self.on_pass = on_pass
+        self.stats = LoopStats()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._reasons: list[str] = []
+        self._threads: list[threading.Thread] = []
+        self._watched_pids: dict[int, float] = {}
+        self._fetch_now = threading.Event()
+
+    # -- triggers ----------------------------------------------------------------------------
+
+    def trigger(self, reason: str) -> None:
+        """Ask for a pass (thread-safe). Many triggers before the next pass make one pass."""
+        with self._lock:
+            self._reasons.append(reason)
+        self._wake.set()
+
+    def fetch_now(self, reason: str = "webhook") -> None:
+        """Remote mode: fetch at once (the git webhook), then pass if anything moved."""
+        self._fetch_now.set()
+        if not _is_remote(self.source):
+            self.trigger(reason)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._fetch_now.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until stop(): the first pass at once, then on triggers and deadlines."""
+        self._start_watchers()
+        self.trigger("start")
+        next_deadline = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, next_deadline - time.monotonic())
+                self._wake.wait(timeout)
+                if self._stop.is_set():
+                    break
+                self._wake.clear()
+                reasons = self._take_reasons() or ["resync"]
+                result = self._pass(reasons)
+                next_deadline = self._next_deadline(result)
+        finally:
+            self._stop.set()
+            self._fetch_now.set()
+            for thread in self._threads:
+                thread.join(timeout=5)
+
+    def _pass(self, reasons: list[str]) -> PassResult | None:
+        started = time.monotonic()
+        try:
+            result = self.reconciler.pass_once()
+        except Exception:  # a pass must never kill the daemon; the next trigger retries
+            log.exception("reconcile pass failed")
+            return None
+        self.stats.passes += 1
+        self.stats.last_pass_at = time.time()
+        self.stats.last_result = result
+        self.stats.last_reasons = reasons
+        self._watch_pids()
+        for line in result.executed:
+            log.info("%s", line)
+        log.debug("pass (%s) took %.3fs", ", ".join(reasons), time.monotonic() - started)
+        if self.on_pass is not None:
+            self.on_pass(result, reasons)
+        return result
+
+    def _next_deadline(self, result: PassResult | None) -> float:
+        now_mono, now_wall = time.monotonic(), time.time()
+        deadline = now_mono + self.settings.resync_s
+        if result is None:
+            return now_mono + 1.0  # a failed pass is retried soon, not in a minute
+        if result.next_wake is not None:
+            deadline = min(deadline, now_mono + max(0.05, result.next_wake - now_wall))
+        probe_due = self.reconciler.next_probe_at()
+        if probe_due is not None:
+            deadline = min(deadline, now_mono + max(0.05, probe_due - now_wall))
+        return deadline
+
+    def _take_reasons(self) -> list[str]:
+        with self._lock:
+            reasons, self._reasons = self._reasons, []
+        return sorted(set(reasons))
+
+    # -- watcher threads ---------------------------------------------------------------------
+
+    def _start_watchers(self) -> None:
+        if self.settings.watch:
+            self._spawn(self._watch_files, "watch-files")
+        if _is_remote(self.source):
+            self._spawn(self._poll_remote, "poll-remote")
+        elif self.source is not None:
+            self._spawn(self._poll_head, "poll-head")
+        self._spawn(self._poll_liveness, "poll-liveness")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _watch_files(self) -> None:
+        import watchfiles
+
+        directory = Path(self.reconciler.settings.desired_dir)
+        if not directory.is_dir():
+            return
+        try:
+            for changes in watchfiles.watch(
+                directory,
+                stop_event=self._stop,
+                debounce=self.settings.debounce_ms,
+                step=50,
+                rust_timeout=1000,
+                yield_on_timeout=False,
+            ):
+                names = sorted({Path(p).name for _, p in changes})
+                self.trigger("file change: " + ", ".join(names[:5]))
+        except Exception:  # the directory vanished, inotify limits...: resync still runs
+            log.exception("file watcher stopped")
+
+    def _poll_head(self) -> None:
+        last = self._head()
+        while not self._stop.wait(self.settings.head_poll_s):
+            head = self._head()
+            if head != last:
+                last = head
+                self.trigger(f"new commit {str(head)[:12]}")
+
+    def _poll_remote(self) -> None:
+        source = self.source
+        while not self._stop.is_set():
+            try:
+                result = source.sync()  # type: ignore[union-attr]
+            except Exception:
+                log.exception("fetching the remote failed")
+                result = None
+            if result is not None and (getattr(result, "changed", False) or _refused(result)):
+                self.trigger(_sync_reason(result))
+            self._fetch_now.wait(self.settings.poll_s)
+            self._fetch_now.clear()
+
+    def _head(self) -> str | None:
+        try:
+            return self.source.head_sha() if self.source else None
+        except Exception:  # a repository in the middle of a rebase, a lock file...
+            return None
+
+    def _watch_pids(self) -> None:
+        """Remember the engines' pids after each pass, so that an exit wakes the loop at once."""
+        watched = {}
+        for handles in self.reconciler.last_handles.values():
+            for h in handles:
+                if h.alive and h.pid and h.create_time:
+                    watched[h.pid] = h.create_time
+        self._watched_pids = watched
+
+    def _poll_liveness(self) -> None:
+        while not self._stop.wait(self.settings.liveness_poll_s):
+            for pid, created in list(self._watched_pids.items()):
+                if not _alive(pid, created):
+                    self._watched_pids.pop(pid, None)
+                    self.trigger(f"engine pid {pid} exited")
+
+
+def _alive(pid: int, create_time: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - create_time) < 0.05 and proc.status() != "zombie"
+    except psutil.Error:
+        return False
+
+
+def _is_remote(source: object) -> bool:
+    """A remote source must be fetched; a local one is only watched."""
+    return callable(getattr(source, "sync", None))
+
+
+def _refused(result: object) -> bool:
+    return bool(getattr(result, "refused", None))
+
+
+def _sync_reason(result: object) -> str:
+    if _refused(result):
+        return f"remote refused: {result.refused}"  # type: ignore[attr-defined]
+    new = getattr(result, "new", None)
+    return f"new commit {str(new)[:12]}"

@@ -1,0 +1,129 @@
+"""`reconciler run`: the loop, the git source and the HTTP API, started and stopped together.
+
+SIGTERM and SIGINT stop the loop cleanly and leave the engines running: the next start adopts them.
+`stop_engines_on_exit` is the opt-in opposite.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.controller import Controller, LoopSettings
+from reconciler.reconcile import Reconciler, Settings
+
+log = logging.getLogger("reconciler.daemon")
+
+
+@dataclass
+class DaemonOptions:
+    desired_dir: Path
+    state_dir: Path
+    repo_url: str | None = None
+    branch: str = "main"
+    path: str = "desired-state"
+    committed_only: bool = False
+    allow_force_push: bool = False
+    listen: str = "127.0.0.1:8080"
+    api_token: str | None = None
+    webhook_secret: str | None = None
+    serve_api: bool = True
+    stop_engines_on_exit: bool = False
+    loop: LoopSettings | None = None
+
+
+class Daemon:
+    """Everything `reconciler run` holds: one Reconciler, one Controller, one source, the API."""
+
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.source = self._make_source()
+        desired_dir = self._desired_dir()
+        self.reconciler = Reconciler(
+            Settings(desired_dir, options.state_dir, source=self.source)  # type: ignore[call-arg]
+        )
+        self.controller = Controller(
+            self.reconciler, source=self.source, settings=options.loop or LoopSettings()
+        )
+        self._server: Any = None
+        self._server_thread: threading.Thread | None = None
+
+    def _make_source(self) -> Any:
+        from reconciler import source
+
+        o = self.options
+        if o.repo_url:
+            return source.RemoteSource(
+                o.repo_url,
+                o.branch,
+                path=o.path,
+                workdir=o.state_dir / "repo",
+                allow_force_push=o.allow_force_push,
+            )
+        return source.LocalSource(o.desired_dir, committed_only=o.committed_only)
+
+    def _desired_dir(self) -> Path:
+        if self.options.repo_url:
+            return self.options.state_dir / "repo" / self.options.path
+        return self.options.desired_dir
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT (main thread) or stop()."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        if self.options.serve_api:
+            self._start_api()
+        try:
+            self.controller.run()
+        finally:
+            self._stop_api()
+            if self.options.stop_engines_on_exit:
+                self.stop_engines()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def stop_engines(self) -> None:
+        for handles in self.reconciler.observe().values():
+            for handle in handles:
+                if handle.alive:
+                    engine = self.reconciler.engines[handle.framework]
+                    engine.stop(handle, self.reconciler.settings.stop_grace_s)
+                    log.info("stopped %s", handle.model_id)
+
+    # -- the HTTP API ----------------------------------------------------------------------
+
+    def api_url(self) -> str:
+        return f"http://{self.options.listen}"
+
+    def _start_api(self) -> None:
+        import uvicorn
+
+        from reconciler.api import create_app
+
+        host, _, port = self.options.listen.rpartition(":")
+        config = uvicorn.Config(
+            create_app(self),
+            host=host.strip("[]") or "127.0.0.1",
+            port=int(port),
+            log_level="warning",
+            access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        # uvicorn must not take over SIGTERM/SIGINT: the daemon owns them
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self._server_thread.start()
+
+    def _stop_api(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._server_thread is not None:
+            self._server_thread.join(timeout=5)
