@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,8 @@ class PassResult:
     """nothing is starting and no retry is scheduled"""
     next_wake: float | None = None
     """when a pass should run again without a trigger (a retry or a readiness probe is due)"""
+    starting_urls: tuple[str, ...] = ()
+    """health URLs of the engines still starting: the next pass is due as soon as one answers"""
 
 
 class Reconciler:
@@ -85,6 +88,7 @@ class Reconciler:
         self.clock = clock
         self.requirements = Requirements()
         self._probe_failures: dict[str, int] = {}
+        self._starting_urls: list[str] = []
 
     # -- desired state -----------------------------------------------------------------------
 
@@ -137,6 +141,7 @@ class Reconciler:
 
     def pass_once(self, *, dry_run: bool = False) -> PassResult:
         now = self.clock()
+        self._starting_urls = []
         previous, corrupt = read_state_or_recover(self.state_dir / STATE_FILE)
         if corrupt:
             self.event("state-rebuilt", None, f"state file was unreadable ({corrupt}); rebuilt")
@@ -171,6 +176,7 @@ class Reconciler:
             plan = replace(plan, valid=False)
         if dry_run:
             return PassResult(plan)
+        self._mark_stopping(plan, states, desired.revision, problems if invalid else [], now)
         executed = self._execute(plan, desired, handles, states, now)
         self._write(states, desired.revision, problems if invalid else [], now)
         return self._result(plan, executed, states, desired, now)
@@ -197,13 +203,13 @@ class Reconciler:
                 if not dry_run:
                     self._engine(handle).stop(handle, 0)  # drops the record of an exited engine
             if not alive:
+                if spec is None:  # neither desired nor running: forgotten
+                    out.pop(model_id, None)
+                    continue
+                if state.status == Status.stopping:  # a pass died while stopping it
+                    state = replace(state, status=Status.stopped, pid=None, container_id=None)
                 if state.status in (Status.starting, Status.running):
-                    exit_code = dead[0].exit_code if dead else None
-                    message = (
-                        f"engine exited with code {exit_code}"
-                        if exit_code is not None
-                        else "engine disappeared"
-                    )
+                    message = _exit_message(dead[0]) if dead else "engine disappeared"
                     logs = tuple(self._engine(dead[0]).logs(dead[0])) if dead else ()
                     state = self._fail(state, spec, Failure(message, logs), now)
                 out[model_id] = state
@@ -223,7 +229,8 @@ class Reconciler:
         hc = spec.health_check
         engine = self._engine(handle)
         path = engine.health_path(spec) if hasattr(engine, "health_path") else hc.path
-        healthy = probe(f"http://127.0.0.1:{handle.port}{path}", min(hc.timeout_s, 2.0))
+        url = f"http://127.0.0.1:{handle.port}{path}"
+        healthy = probe(url, min(hc.timeout_s, 2.0))
         if healthy:
             self._probe_failures.pop(spec.id, None)
             if state.status != Status.running:
@@ -235,6 +242,7 @@ class Reconciler:
             return state
         if state.status != Status.running:
             if now - handle.started_at <= hc.startup_timeout_s:
+                self._starting_urls.append(url)
                 return replace(state, status=Status.starting)
             failure = Failure(f"not ready within {hc.startup_timeout_s:g}s")
         else:
@@ -292,6 +300,8 @@ class Reconciler:
                 observed[model_id] = ObservedModel(
                     model_id, state.status, h.gpus, h.memory_mb, h.port, h.spec_hash
                 )
+            elif state.status == Status.preempted:  # waits for room; the reasons say so
+                observed[model_id] = ObservedModel(model_id, Status.preempted)
             elif state.status == Status.error:
                 observed[model_id] = ObservedModel(
                     model_id,
@@ -301,6 +311,24 @@ class Reconciler:
                     spec_hash=state.spec_hash,
                 )
         return observed
+
+    def _mark_stopping(
+        self,
+        plan: Plan,
+        states: dict[str, ModelState],
+        revision: str | None,
+        problems: list[Problem],
+        now: float,
+    ) -> None:
+        """Record `stopping` (`preempted`) before stopping anything: if this process dies
+        mid-stop, the next pass sees an engine that was being stopped, not one that crashed."""
+        stopping = [a for a in plan.actions if a.action in ("stop", "preempt", "restart")]
+        for action in stopping:
+            status = Status.preempted if action.action == "preempt" else Status.stopping
+            state = states.get(action.model) or ModelState(id=action.model)
+            states[action.model] = replace(state, status=status, last_transition=now)
+        if stopping:
+            self._write(states, revision, problems, now)
 
     def _execute(
         self,
@@ -366,16 +394,18 @@ class Reconciler:
         now: float,
     ) -> PassResult:
         starting = [s for s in states.values() if s.status == Status.starting]
+        # a retry still due after this pass was not planned (no room): nothing to wait for
         retries = [
             s.next_retry_at
             for s in states.values()
-            if s.next_retry_at and not s.given_up and s.id in desired.models
+            if s.next_retry_at and s.next_retry_at > now and not s.given_up
+            if s.id in desired.models
         ]
         wake = min(retries, default=None)
         if starting:
             wake = min(wake or now + 0.5, now + 0.5)
         settled = not starting and not retries and not executed
-        return PassResult(plan, executed, settled, wake)
+        return PassResult(plan, executed, settled, wake, tuple(self._starting_urls))
 
     # -- records -----------------------------------------------------------------------------
 
@@ -400,6 +430,28 @@ class Reconciler:
         line = json.dumps({"time": self.clock(), "kind": kind, "model": model, "message": message})
         with open(self.state_dir / EVENTS_FILE, "a", encoding="utf-8") as f:
             f.write(line + "\n")
+
+    def stop_engines(self, handles: list[Handle], reason: str) -> None:
+        """Stop these engines now (`reconciler stop-all`) and record them as stopped, so that
+        the next pass starts them afresh instead of counting crashes."""
+        path = self.state_dir / STATE_FILE
+        state = read_state_or_recover(path)[0] or State()
+        recorded = {h.model_id for h in handles} & set(state.models)
+        for model_id in recorded:  # a stop-all killed midway is no crash either
+            state.models[model_id] = replace(state.models[model_id], status=Status.stopping)
+        write_state(path, state)
+        for handle in handles:
+            self._engine(handle).stop(handle, self.settings.stop_grace_s)
+            self.event("stop", handle.model_id, reason)
+        for model_id in recorded:
+            state.models[model_id] = replace(
+                state.models[model_id],
+                status=Status.stopped,
+                pid=None,
+                container_id=None,
+                last_transition=self.clock(),
+            )
+        write_state(path, state)
 
     def request_restart(self, model_id: str) -> None:
         """Ask the next pass to restart a model and forget that it gave up."""
@@ -443,7 +495,25 @@ def converge(reconciler: Reconciler, timeout_s: float, sleep: Callable[[float], 
         if result.settled or now >= deadline:
             return results
         wake = result.next_wake if result.next_wake is not None else now + 0.5
-        sleep(max(0.05, min(wake, deadline) - now))
+        wake = min(max(wake, now + 0.05), deadline)
+        _wait_for_ready(result.starting_urls, wake, reconciler.clock, sleep)
+
+
+def _wait_for_ready(
+    urls: tuple[str, ...],
+    until: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    interval_s: float = 0.05,
+) -> None:
+    """Sleep until `until`, or until one of the starting engines answers its health URL (a
+    refused connection costs next to nothing, so `apply` returns soon after an engine is ready)."""
+    while True:
+        now = clock()
+        if now >= until or any(probe(url, 0.5) for url in urls):
+            return
+        pause = min(interval_s, until - now) if urls else until - now
+        sleep(max(0.01, pause))
 
 
 def _retry(state: ModelState) -> RetryState:
@@ -483,6 +553,19 @@ def _from_handle(state: ModelState, handle: Handle) -> ModelState:
         if state.status in (Status.running, Status.starting)
         else Status.starting,
     )
+
+
+def _exit_message(handle: Handle) -> str:
+    code = handle.exit_code
+    if code is None:  # only the parent learns the status: another reconciler process started it
+        return "engine exited (exit status unknown)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"engine killed by {name}"
+    return f"engine exited with code {code}"
 
 
 def _ident(handle: Handle) -> str:

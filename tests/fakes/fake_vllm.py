@@ -12,7 +12,9 @@ the argv after the program name and the environment vLLM would care about
 vLLM serves: GET /health, GET /v1/models, POST /v1/completions (deterministic text).
 
 Test knobs (environment): FAKE_VLLM_STARTUP_S delays listening (model loading);
-FAKE_VLLM_IGNORE_SIGTERM=1 makes it ignore SIGTERM (a hung engine).
+FAKE_VLLM_IGNORE_SIGTERM=1 makes it ignore SIGTERM (a hung engine);
+FAKE_VLLM_EXIT_IF_EXISTS=PATH makes it exit 1 at once while PATH exists (a broken dependency
+that an operator can repair: the engine crashes at start until then).
 Only the standard library is used, so it starts in a few milliseconds.
 """
 
@@ -129,6 +131,10 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     env = {k: v for k, v in os.environ.items() if k in REPORTED_ENV or k.startswith(MARKER_PREFIX)}
     print(json.dumps({"fake_vllm": {"argv": argv, "env": env}}), flush=True)
+    broken = os.environ.get("FAKE_VLLM_EXIT_IF_EXISTS")
+    if broken and os.path.exists(broken):
+        print(f"ERROR: fake vLLM cannot start while {broken} exists", flush=True)
+        return 1
     if os.environ.get("FAKE_VLLM_IGNORE_SIGTERM") == "1":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(float(os.environ.get("FAKE_VLLM_STARTUP_S", "0")))
