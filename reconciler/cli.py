@@ -482,6 +482,7 @@ def run_cmd(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
     token = os.environ.get("RECONCILER_API_TOKEN") or None
     host = listen.rpartition(":")[0].strip("[]")
     if not no_api and host not in ("127.0.0.1", "localhost", "::1") and not token:

@@ -50,6 +50,7 @@ class LoopStats:
     last_pass_at: float | None = None
     last_result: PassResult | None = None
     last_reasons: list[str] = field(default_factory=list)
+    last_duration_s: float | None = None
 
 
 class Controller:
@@ -59,7 +60,7 @@ class Controller:
         *,
         source: FollowedSource | None = None,
         settings: LoopSettings | None = None,
-        on_pass: Callable[[PassResult, list[str]], None] | None = None,
+        on_pass: Callable[[PassResult | None, list[str], float], None] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.source = source
@@ -126,7 +127,11 @@ class Controller:
             result = self.reconciler.pass_once()
         except Exception:  # a pass must never kill the daemon; the next trigger retries
             log.exception("reconcile pass failed")
+            if self.on_pass is not None:
+                self.on_pass(None, reasons, time.monotonic() - started)
             return None
+        duration = time.monotonic() - started
+        self.stats.last_duration_s = duration
         self.stats.passes += 1
         self.stats.last_pass_at = time.time()
         self.stats.last_result = result
@@ -134,9 +139,9 @@ class Controller:
         self._watch_pids()
         for line in result.executed:
             log.info("%s", line)
-        log.debug("pass (%s) took %.3fs", ", ".join(reasons), time.monotonic() - started)
+        log.debug("pass (%s) took %.3fs", ", ".join(reasons), duration)
         if self.on_pass is not None:
-            self.on_pass(result, reasons)
+            self.on_pass(result, reasons, duration)
         return result
 
     def _next_deadline(self, result: PassResult | None) -> float:

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from reconciler.controller import Controller, LoopSettings
-from reconciler.reconcile import Reconciler, Settings
+from reconciler.gpus import GPUInfo, InventoryError, inventory
+from reconciler.metrics import ReconcilerMetrics, snapshot_from_plan
+from reconciler.notify import Notifier
+from reconciler.reconcile import STATE_FILE, PassResult, Reconciler, Settings
+from reconciler.state import read_state_or_recover
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -43,12 +49,24 @@ class Daemon:
         self.options = options
         self.source = self._make_source()
         desired_dir = self._desired_dir()
-        self.reconciler = Reconciler(
-            Settings(desired_dir, options.state_dir, source=self.source)  # type: ignore[call-arg]
-        )
+        self.reconciler = Reconciler(Settings(desired_dir, options.state_dir, source=self.source))
         self.controller = Controller(
-            self.reconciler, source=self.source, settings=options.loop or LoopSettings()
+            self.reconciler,
+            source=self.source,
+            settings=options.loop or LoopSettings(),
+            on_pass=self._after_pass,
         )
+        self.notifier = Notifier()
+        self.registry = CollectorRegistry()
+        self.metrics = ReconcilerMetrics(
+            self.registry,
+            state=self._state,
+            gpus=self._gpus,
+            desired=self._desired_snapshot,
+            gpus_declared=self._gpus_declared,
+            notifications=self.notifier.counts,
+        )
+        self.reconciler.listeners += [self.metrics.record_event, self.notifier.notify]
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
 
@@ -71,6 +89,45 @@ class Daemon:
             return self.options.state_dir / "repo" / self.options.path
         return self.options.desired_dir
 
+    # -- what metrics read at scrape time (API thread) -------------------------------------
+
+    def _state(self) -> Any:
+        return read_state_or_recover(self.reconciler.state_dir / STATE_FILE)[0]
+
+    def _last_plan(self) -> Any:
+        result = self.controller.stats.last_result
+        return result.plan if result is not None else None
+
+    def _desired_snapshot(self) -> Any:
+        return snapshot_from_plan(self._last_plan())
+
+    def _cluster(self) -> Any:
+        desired = self.reconciler.last_desired
+        return desired.cluster if desired is not None else None
+
+    def _gpus_declared(self) -> bool:
+        cluster = self._cluster()
+        return cluster is not None and cluster.gpus != "auto"
+
+    def _gpus(self) -> list[GPUInfo]:
+        cluster = self._cluster()
+        if cluster is None:
+            return []
+        pids = [h.pid for hs in self.reconciler.last_handles.values() for h in hs if h.pid]
+        try:
+            return inventory(cluster, pids)
+        except InventoryError:
+            return []
+
+    def _after_pass(self, result: PassResult | None, reasons: list[str], seconds: float) -> None:
+        if result is None:
+            self.metrics.record_pass(seconds, "error")
+            return
+        self.metrics.record_pass(seconds, "ok" if result.plan.valid else "invalid")
+        cluster = self._cluster()
+        if cluster is not None:
+            self.notifier.configure(cluster.notifications)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
@@ -86,17 +143,14 @@ class Daemon:
             self._stop_api()
             if self.options.stop_engines_on_exit:
                 self.stop_engines()
+            self.notifier.close(5)
 
     def stop(self) -> None:
         self.controller.stop()
 
     def stop_engines(self) -> None:
-        for handles in self.reconciler.observe().values():
-            for handle in handles:
-                if handle.alive:
-                    engine = self.reconciler.engines[handle.framework]
-                    engine.stop(handle, self.reconciler.settings.stop_grace_s)
-                    log.info("stopped %s", handle.model_id)
+        handles = [h for hs in self.reconciler.observe().values() for h in hs if h.alive]
+        self.reconciler.stop_engines(handles, "the daemon stopped (--stop-engines-on-exit)")
 
     # -- the HTTP API ----------------------------------------------------------------------
 

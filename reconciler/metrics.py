@@ -124,6 +124,7 @@ class ReconcilerMetrics:
         process_metrics: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.registry = registry
         self._clock = clock
         self._lock = threading.Lock()
         self._preemptions: Tally[str] = Tally()

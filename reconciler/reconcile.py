@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
 from reconciler.engines.health import probe
@@ -25,6 +27,7 @@ from reconciler.observed import ObservedModel, Status
 from reconciler.plan import Plan, invalid_plan
 from reconciler.planning import Requirements, plan_desired
 from reconciler.problems import Problem
+from reconciler.source import SourceError
 from reconciler.spec import ClusterSpec, ModelSpec
 from reconciler.state import ModelState, State, read_state_or_recover, write_state
 from reconciler.supervise import (
@@ -37,6 +40,8 @@ from reconciler.supervise import (
     waiting,
 )
 from reconciler.validate import DesiredState, validate
+
+log = logging.getLogger("reconciler.reconcile")
 
 STATE_FILE = "state.yaml"
 LAST_VALID_FILE = "last-valid-desired.json"
@@ -56,6 +61,9 @@ class Settings:
     rev: str | None = None
     """read desired state from this git revision instead of the working tree"""
     stop_grace_s: float = 10.0
+    source: Any = None
+    """a git source (reconciler.source.LocalSource / RemoteSource): what to load, and the
+    revision to record; None = a LocalSource over desired_dir (works outside git too)"""
 
 
 @dataclass
@@ -88,7 +96,17 @@ class Reconciler:
         self.clock = clock
         self.requirements = Requirements()
         self._probe_failures: dict[str, int] = {}
+        self._last_probe: dict[str, tuple[float, float]] = {}
+        """model id -> (time of the last liveness probe of a running engine, its interval)"""
         self._starting_urls: list[str] = []
+        self._unschedulable: set[str] = set()
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        """called with every event, after it is written (metrics, notifications, SSE)"""
+        self.last_handles: dict[str, list[Handle]] = {}
+        """what the last pass observed: the daemon watches these pids for exits"""
+        self.last_revision: Any = None
+        self.last_desired: DesiredState | None = None
+        """the desired state in force after the last pass (the last valid one when invalid)"""
 
     # -- desired state -----------------------------------------------------------------------
 
@@ -101,14 +119,27 @@ class Reconciler:
         try:
             if self.settings.rev:
                 raw = load_revision(directory, self.settings.rev)
+                self.last_revision = None
             else:
-                raw = load_directory(directory)
-        except LoadError as exc:
+                source = self._source()
+                raw = source.load() if source is not None else load_directory(directory)
+                self.last_revision = _revision_of(source)
+        except (LoadError, SourceError) as exc:
             return None, [Problem(str(directory), 1, "", str(exc))]
         result = validate(
             raw, path_check=modelfiles.missing_message, known_parameters=KNOWN_PARAMETERS
         )
         return result.desired, result.problems
+
+    def _source(self) -> Any:
+        if self.settings.source is None:
+            from reconciler.source import LocalSource
+
+            try:
+                self.settings.source = LocalSource(self.settings.desired_dir)
+            except SourceError:
+                return None
+        return self.settings.source
 
     def _last_valid(self) -> DesiredState | None:
         path = self.state_dir / LAST_VALID_FILE
@@ -155,6 +186,8 @@ class Reconciler:
         elif not dry_run:
             self._remember_valid(desired)
         handles = self.observe()
+        self.last_handles = handles
+        self.last_desired = desired
         if not dry_run:
             self._consume_restart_requests(states, handles)
         if desired is None:  # invalid, and never valid before: only watch what runs
@@ -176,10 +209,48 @@ class Reconciler:
             plan = replace(plan, valid=False)
         if dry_run:
             return PassResult(plan)
-        self._mark_stopping(plan, states, desired.revision, problems if invalid else [], now)
+        revision, dirty = self._recorded_revision(desired)
+        kept_problems = problems if invalid else []
+        self._mark_stopping(plan, states, revision, kept_problems, now, dirty)
         executed = self._execute(plan, desired, handles, states, now)
-        self._write(states, desired.revision, problems if invalid else [], now)
+        self._write(states, revision, kept_problems, now, dirty)
+        if not invalid:
+            self._note_applied(previous, revision, dirty)
+        self._note_unschedulable(plan)
         return self._result(plan, executed, states, desired, now)
+
+    def _recorded_revision(self, desired: DesiredState) -> tuple[str | None, bool]:
+        """The commit the applied desired state comes from, and whether uncommitted edits to it
+        were applied too (the "dirty" mark)."""
+        rev = self.last_revision
+        if rev is None or self.settings.rev:
+            return desired.revision, False
+        return getattr(rev, "sha", None), bool(getattr(rev, "dirty", False))
+
+    def _note_applied(self, previous: State | None, revision: str | None, dirty: bool) -> None:
+        """One `applied` event per new revision (history marks it; notifications recover)."""
+        was_invalid = previous is not None and bool(previous.problems)
+        same = previous is not None and (previous.revision, previous.revision_dirty) == (
+            revision,
+            dirty,
+        )
+        if same and not was_invalid:
+            return
+        label = (revision or "working tree")[:12] + (" (with uncommitted edits)" if dirty else "")
+        summary = getattr(self.last_revision, "dirty_summary", "") if dirty else ""
+        message = f"applied {label}" + (f": {summary}" if summary else "")
+        self.event("applied", None, message, revision=revision, dirty=dirty)
+
+    def _note_unschedulable(self, plan: Plan) -> None:
+        now_unschedulable = {u.model: u.reason for u in plan.unschedulable}
+        for model_id in sorted(set(now_unschedulable) - self._unschedulable):
+            self.event("unschedulable", model_id, now_unschedulable[model_id])
+        self._unschedulable = set(now_unschedulable)
+
+    def next_probe_at(self) -> float | None:
+        """When the next liveness probe of a running engine is due (the daemon wakes for it)."""
+        due = [last + interval for last, interval in self._last_probe.values()]
+        return min(due, default=None)
 
     def _supervise(
         self,
@@ -230,11 +301,16 @@ class Reconciler:
         engine = self._engine(handle)
         path = engine.health_path(spec) if hasattr(engine, "health_path") else hc.path
         url = f"http://127.0.0.1:{handle.port}{path}"
+        last = self._last_probe.get(spec.id)
+        if state.status == Status.running and last and now - last[0] < hc.interval_s:
+            return state  # liveness is probed every interval_s, however often passes run
         healthy = probe(url, min(hc.timeout_s, 2.0))
+        self._last_probe[spec.id] = (now, hc.interval_s)
         if healthy:
             self._probe_failures.pop(spec.id, None)
             if state.status != Status.running:
-                self.event("ready", spec.id, f"ready after {now - handle.started_at:.1f}s")
+                seconds = now - handle.started_at
+                self.event("ready", spec.id, f"ready after {seconds:.1f}s", seconds=seconds)
                 state = _with_retry(
                     replace(state, status=Status.running), record_ready(_retry(state))
                 )
@@ -319,6 +395,7 @@ class Reconciler:
         revision: str | None,
         problems: list[Problem],
         now: float,
+        dirty: bool = False,
     ) -> None:
         """Record `stopping` (`preempted`) before stopping anything: if this process dies
         mid-stop, the next pass sees an engine that was being stopped, not one that crashed."""
@@ -328,7 +405,7 @@ class Reconciler:
             state = states.get(action.model) or ModelState(id=action.model)
             states[action.model] = replace(state, status=status, last_transition=now)
         if stopping:
-            self._write(states, revision, problems, now)
+            self._write(states, revision, problems, now, dirty)
 
     def _execute(
         self,
@@ -415,21 +492,30 @@ class Reconciler:
         revision: str | None,
         problems: list[Problem],
         now: float,
+        dirty: bool = False,
     ) -> None:
         # models that are neither desired nor running leave the state file
         keep = {k: v for k, v in states.items() if v.status != Status.stopped or v.restarts_total}
         state = State(
             revision=revision,
+            revision_dirty=dirty,
             applied_at=now,
             models=keep,
             problems=[p.to_dict() for p in problems if p.is_error],
         )
         write_state(self.state_dir / STATE_FILE, state)
 
-    def event(self, kind: str, model: str | None, message: str) -> None:
-        line = json.dumps({"time": self.clock(), "kind": kind, "model": model, "message": message})
+    def event(self, kind: str, model: str | None, message: str, **fields: Any) -> None:
+        """Append to the event log (JSON lines) and tell the listeners."""
+        record = {"time": self.clock(), "kind": kind, "model": model, "message": message}
+        record.update(fields)
         with open(self.state_dir / EVENTS_FILE, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(json.dumps(record) + "\n")
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:  # a listener must never break a pass
+                log.exception("event listener failed")
 
     def stop_engines(self, handles: list[Handle], reason: str) -> None:
         """Stop these engines now (`reconciler stop-all`) and record them as stopped, so that
@@ -576,3 +662,13 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def _revision_of(source: Any) -> Any:
+    """The source's revision (sha, dirty mark); None outside git or when git cannot tell."""
+    if source is None:
+        return None
+    try:
+        return source.revision()
+    except SourceError:
+        return None

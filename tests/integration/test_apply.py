@@ -107,7 +107,9 @@ def test_killed_engine_is_restarted_with_backoff(host: Host) -> None:
         assert len(crashed) == round_
         restarted = host.events("start", "worker")[-1]
         waited = restarted["time"] - crashed[-1]["time"]
-        assert waited >= 0.8 * 1.0, f"restarted {waited:.2f}s after the crash: no backoff"
+        # jitter lets the backoff be 0.8 s; the crash event is written a little after the pass's
+        # clock reading that the retry time counts from (loading desired state comes between)
+        assert waited >= 0.6 * 1.0, f"restarted {waited:.2f}s after the crash: no backoff"
 
 
 def test_engine_that_exits_at_once_ends_in_error_and_its_fallback_runs(host: Host) -> None:
