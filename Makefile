@@ -13,7 +13,7 @@ WHEELS ?= $(HOME)/.cache/reconciler/wheels
 run: venv
 	$(BIN)/reconciler validate desired-state
 	$(BIN)/reconciler plan desired-state
-	$(BIN)/reconciler apply desired-state
+	$(BIN)/reconciler run desired-state
 
 test: venv
 	$(BIN)/pytest
