@@ -359,7 +359,9 @@ def _print_status(state_dir: Path) -> None:
         )
     out.print(table)
     revision = (state.revision or "working tree")[:12]
-    out.print(f"revision: {revision}; state file: {state_dir / STATE_FILE}")
+    if state.revision_dirty:
+        revision += " + uncommitted edits"
+    out.print(f"revision: {revision}; state file: {state_dir / STATE_FILE}", markup=False)
 
 
 @app.command("status")
