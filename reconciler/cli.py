@@ -165,6 +165,14 @@ StateDirOpt = Annotated[
 ]
 
 
+OnceOpt = Annotated[
+    bool, typer.Option("--once", help="one pass; do not wait for engines to be ready")
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="seconds to wait for the host to settle")
+]
+
+
 class PlanFormat(StrEnum):
     text = "text"
     json = "json"
@@ -280,12 +288,8 @@ def apply_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the plan, change nothing")
     ] = False,
-    once: Annotated[
-        bool, typer.Option("--once", help="one pass; do not wait for engines to be ready")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="seconds to wait for the host to settle")
-    ] = 900.0,
+    once: OnceOpt = False,
+    timeout: TimeoutOpt = 900.0,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Make the host match desired state: passes until every started engine is ready."""
@@ -716,12 +720,8 @@ def rollback_cmd(
     no_apply: Annotated[
         bool, typer.Option("--no-apply", help="commit (and push) only; apply nothing here")
     ] = False,
-    once: Annotated[
-        bool, typer.Option("--once", help="one pass; do not wait for engines to be ready")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="seconds to wait for the host to settle")
-    ] = 900.0,
+    once: OnceOpt = False,
+    timeout: TimeoutOpt = 900.0,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Restore desired state as at REV in a new commit (history is never rewritten); apply it.
