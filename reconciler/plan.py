@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from reconciler.gpus import GPUInfo
 from reconciler.observed import ObservedModel, Status
@@ -44,6 +44,13 @@ class Action:
     memory_mb: int
     """Per GPU, in MiB."""
     port: int | None
+    reason: str
+
+
+class Unschedulable(NamedTuple):
+    """A model that cannot be placed; unpacks like a (model, reason) pair."""
+
+    model: str
     reason: str
 
 
@@ -77,8 +84,8 @@ class Plan:
     valid: bool
     problems: tuple[Problem, ...] = ()
     actions: tuple[Action, ...] = ()
-    unschedulable: tuple[tuple[str, str], ...] = ()
-    """(model, reason), sorted by model."""
+    unschedulable: tuple[Unschedulable, ...] = ()
+    """Sorted by model."""
     gpus: tuple[GpuUsage, ...] = ()
     models: Mapping[str, Outcome] = field(default_factory=dict)
     """Every desired or observed model -> its outcome, sorted by id."""
@@ -135,7 +142,7 @@ def make_plan(
         valid=True,
         problems=tuple(problems),
         actions=diff.actions(),
-        unschedulable=tuple(result.unschedulable.items()),
+        unschedulable=tuple(Unschedulable(m, r) for m, r in result.unschedulable.items()),
         gpus=_usage(caps, observed, result.placements),
         models=diff.outcomes(),
     )
@@ -221,6 +228,7 @@ class _Diff:
         self.preempted = result.preempted
         self.unschedulable = result.unschedulable
         self.fixed = {s.port: s.id for s in specs.values() if s.port is not None}
+        self.fallbacks = {s.fallback for s in specs.values() if s.fallback is not None}
 
     def actions(self) -> tuple[Action, ...]:
         stops: list[tuple[tuple, Action]] = []
@@ -304,12 +312,9 @@ class _Diff:
             return "removed from desired state"
         if mid in self.unschedulable:
             return f"cannot be placed: {self.unschedulable[mid]}"
-        if not spec.enabled and self._is_fallback(mid):
+        if not spec.enabled and mid in self.fallbacks:
             return "disabled and no longer needed as a fallback"
         return "disabled (enabled: false)"
-
-    def _is_fallback(self, mid: str) -> bool:
-        return any(s.fallback == mid for s in self.specs.values())
 
     def _preempt_reason(self, mid: str) -> str:
         by = self.preempted[mid]

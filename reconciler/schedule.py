@@ -9,20 +9,26 @@ One pass of `schedule`:
 2. Evaluate the enabled models one at a time, highest priority first, ties by id. A reserved model
    is confirmed where it is. Any other model gets free room (spread: most free memory first; pack:
    best fit) or, failing that, room freed by preempting strictly lower-priority models that have
-   not been confirmed yet. A model that cannot be placed is unschedulable and its fallback is
-   evaluated at once. The fallback runs, and is protected from preemption, at max(primary
-   priority, fallback priority), but it preempts only what its primary could: models of lower
-   priority than the primary. (Otherwise a fallback could preempt a model its primary could not,
-   the primary would take that room on the next pass, and the two would take turns.)
-3. A standby fallback that no primary needed, or that its primary displaced, was a reservation that
-   other models may have been refused for. The pass then runs again without reserving it, so that
-   planning the converged system again changes nothing (level-triggered, no flapping). Likewise,
-   when a model found no free port while engines this plan stops hold ports, the pass runs again
-   with those ports free (the plan stops engines before it starts any).
+   not been confirmed yet. On a host with few GPUs, placement looks ahead: pack takes, of the GPUs
+   where the model fits, those that leave the models to come the most room (best fit among
+   equals), and spread breaks ties between equally free GPUs the same way.
+   A model that cannot be placed is unschedulable and its fallback is evaluated at once. The
+   fallback runs, and is protected from preemption, at max(primary priority, fallback priority),
+   but it preempts only what its primary could: models of lower priority than the primary.
+   (Otherwise a fallback could preempt a model its primary could not, the primary would take
+   that room on the next pass, and the two would take turns.)
+3. A standby fallback that no primary needed, or that its primary displaced, or a reserved engine
+   that found no port at its turn, held a place that other models may have been refused for. The
+   pass then runs again without reserving it, so that planning the converged system again changes
+   nothing (level-triggered, no flapping).
+
+Ports follow the same rules as memory: when the port range is exhausted, a model takes the port of
+an engine that this plan stops, or else preempts the lowest-priority engine (strictly lower than
+its own, not yet confirmed) that holds a port in the range.
 
 Victims are chosen exactly (highest victim priority, then count, then memory freed beyond need,
-then ids) for models on one GPU and for pinned models with few candidate victims; for unpinned
-multi-GPU models the cheapest GPUs are chosen one by one, which can miss the joint optimum.
+then ids) for models on one GPU, and for pinned or multi-GPU models when the candidates are few
+(a server); otherwise the cheapest GPUs are chosen one by one, which can miss the joint optimum.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +47,14 @@ Policy = Literal["spread", "pack"]
 MAX_PRIORITY = 10
 EXACT_VICTIM_SUBSETS = 4096
 """Victim sets are searched exhaustively up to this many combinations, greedily beyond."""
+LOOKAHEAD_GPUS = 16
+"""Placement looks ahead on hosts with at most this many GPUs (a server); beyond, it does not."""
+LOOKAHEAD_MODELS = 16
+"""How many of the models to come a look-ahead tries to fit."""
+LOOKAHEAD_OPTIONS = 64
+"""How many GPU choices a look-ahead compares, best fit first."""
+LOOKAHEAD_STEPS = 50_000
+"""Trial placements a pass may spend looking ahead; then it places without (bounded time)."""
 
 MEMORY_UNKNOWN = "GPU memory requirement unknown: set resource_requirements.gpu_memory_mb"
 AFTER_PREEMPTING = " after preempting every lower priority"
@@ -129,15 +143,12 @@ def schedule(
         if not 1 <= d.priority <= MAX_PRIORITY:
             raise ValueError(f"{d.id}: priority {d.priority} is outside 1..{MAX_PRIORITY}")
     unreserved: frozenset[str] = frozenset()
-    released: frozenset[int] = frozenset()
-    while True:  # runs again only when a reservation or a held port turned out to be wasted
-        one = _Pass(demands, running, gpus, placement, port_range, unreserved, released)
+    while True:  # runs again only when a reservation turned out to be wasted
+        one = _Pass(demands, running, gpus, placement, port_range, unreserved)
         one.run()
-        freed = one.ports_to_release() - released
-        if not one.wasted and not freed:
+        if not one.wasted:
             return one.result()
         unreserved |= one.wasted
-        released |= freed
 
 
 def _by_id(item: Demand | Running) -> str:
@@ -145,7 +156,7 @@ def _by_id(item: Demand | Running) -> str:
 
 
 def _slot(d: Demand) -> tuple[int, str]:
-    return (d.priority, d.id)
+    return (-d.priority, d.id)
 
 
 def _names(indexes: Iterable[int]) -> str:
@@ -193,29 +204,28 @@ class _Ranked:
 
 
 class _Ports:
-    """A fixed port belongs to its model; a running model keeps its port; any other model gets the
-    lowest port of the range that no fixed-port model and no running engine holds."""
+    """A fixed port belongs to its model; a running engine keeps its port; any other model gets
+    the lowest port of the range that no fixed-port model and no running engine holds.
+
+    When the range is exhausted, a model may take the port of a running engine that holds no
+    place in this pass (the plan stops it before it starts anything). Otherwise a port freed later
+    in the pass would have served a model refused earlier, and the next pass would differ."""
 
     def __init__(
-        self,
-        port_range: tuple[int, int],
-        demands: Sequence[Demand],
-        running: Sequence[Running],
-        released: frozenset[int],
+        self, port_range: tuple[int, int], demands: Sequence[Demand], running: Sequence[Running]
     ) -> None:
         self.first, self.last = port_range
-        self.released = released
         self.fixed: dict[int, str] = {}
         for d in sorted(demands, key=_by_id):
             if d.port is not None:
                 self.fixed.setdefault(d.port, d.id)
         self.held: dict[int, str] = {}
         for r in sorted(running, key=_by_id):
-            if r.port is not None and r.port not in released:
+            if r.port is not None:
                 self.held.setdefault(r.port, r.id)
         self.running_port = {r.id: r.port for r in running}
-        self.taken = set(self.fixed) | set(self.held)
         self.given: dict[str, int] = {}
+        self.used: set[int] = set()
         self.next = self.first
 
     def own(self, d: Demand) -> int | None:
@@ -223,28 +233,46 @@ class _Ports:
         if d.port is not None:
             return d.port
         port = self.running_port.get(d.id)
-        if port is not None and self.held.get(port) == d.id and port not in self.fixed:
-            return port
-        return None
+        if port is None or self.held.get(port) != d.id or port in self.fixed or port in self.used:
+            return None
+        return port
 
-    def available(self, d: Demand) -> bool:
-        return d.id in self.given or self.own(d) is not None or self._lowest() is not None
+    def claim(self, model: str) -> int | None:
+        """The port in the range that a running engine would give up if it were preempted."""
+        port = self.running_port.get(model)
+        if port is None or not self.first <= port <= self.last:
+            return None
+        if self.held.get(port) != model or port in self.fixed or port in self.used:
+            return None
+        return port
 
-    def take(self, d: Demand) -> int | None:
+    def choose(self, d: Demand, placeless: Callable[[str], bool]) -> int | None:
+        """The port `d` would get now, without taking it."""
         port = self.given.get(d.id) or self.own(d) or self._lowest()
         if port is not None:
-            self.given[d.id] = port
-            self.taken.add(port)
+            return port
+        return next((p for p in sorted(self.held) if self._free_of(p, placeless)), None)
+
+    def take(self, d: Demand, port: int) -> int:
+        self.given[d.id] = port
+        self.used.add(port)
         return port
 
     def exhausted(self) -> str:
         return f"no free port in {self.first}-{self.last}"
 
     def _lowest(self) -> int | None:
-        # ports are only ever taken during a pass, so everything below `next` stays taken
-        while self.next <= self.last and self.next in self.taken:
+        # ports are only ever taken during a pass: everything below `next` stays taken
+        while self.next <= self.last and (
+            self.next in self.used or self.next in self.fixed or self.next in self.held
+        ):
             self.next += 1
         return self.next if self.next <= self.last else None
+
+    def _free_of(self, port: int, placeless: Callable[[str], bool]) -> bool:
+        if not self.first <= port <= self.last or port in self.used or port in self.fixed:
+            return False
+        return placeless(self.held[port])
 
 
 @dataclass(slots=True, eq=False)
@@ -290,7 +318,6 @@ class _Pass:
         policy: Policy,
         port_range: tuple[int, int],
         unreserved: frozenset[str],
-        released: frozenset[int],
     ) -> None:
         self.demands = {d.id: d for d in demands}
         self.running = {r.id: r for r in running}
@@ -302,6 +329,8 @@ class _Pass:
         self.pending_on: dict[int, dict[str, _Entry]] = {g: {} for g in self.free}
         self.evictable = {g: [0] * (MAX_PRIORITY + 1) for g in self.free}
         self.pending_count = [0] * (MAX_PRIORITY + 1)
+        self.pool_version = dict.fromkeys(self.free, 0)
+        self.pools: dict[tuple[int, int], tuple[int, list[_Entry], list[int]]] = {}
         # GPUs whose free or evictable memory changed, in order: views catch up lazily
         self.touched: list[int] = []
         self.views: dict[int, tuple[_Ranked, int]] = {}
@@ -309,14 +338,18 @@ class _Pass:
         self.failed: dict[str, str] = {}
         self.preempted: dict[str, str] = {}
         self.wasted: set[str] = set()
-        self.ports = _Ports(port_range, demands, running, released)
-        self.port_starved = False
+        self.ports = _Ports(port_range, demands, running)
+        self.order: list[Demand] = []
+        self.turn = 0
+        self.steps_left = LOOKAHEAD_STEPS
 
     # -- the pass ---------------------------------------------------------------------------
 
     def run(self) -> None:
         self._reserve()
-        for d in sorted((d for d in self.demands.values() if d.enabled), key=_slot):
+        self.order = sorted((d for d in self.demands.values() if d.enabled), key=_slot)
+        for turn, d in enumerate(self.order):
+            self.turn = turn  # placement looks ahead at the models after this one
             self._evaluate(d, d.priority, d.priority, None, ())
         self.wasted.update(e.id for e in self.entries.values() if e.standby and not e.confirmed)
 
@@ -330,15 +363,6 @@ class _Pass:
         unschedulable = {m: self.failed[m] for m in sorted(self.failed) if m not in preempted}
         return Schedule(placements, preempted, unschedulable)
 
-    def ports_to_release(self) -> frozenset[int]:
-        """Ports held by engines this pass does not keep, when somebody needed a port."""
-        if not self.port_starved:
-            return frozenset()
-        placed = {e.id for e in self.entries.values() if e.confirmed}
-        return frozenset(
-            r.port for r in self.running.values() if r.port is not None and r.id not in placed
-        )
-
     def _reserve(self) -> None:
         """Hold the places of running engines that may stay, highest priority first, then of
         engines that restart in place in what is left. One that does not fit (capacity shrank,
@@ -350,9 +374,7 @@ class _Pass:
             d = self.demands.get(r.id)
             if d is None or d.blocked or r.id in self.unreserved:
                 continue
-            # a port released for a rerun does not make its engine any less reusable
-            keeps_port = self.ports.own(d) == r.port or r.port in self.ports.released
-            reusable = r.reusable and keeps_port
+            reusable = r.reusable and self.ports.own(d) == r.port
             if d.enabled and reusable:
                 kept.append((d.priority, r.id, r.memory_mb, False))
             elif d.enabled and self._same_shape(d, r):
@@ -390,12 +412,8 @@ class _Pass:
         entry = self.entries.get(d.id)
         if entry is not None and entry.confirmed:
             return True
-        if entry is not None and self.ports.available(d):
-            self._confirm(entry, priority, fallback_for, self.ports.take(d))
-            return True
         if entry is not None:
-            self._remove(entry)
-            reason = self._no_port()
+            reason = self._confirm_reserved(entry, d, priority, power, fallback_for)
         elif d.id in self.failed:  # already tried at a priority at least as high
             return False
         else:
@@ -410,6 +428,21 @@ class _Pass:
             effective = max(priority, fallback.priority)
             self._evaluate(fallback, effective, power, d.id, (*chain, d.id))
         return False
+
+    def _confirm_reserved(
+        self, e: _Entry, d: Demand, priority: int, power: int, fallback_for: str | None
+    ) -> str | None:
+        """A reserved engine stays where it is, on its own port unless that is now another
+        model's fixed port."""
+        port = self._port_for(d, power, [e])
+        if port is None:  # its reservation was for nothing: run again without it
+            self._remove(e)
+            self.wasted.add(e.id)
+            return self.ports.exhausted()
+        e.port = self._take_port(d, port)
+        self._unpend(e)
+        e.confirmed, e.priority, e.fallback_for = True, priority, fallback_for
+        return None
 
     def _place(self, d: Demand, priority: int, power: int, fallback_for: str | None) -> str | None:
         """Place `d` now, preempting if it must; the reason when it cannot be placed."""
@@ -426,9 +459,7 @@ class _Pass:
             )
         if count > len(self.free):
             return f"needs {count} GPUs but the host has {len(self.free)}"
-        if not self.ports.available(d):
-            return self._no_port()
-        memory = d.memory_mb or 0 if count else 0
+        memory = (d.memory_mb or 0) if count else 0
         lifted = self._lift(self._chain_standbys(d))
         victims: list[_Entry] = []
         gpus = self._fit(d, count, memory) if count else []
@@ -437,18 +468,47 @@ class _Pass:
             if gpus is None:
                 self._restore(lifted)
                 return reason
+        port = self._port_for(d, power, victims)
+        if port is None:  # no port: preempt nobody
+            self._restore(lifted)
+            return self.ports.exhausted()
         for victim in victims:
-            self._remove(victim)
-            self.preempted[victim.id] = d.id
-        entry = _Entry(d.id, tuple(sorted(gpus)), memory, self.ports.take(d), priority)
+            self._preempt(victim, d.id)
+        entry = _Entry(d.id, tuple(sorted(gpus)), memory, self._take_port(d, port), priority)
         entry.confirmed, entry.fallback_for = True, fallback_for
         self._occupy(entry, pending=False)
         self._restore(lifted)
         return None
 
-    def _no_port(self) -> str:
-        self.port_starved = True
-        return self.ports.exhausted()
+    def _port_for(
+        self, d: Demand, power: int, leaving: list[_Entry]
+    ) -> tuple[int, _Entry | None] | None:
+        """(port, engine to preempt for it, or None), or None when there is no port for `d`.
+        Engines in `leaving` hold no place once `d` is placed."""
+        gone = {e.id for e in leaving}
+        port = self.ports.choose(d, lambda m: m in gone or m not in self.entries)
+        if port is not None:
+            return port, None
+        holders = (
+            e
+            for e in self.entries.values()
+            if not e.confirmed and e.priority < power and e.id not in gone
+        )
+        for e in sorted(holders, key=lambda e: (e.priority, e.id)):
+            claim = self.ports.claim(e.id)
+            if claim is not None:
+                return claim, e
+        return None
+
+    def _take_port(self, d: Demand, port: tuple[int, _Entry | None]) -> int:
+        number, holder = port
+        if holder is not None:
+            self._preempt(holder, d.id)
+        return self.ports.take(d, number)
+
+    def _preempt(self, victim: _Entry, by: str) -> None:
+        self._remove(victim)
+        self.preempted[victim.id] = by
 
     def _fit(self, d: Demand, count: int, memory: int) -> list[int] | None:
         """GPUs with enough free memory now, or None. An engine that restarts stays where it
@@ -459,9 +519,74 @@ class _Pass:
         if d.pinned:
             return list(d.pinned) if self._room(d.pinned, memory) else None
         if self.policy == "pack":
+            return self._pack(count, memory)
+        return self._spread(count, memory)
+
+    def _pack(self, count: int, memory: int) -> list[int] | None:
+        """Best fit; on a small host, looking ahead among the GPUs where the model fits."""
+        if len(self.free) > LOOKAHEAD_GPUS:
             return self.ranked.best_fit(memory, count)
+        fitting = [g for _, g in self.ranked.keys if self.free[g] >= memory]
+        return self._look_ahead(fitting, count, memory)
+
+    def _spread(self, count: int, memory: int) -> list[int] | None:
+        """Most free first; on a small host, ties between equally free GPUs by looking ahead."""
         top = self.ranked.top(count)
-        return top if self._room(top, memory) else None
+        if not self._room(top, memory):
+            return None
+        if len(self.free) > LOOKAHEAD_GPUS:
+            return top
+        least = min(self.free[g] for g in top)
+        above = [g for g in top if self.free[g] > least]
+        tied = [g for _, g in self.ranked.keys if self.free[g] == least]
+        if len(tied) == count - len(above):
+            return top
+        return above + (self._look_ahead(tied, count - len(above), memory, above) or [])
+
+    def _look_ahead(
+        self, gpus: list[int], count: int, memory: int, taken: Sequence[int] = ()
+    ) -> list[int] | None:
+        """Of `count` GPUs among `gpus` (best fit first), those that let the models to come (in
+        turn order, packed by best fit) fit best. Placing a model where it blocks fewer of those
+        is what packs a host closest to the optimum; `taken` GPUs are the model's too."""
+        options = list(itertools.islice(itertools.combinations(gpus, count), LOOKAHEAD_OPTIONS))
+        options.sort(key=lambda option: sorted(self.free[g] for g in option))  # best fit first
+        if len(options) <= 1 or self.steps_left <= 0:
+            return list(options[0]) if options else None
+        upcoming = self._upcoming()
+        self.steps_left -= len(options) * len(upcoming)
+        scores = [self._rollout((*taken, *option), memory, upcoming) for option in options]
+        return list(options[scores.index(max(scores))])
+
+    def _upcoming(self) -> list[Demand]:
+        """The next models whose turn is still to come and that need new room."""
+        found = []
+        for i in range(self.turn + 1, len(self.order)):
+            d = self.order[i]
+            if d.id in self.entries or d.blocked or not d.gpus_needed or d.memory_mb is None:
+                continue
+            found.append(d)
+            if len(found) == LOOKAHEAD_MODELS:
+                break
+        return found
+
+    def _rollout(self, gpus: tuple[int, ...], memory: int, upcoming: list[Demand]) -> tuple:
+        """Which of `upcoming` fit, in order, if `d` takes `gpus` and they are packed."""
+        free = dict(self.free)
+        for g in gpus:
+            free[g] -= memory
+        placed = []
+        for u in upcoming:
+            need = u.memory_mb or 0
+            if u.pinned:
+                chosen = list(u.pinned) if all(free.get(g, -1) >= need for g in u.pinned) else []
+            else:
+                tight = sorted((f, g) for g, f in free.items() if f >= need)[: u.gpus_needed]
+                chosen = [g for _, g in tight] if len(tight) == u.gpus_needed else []
+            for g in chosen:
+                free[g] -= need
+            placed.append(bool(chosen))
+        return tuple(placed)
 
     def _room(self, gpus: Iterable[int], memory: int) -> bool:
         return all(self.free[g] >= memory for g in gpus)
@@ -534,7 +659,8 @@ class _Pass:
         return f"needs {memory} MiB on each of {count} GPUs; {n} {have} that much free{suffix}"
 
     def _view(self, level: int) -> _Ranked:
-        """GPUs ranked by free memory plus what models of priority below `level` hold."""
+        """GPUs ranked by free memory plus what models of priority below `level` hold; brought up
+        to date lazily, from the GPUs touched since the last look."""
         cached = self.views.get(level)
         if cached is None:
             view = _Ranked({g: self._potential(g, level) for g in self.free})
@@ -553,8 +679,16 @@ class _Pass:
     ) -> tuple[list[int], list[_Entry]]:
         if d.pinned:
             return list(d.pinned), self._joint_victims(d.pinned, memory, level)
+        candidates = self._view(level).at_least(memory)
+        if count > 1 and math.comb(len(candidates), count) <= LOOKAHEAD_OPTIONS:
+            return self._victims_jointly(candidates, count, memory, level)
+        # the fewest victims first (cheap: prefix sums), then the exact search on those GPUs only
+        counts = [(self._victim_count(g, memory, level), g) for g in candidates]
+        counts.sort()
         options = []
-        for g in self._view(level).at_least(memory):
+        for n, g in counts:
+            if len(options) >= count and n > options[count - 1][0][0]:
+                break
             cost, victims = self._gpu_victims(g, memory, level)
             rank = -self.free[g] if self.policy == "spread" else self.free[g]
             options.append((cost, rank, g, victims))
@@ -563,9 +697,44 @@ class _Pass:
         union = {v.id: v for *_, victims in chosen for v in victims}
         return [g for _, _, g, _ in chosen], [union[v] for v in sorted(union)]
 
+    def _victims_jointly(
+        self, candidates: list[int], count: int, memory: int, level: int
+    ) -> tuple[list[int], list[_Entry]]:
+        """Multi-GPU model, few GPUs: every combination, each with its best victims."""
+        best = None
+        for gpus in itertools.combinations(sorted(candidates), count):
+            victims = self._joint_victims(gpus, memory, level)
+            need = sum(max(0, memory - self.free[g]) for g in gpus)
+            ids = tuple(v.id for v in victims)
+            rank = sorted(-self.free[g] if self.policy == "spread" else self.free[g] for g in gpus)
+            key = (len(victims), _excess(victims, need), ids, rank, gpus)
+            if best is None or key < best[0]:
+                best = (key, list(gpus), victims)
+        assert best is not None  # the view promised room on `count` GPUs
+        return best[1], best[2]
+
     def _pool(self, gpus: Iterable[int], level: int) -> list[_Entry]:
         found = {e.id: e for g in gpus for e in self.pending_on[g].values() if e.priority < level}
         return sorted(found.values(), key=lambda e: (-e.memory_mb, e.id))
+
+    def _gpu_pool(self, g: int, level: int) -> tuple[list[_Entry], list[int]]:
+        """One GPU's possible victims below `level`, largest first, and their running sums;
+        cached until a reservation on that GPU changes."""
+        cached = self.pools.get((g, level))
+        if cached is None or cached[0] != self.pool_version[g]:
+            pool = self._pool([g], level)
+            cached = (
+                self.pool_version[g],
+                pool,
+                list(itertools.accumulate(e.memory_mb for e in pool)),
+            )
+            self.pools[(g, level)] = cached
+        return cached[1], cached[2]
+
+    def _victim_count(self, g: int, memory: int, level: int) -> int:
+        """The fewest victims that make room on GPU g: the largest ones first."""
+        need = memory - self.free[g]
+        return 0 if need <= 0 else bisect_left(self._gpu_pool(g, level)[1], need) + 1
 
     def _gpu_victims(
         self, g: int, memory: int, level: int
@@ -574,12 +743,13 @@ class _Pass:
         need = memory - self.free[g]
         if need <= 0:
             return (0, 0, ()), []
-        pool = self._pool([g], level)
-        total, count = 0, 0
-        for e in pool:  # largest first: the fewest victims that free enough
-            total, count = total + e.memory_mb, count + 1
-            if total >= need:
-                break
+        pool = self._gpu_pool(g, level)[0]
+        count = self._victim_count(g, memory, level)
+        if count == 1:  # the common case, without building combinations
+            (excess, _), victim = min(
+                ((e.memory_mb * len(e.gpus) - need, e.id), e) for e in pool if e.memory_mb >= need
+            )
+            return (1, excess, (victim.id,)), [victim]
         if math.comb(len(pool), count) <= EXACT_VICTIM_SUBSETS:
             combos: Iterable[tuple[_Entry, ...]] = itertools.combinations(pool, count)
         else:  # too many: the count-1 largest and the smallest one that completes them
@@ -624,6 +794,7 @@ class _Pass:
             for g in e.gpus:
                 self.pending_on[g][e.id] = e
                 self.evictable[g][e.priority] += e.memory_mb
+                self.pool_version[g] += 1
             self.pending_count[e.priority] += 1
         self.entries[e.id] = e
 
@@ -633,18 +804,13 @@ class _Pass:
             self._set_free(g, self.free[g] + e.memory_mb)
         del self.entries[e.id]
 
-    def _confirm(
-        self, e: _Entry, priority: int, fallback_for: str | None, port: int | None
-    ) -> None:
-        self._unpend(e)
-        e.confirmed, e.priority, e.fallback_for, e.port = True, priority, fallback_for, port
-
     def _unpend(self, e: _Entry) -> None:
         if e.confirmed or not e.gpus or e.id not in self.pending_on[e.gpus[0]]:
             return
         for g in e.gpus:
             del self.pending_on[g][e.id]
             self.evictable[g][e.priority] -= e.memory_mb
+            self.pool_version[g] += 1
             self.touched.append(g)
         self.pending_count[e.priority] -= 1
 
