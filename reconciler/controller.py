@@ -4,12 +4,18 @@ Triggers: a file change under the desired-state directory (watchfiles, debounced
 (local HEAD moves, or a remote fetch brings one), an engine that exits (a cheap pid poll), a health
 probe or a restart that falls due, an explicit trigger (the HTTP API and the git webhook call
 `trigger()`), and a periodic resync that catches drift. Triggers that arrive during a pass coalesce
-into one more pass; passes never overlap because only the loop thread runs them.
+into one more pass; passes never overlap because only the loop thread runs them. Liveness probes
+that fall due between passes are sent by the loop alone: only a probe that fails costs a pass.
+
+A remote source is fetched by its own thread while passes read it: GitPython's Repo is not
+thread-safe (both threads would talk to one `git cat-file --batch` process), so a fetch and a pass
+never run at the same time (`_source_lock`); a pass therefore sees one commit throughout.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +25,7 @@ from typing import Protocol
 
 import psutil
 
+from reconciler.problems import Problem
 from reconciler.reconcile import PassResult, Reconciler
 
 log = logging.getLogger("reconciler.controller")
@@ -74,6 +81,10 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._watched_pids: dict[int, float] = {}
         self._fetch_now = threading.Event()
+        self._source_lock = threading.Lock()
+        self._logged_problems: tuple[Problem, ...] = ()
+        self._refused: str | None = None
+        """the remote commit last refused (reported once, not on every fetch)"""
 
     # -- triggers ----------------------------------------------------------------------------
 
@@ -102,19 +113,27 @@ class Controller:
 
     def run(self) -> None:
         """Run until stop(): the first pass at once, then on triggers and deadlines."""
+        if _is_remote(self.source):
+            self._sync_remote()  # the first pass reads the remote's commit, not "no clone yet"
         self._start_watchers()
         self.trigger("start")
-        next_deadline = time.monotonic()
+        next_pass, next_probe = time.monotonic(), math.inf
         try:
             while not self._stop.is_set():
-                timeout = max(0.0, next_deadline - time.monotonic())
-                self._wake.wait(timeout)
+                self._wake.wait(max(0.0, min(next_pass, next_probe) - time.monotonic()))
                 if self._stop.is_set():
                     break
                 self._wake.clear()
-                reasons = self._take_reasons() or ["resync"]
-                result = self._pass(reasons)
-                next_deadline = self._next_deadline(result)
+                reasons = self._take_reasons()
+                if not reasons and time.monotonic() < next_pass:
+                    # only liveness probes fell due: a pass is needed when one fails, not before
+                    if self._probe():
+                        next_probe = self._probe_deadline()
+                        continue
+                    reasons = ["liveness probe failed"]
+                result = self._pass(reasons or ["resync"])
+                next_pass = self._next_deadline(result)
+                next_probe = self._probe_deadline() if result is not None else math.inf
         finally:
             self._stop.set()
             self._fetch_now.set()
@@ -124,7 +143,8 @@ class Controller:
     def _pass(self, reasons: list[str]) -> PassResult | None:
         started = time.monotonic()
         try:
-            result = self.reconciler.pass_once()
+            with self._source_lock:
+                result = self.reconciler.pass_once()
         except Exception:  # a pass must never kill the daemon; the next trigger retries
             log.exception("reconcile pass failed")
             if self.on_pass is not None:
@@ -137,12 +157,27 @@ class Controller:
         self.stats.last_result = result
         self.stats.last_reasons = reasons
         self._watch_pids()
+        self._log_problems(result)
         for line in result.executed:
             log.info("%s", line)
         log.debug("pass (%s) took %.3fs", ", ".join(reasons), duration)
         if self.on_pass is not None:
             self.on_pass(result, reasons, duration)
         return result
+
+    def _log_problems(self, result: PassResult) -> None:
+        """An invalid desired state is logged once (file:line each), and its end too."""
+        errors = tuple(p for p in result.plan.problems if p.is_error)
+        if errors == self._logged_problems:
+            return
+        self._logged_problems = errors
+        if errors:
+            lines = "\n  ".join(str(p) for p in errors)
+            log.warning(
+                "desired state invalid, nothing changed; the last valid one stays:\n  %s", lines
+            )
+        else:
+            log.info("desired state valid again")
 
     def _next_deadline(self, result: PassResult | None) -> float:
         now_mono, now_wall = time.monotonic(), time.time()
@@ -151,10 +186,23 @@ class Controller:
             return now_mono + 1.0  # a failed pass is retried soon, not in a minute
         if result.next_wake is not None:
             deadline = min(deadline, now_mono + max(0.05, result.next_wake - now_wall))
-        probe_due = self.reconciler.next_probe_at()
-        if probe_due is not None:
-            deadline = min(deadline, now_mono + max(0.05, probe_due - now_wall))
         return deadline
+
+    def _probe_deadline(self) -> float:
+        """When the next liveness probe of a running engine falls due (monotonic clock)."""
+        due = self.reconciler.next_probe_at()
+        if due is None:
+            return math.inf
+        return time.monotonic() + max(0.05, due - time.time())
+
+    def _probe(self) -> bool:
+        """The due liveness probes between passes (a pass costs far more than a few GETs);
+        True when all answered."""
+        try:
+            return self.reconciler.probe_due()
+        except Exception:
+            log.exception("liveness probes failed")
+            return False
 
     def _take_reasons(self) -> list[str]:
         with self._lock:
@@ -164,12 +212,13 @@ class Controller:
     # -- watcher threads ---------------------------------------------------------------------
 
     def _start_watchers(self) -> None:
-        if self.settings.watch:
-            self._spawn(self._watch_files, "watch-files")
-        if _is_remote(self.source):
+        if _is_remote(self.source):  # the clone's files are not what is loaded: git objects are
             self._spawn(self._poll_remote, "poll-remote")
-        elif self.source is not None:
-            self._spawn(self._poll_head, "poll-head")
+        else:
+            if self.settings.watch:
+                self._spawn(self._watch_files, "watch-files")
+            if self.source is not None:
+                self._spawn(self._poll_head, "poll-head")
         self._spawn(self._poll_liveness, "poll-liveness")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -206,17 +255,36 @@ class Controller:
                 self.trigger(f"new commit {str(head)[:12]}")
 
     def _poll_remote(self) -> None:
-        source = self.source
         while not self._stop.is_set():
-            try:
-                result = source.sync()  # type: ignore[union-attr]
-            except Exception:
-                log.exception("fetching the remote failed")
-                result = None
-            if result is not None and (getattr(result, "changed", False) or _refused(result)):
-                self.trigger(_sync_reason(result))
             self._fetch_now.wait(self.settings.poll_s)
             self._fetch_now.clear()
+            if not self._stop.is_set():
+                self._sync_remote()
+
+    def _sync_remote(self) -> None:
+        """Fetch and fast-forward; a pass when the commit moved. A refused rewrite of history
+        changes nothing: it is logged and recorded as an event once per remote commit."""
+        try:
+            with self._source_lock:
+                result = self.source.sync()  # type: ignore[union-attr]
+        except Exception:
+            log.exception("fetching the remote failed")
+            return
+        refused = getattr(result, "refused", None)
+        if refused:
+            new = getattr(result, "new", None)
+            if new != self._refused:
+                self._refused = new
+                log.warning("%s", refused)
+                self.reconciler.event("remote-refused", None, refused, revision=new)
+            return
+        self._refused = None
+        if getattr(result, "changed", False):
+            if getattr(result, "forced", False):
+                message = f"followed a rewritten history to {str(result.new)[:12]}"
+                log.warning("%s (allow_force_push)", message)
+                self.reconciler.event("remote-forced", None, message, revision=result.new)
+            self.trigger(f"new commit {str(getattr(result, 'new', None))[:12]}")
 
     def _head(self) -> str | None:
         try:
@@ -252,14 +320,3 @@ def _alive(pid: int, create_time: float) -> bool:
 def _is_remote(source: object) -> bool:
     """A remote source must be fetched; a local one is only watched."""
     return callable(getattr(source, "sync", None))
-
-
-def _refused(result: object) -> bool:
-    return bool(getattr(result, "refused", None))
-
-
-def _sync_reason(result: object) -> str:
-    if _refused(result):
-        return f"remote refused: {result.refused}"  # type: ignore[attr-defined]
-    new = getattr(result, "new", None)
-    return f"new commit {str(new)[:12]}"

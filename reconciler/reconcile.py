@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
 from reconciler.engines.health import probe
 from reconciler.gpus import InventoryError
@@ -107,6 +109,10 @@ class Reconciler:
         self.last_revision: Any = None
         self.last_desired: DesiredState | None = None
         """the desired state in force after the last pass (the last valid one when invalid)"""
+        self.last_state: State | None = None
+        """the state file as this process last wrote it (read back without parsing it)"""
+        self._written: tuple[int, int, int] | None = None
+        self._http: httpx.Client | None = None
 
     # -- desired state -----------------------------------------------------------------------
 
@@ -173,7 +179,7 @@ class Reconciler:
     def pass_once(self, *, dry_run: bool = False) -> PassResult:
         now = self.clock()
         self._starting_urls = []
-        previous, corrupt = read_state_or_recover(self.state_dir / STATE_FILE)
+        previous, corrupt = self._read_previous()
         if corrupt:
             self.event("state-rebuilt", None, f"state file was unreadable ({corrupt}); rebuilt")
         states = dict(previous.models) if previous else {}
@@ -209,7 +215,7 @@ class Reconciler:
             plan = replace(plan, valid=False)
         if dry_run:
             return PassResult(plan)
-        revision, dirty = self._recorded_revision(desired)
+        revision, dirty = self._recorded_revision(desired, previous, invalid)
         kept_problems = problems if invalid else []
         self._mark_stopping(plan, states, revision, kept_problems, now, dirty)
         executed = self._execute(plan, desired, handles, states, now)
@@ -219,9 +225,25 @@ class Reconciler:
         self._note_unschedulable(plan)
         return self._result(plan, executed, states, desired, now)
 
-    def _recorded_revision(self, desired: DesiredState) -> tuple[str | None, bool]:
+    def _read_previous(self) -> tuple[State | None, str | None]:
+        """The state file as the last pass left it: from memory while the file is still the one
+        this process wrote (parsing the YAML costs more than the rest of an idle pass), from
+        disk when anything else replaced it (`stop-all`, an `apply` beside the daemon)."""
+        path = self.state_dir / STATE_FILE
+        if self.last_state is not None and _file_signature(path) == self._written:
+            return self.last_state, None
+        return read_state_or_recover(path)
+
+    def _recorded_revision(
+        self, desired: DesiredState, previous: State | None, invalid: bool
+    ) -> tuple[str | None, bool]:
         """The commit the applied desired state comes from, and whether uncommitted edits to it
-        were applied too (the "dirty" mark)."""
+        were applied too (the "dirty" mark). A rejected (invalid) revision is not applied: the
+        revision in force stays recorded, as the last pass wrote it."""
+        if invalid:
+            if previous is not None:
+                return previous.revision, previous.revision_dirty
+            return desired.revision, False
         rev = self.last_revision
         if rev is None or self.settings.rev:
             return desired.revision, False
@@ -251,6 +273,26 @@ class Reconciler:
         """When the next liveness probe of a running engine is due (the daemon wakes for it)."""
         due = [last + interval for last, interval in self._last_probe.values()]
         return min(due, default=None)
+
+    def probe_due(self) -> bool:
+        """The liveness probes that are due, without a pass: True when every one answered
+        (nothing changes, so the daemon skips the pass); False as soon as one did not, or one
+        cannot be probed from what the last pass saw (a pass then probes and decides)."""
+        desired, now = self.last_desired, self.clock()
+        for model_id, (last, interval) in sorted(self._last_probe.items()):
+            if now - last < interval:
+                continue
+            spec = desired.models.get(model_id) if desired is not None else None
+            alive = [h for h in self.last_handles.get(model_id, []) if h.alive]
+            if spec is None or len(alive) != 1:
+                return False
+            url = f"http://127.0.0.1:{alive[0].port}{self._health_path(spec, alive[0])}"
+            timeout = min(spec.health_check.timeout_s, 2.0)
+            if not probe(url, timeout, client=self.http_client()):
+                return False
+            self._last_probe[model_id] = (now, interval)
+            self._probe_failures.pop(model_id, None)
+        return True
 
     def _supervise(
         self,
@@ -292,6 +334,12 @@ class Reconciler:
                 continue
             state = self._check_health(state, spec, handle, now, dry_run)
             out[model_id] = state
+        probed = {
+            m for m, hs in handles.items() if m in desired.models and any(h.alive for h in hs)
+        }
+        for gone in set(self._last_probe) - probed:  # its due probe would wake the loop forever
+            del self._last_probe[gone]
+            self._probe_failures.pop(gone, None)
         return out
 
     def _check_health(
@@ -299,12 +347,12 @@ class Reconciler:
     ) -> ModelState:
         hc = spec.health_check
         engine = self._engine(handle)
-        path = engine.health_path(spec) if hasattr(engine, "health_path") else hc.path
+        path = self._health_path(spec, handle)
         url = f"http://127.0.0.1:{handle.port}{path}"
         last = self._last_probe.get(spec.id)
         if state.status == Status.running and last and now - last[0] < hc.interval_s:
             return state  # liveness is probed every interval_s, however often passes run
-        healthy = probe(url, min(hc.timeout_s, 2.0))
+        healthy = probe(url, min(hc.timeout_s, 2.0), client=self.http_client())
         self._last_probe[spec.id] = (now, hc.interval_s)
         if healthy:
             self._probe_failures.pop(spec.id, None)
@@ -333,6 +381,12 @@ class Reconciler:
         failure = Failure(failure.message, tuple(engine.logs(handle)))
         engine.stop(handle, self.settings.stop_grace_s)
         return self._fail(state, spec, failure, now)
+
+    def _health_path(self, spec: ModelSpec, handle: Handle) -> str:
+        engine = self._engine(handle)
+        return (
+            engine.health_path(spec) if hasattr(engine, "health_path") else spec.health_check.path
+        )
 
     def _fail(
         self, state: ModelState, spec: ModelSpec | None, failure: Failure, now: float
@@ -503,7 +557,19 @@ class Reconciler:
             models=keep,
             problems=[p.to_dict() for p in problems if p.is_error],
         )
-        write_state(self.state_dir / STATE_FILE, state)
+        path = self.state_dir / STATE_FILE
+        write_state(path, state)
+        self.last_state, self._written = state, _file_signature(path)
+
+    def http_client(self) -> httpx.Client:
+        """One client for every health probe: a new httpx client builds an SSL context (~20 ms
+        of CPU), which made the probes of an idle host its largest cost."""
+        if self._http is None:
+            # trust_env=False: engines are local, an HTTP(S)_PROXY must not be used; no
+            # keep-alive: every probe opens a fresh connection, as to a restarted engine
+            limits = httpx.Limits(max_keepalive_connections=0)
+            self._http = httpx.Client(trust_env=False, limits=limits)
+        return self._http
 
     def event(self, kind: str, model: str | None, message: str, **fields: Any) -> None:
         """Append to the event log (JSON lines) and tell the listeners."""
@@ -582,7 +648,9 @@ def converge(reconciler: Reconciler, timeout_s: float, sleep: Callable[[float], 
             return results
         wake = result.next_wake if result.next_wake is not None else now + 0.5
         wake = min(max(wake, now + 0.05), deadline)
-        _wait_for_ready(result.starting_urls, wake, reconciler.clock, sleep)
+        _wait_for_ready(
+            result.starting_urls, wake, reconciler.clock, sleep, reconciler.http_client()
+        )
 
 
 def _wait_for_ready(
@@ -590,13 +658,14 @@ def _wait_for_ready(
     until: float,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    client: httpx.Client | None = None,
     interval_s: float = 0.05,
 ) -> None:
     """Sleep until `until`, or until one of the starting engines answers its health URL (a
     refused connection costs next to nothing, so `apply` returns soon after an engine is ready)."""
     while True:
         now = clock()
-        if now >= until or any(probe(url, 0.5) for url in urls):
+        if now >= until or any(probe(url, 0.5, client=client) for url in urls):
             return
         pause = min(interval_s, until - now) if urls else until - now
         sleep(max(0.01, pause))
@@ -656,6 +725,15 @@ def _exit_message(handle: Handle) -> str:
 
 def _ident(handle: Handle) -> str:
     return f"pid {handle.pid}" if handle.pid else f"container {handle.container_id}"
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    """Changes whenever the file is replaced or rewritten (inode, mtime, size)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _atomic_write(path: Path, text: str) -> None:
