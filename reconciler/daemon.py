@@ -20,7 +20,7 @@ from reconciler.gpus import GPUInfo, InventoryError, inventory
 from reconciler.metrics import ReconcilerMetrics, snapshot_from_plan
 from reconciler.notify import Notifier
 from reconciler.reconcile import STATE_FILE, PassResult, Reconciler, Settings
-from reconciler.state import read_state_or_recover
+from reconciler.state import CorruptState, read_state
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -92,7 +92,14 @@ class Daemon:
     # -- what metrics read at scrape time (API thread) -------------------------------------
 
     def _state(self) -> Any:
-        return read_state_or_recover(self.reconciler.state_dir / STATE_FILE)[0]
+        # what the loop last wrote, from memory: re-parsing the YAML on every scrape is slow and
+        # recovery (moving files aside) is the loop's job, never a reader's
+        if self.reconciler.last_state is not None:
+            return self.reconciler.last_state
+        try:
+            return read_state(self.reconciler.state_dir / STATE_FILE)
+        except CorruptState:
+            return None
 
     def _last_plan(self) -> Any:
         result = self.controller.stats.last_result

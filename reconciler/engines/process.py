@@ -71,6 +71,9 @@ KILL_WAIT_S = 5.0
 POLL_S = 0.05
 SECRET_FLAGS = frozenset({"--api-key", "--api_key"})
 
+# The daemon's own secrets never reach an engine: its log is served by the API.
+DAEMON_SECRETS = frozenset({"RECONCILER_API_TOKEN", "RECONCILER_WEBHOOK_SECRET"})
+
 
 def default_namespace(state_dir: str | os.PathLike[str]) -> str:
     """A namespace per state directory: reconcilers with different state dirs never adopt,
@@ -375,7 +378,7 @@ class ProcessSupervisor:
         self._refuse_duplicate(identity.model_id)
         if port_in_use(host, identity.port):
             raise EngineError(f"port {identity.port} is already in use")
-        env = {**os.environ, **command.env}
+        env = {k: v for k, v in os.environ.items() if k not in DAEMON_SECRETS} | command.env
         if not command.argv or find_executable(command.argv[0], env.get("PATH")) is None:
             name = command.argv[0] if command.argv else "(empty argv)"
             raise EngineError(f"executable not found: {name}")

@@ -99,4 +99,6 @@ def test_schemathesis_finds_no_server_error(daemon: Daemon, tmp_path: Path) -> N
     assert done.returncode == 0, report
     print(done.stdout[-3000:])  # the summary, for `pytest -s`
     assert daemon.json("/healthz") == {"status": "ok"}
-    assert daemon.statuses()["alpha"] == "running"
+    # the stateful phase follows links (GET /models -> POST /models/{id}/restart): alpha may
+    # have been restarted, and must come back
+    daemon.wait_statuses({"alpha": "running"})
