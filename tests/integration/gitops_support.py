@@ -3,7 +3,7 @@
 A `Site` is one simulated GPU server (a `Host` of apply_support.py: declared GPUs, stand-in vLLM
 engines, a state directory) whose `desired-state/` lives in a real git repository made with
 GitPython: `host.root` is the operator's working tree; in remote mode it is a clone of a bare
-repository (`remote.git`, the "git server") and the daemon follows that bare repository
+repository beside it (`<root>-remote.git`, the "git server") and the daemon follows that one
 (`run --repo URL --branch main --path desired-state`), keeping its own clone under the state
 directory.
 
@@ -97,16 +97,13 @@ class Site:
         self.repo.git.reset("-q", "--hard", rev)
 
 
-def _git_env() -> None:
-    for key, value in IDENTITY.items():
-        os.environ.setdefault(key, value)
-
-
 def local_site(host: Host, message: str = "initial desired state") -> Site:
-    """Make host.root a git repository holding desired-state/ (written already) and commit it."""
-    _git_env()
+    """Make host.root a git repository holding desired-state/ (written already) and commit it.
+    Git runs with a fixed identity, here and in the host's CLI runs (`rollback` commits)."""
+    host.env.update(IDENTITY)
     (host.root / ".gitignore").write_text(GITIGNORE)
     repo = git.Repo.init(host.root, initial_branch="main")
+    repo.git.update_environment(**IDENTITY)
     site = Site(host, repo)
     site.commit(message)
     return site
@@ -115,7 +112,6 @@ def local_site(host: Host, message: str = "initial desired state") -> Site:
 def remote_site(host: Host, message: str = "initial desired state") -> Site:
     """A bare repository next to host.root (the git server) and host.root as an operator's
     clone of it, holding desired-state/ (written already), committed and pushed."""
-    _git_env()
     bare = host.root.parent / f"{host.root.name}-remote.git"
     git.Repo.init(bare, bare=True, initial_branch="main").close()
     site = local_site(host, message)
@@ -215,10 +211,12 @@ def daemon_running(
     run = RunProcess(host, args, env or {}).start()
     try:
         yield run
-    finally:
-        if run.alive():
-            code = run.stop()
-            assert code == 0, f"the daemon exited {code} on SIGTERM\n{run.log()}"
+    except BaseException:
+        run.stop()  # the test's own failure is the one to report
+        raise
+    if run.alive():
+        code = run.stop()
+        assert code == 0, f"the daemon exited {code} on SIGTERM\n{run.log()}"
 
 
 # -- what runs ------------------------------------------------------------------------------------
