@@ -31,7 +31,14 @@ from reconciler.planning import Requirements, plan_desired
 from reconciler.problems import Problem
 from reconciler.source import SourceError
 from reconciler.spec import ClusterSpec, ModelSpec
-from reconciler.state import ModelState, State, read_state_or_recover, write_state
+from reconciler.state import (
+    CorruptState,
+    ModelState,
+    State,
+    read_state,
+    read_state_or_recover,
+    write_state,
+)
 from reconciler.supervise import (
     Failure,
     RetryState,
@@ -101,6 +108,7 @@ class Reconciler:
         self._last_probe: dict[str, tuple[float, float]] = {}
         """model id -> (time of the last liveness probe of a running engine, its interval)"""
         self._starting_urls: list[str] = []
+        self._dry_run = False
         self._unschedulable: set[str] = set()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         """called with every event, after it is written (metrics, notifications, SSE)"""
@@ -177,8 +185,17 @@ class Reconciler:
     # -- the pass ----------------------------------------------------------------------------
 
     def pass_once(self, *, dry_run: bool = False) -> PassResult:
+        """One pass. A dry run (`plan`, `apply --dry-run`, the API's plan) computes the same plan
+        but changes nothing: no engine is touched, no file written or moved, no event logged."""
         now = self.clock()
         self._starting_urls = []
+        self._dry_run = dry_run
+        try:
+            return self._pass(now, dry_run)
+        finally:
+            self._dry_run = False
+
+    def _pass(self, now: float, dry_run: bool) -> PassResult:
         previous, corrupt = self._read_previous()
         if corrupt:
             self.event("state-rebuilt", None, f"state file was unreadable ({corrupt}); rebuilt")
@@ -232,6 +249,11 @@ class Reconciler:
         path = self.state_dir / STATE_FILE
         if self.last_state is not None and _file_signature(path) == self._written:
             return self.last_state, None
+        if self._dry_run:  # moving a corrupt file aside is the loop's job, not a preview's
+            try:
+                return read_state(path), None
+            except CorruptState:
+                return None, None
         return read_state_or_recover(path)
 
     def _recorded_revision(
@@ -548,6 +570,8 @@ class Reconciler:
         now: float,
         dirty: bool = False,
     ) -> None:
+        if self._dry_run:
+            return
         # models that are neither desired nor running leave the state file
         keep = {k: v for k, v in states.items() if v.status != Status.stopped or v.restarts_total}
         state = State(
@@ -573,6 +597,8 @@ class Reconciler:
 
     def event(self, kind: str, model: str | None, message: str, **fields: Any) -> None:
         """Append to the event log (JSON lines) and tell the listeners."""
+        if self._dry_run:
+            return
         record = {"time": self.clock(), "kind": kind, "model": model, "message": message}
         record.update(fields)
         with open(self.state_dir / EVENTS_FILE, "a", encoding="utf-8") as f:

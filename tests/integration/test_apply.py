@@ -289,3 +289,24 @@ def test_stop_all_stops_everything_and_the_next_apply_starts_afresh(host: Host) 
     assert "start a: not running yet" in again.stdout, again
     running(host, "a", "b")
     assert host.events("crashed") == [], "stopped on purpose is not a crash"
+
+
+def test_plan_and_dry_run_against_the_live_host_change_nothing(host: Host) -> None:
+    host.write_model(stand_in("kept", priority=5))
+    host.apply()
+    pid = host.pid("kept")
+    host.remove_model("kept")
+    host.write_model(stand_in("added", priority=5))
+    state_file = host.state_dir / "state.yaml"
+    before = (state_file.read_bytes(), len(host.events()))
+
+    plan = host.cli("plan", str(host.desired))
+    dry = host.cli("apply", str(host.desired), "--dry-run")
+
+    for result in (plan, dry):
+        assert result.returncode == 0, result
+        assert "stop" in result.stdout and "kept" in result.stdout, result
+        assert "start" in result.stdout and "added" in result.stdout, result
+    assert host.pid("kept") == pid, "a preview stopped an engine"
+    assert "added" not in host.engines(), "a preview started an engine"
+    assert (state_file.read_bytes(), len(host.events())) == before, "a preview wrote state"
