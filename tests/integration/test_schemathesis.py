@@ -85,6 +85,11 @@ def test_schemathesis_finds_no_server_error(daemon: Daemon, tmp_path: Path) -> N
         "none",
         "--suppress-health-check",
         "all",
+        # schemathesis 4.32's coverage phase sometimes crashes inside its own generator
+        # (restrict() in _negative_type), failing the run with an internal error that says
+        # nothing about the API; the other phases still send valid and invalid requests.
+        "--phases",
+        "examples,fuzzing,stateful",
         "--no-color",
     ]
     done = subprocess.run(

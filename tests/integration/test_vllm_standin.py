@@ -77,11 +77,15 @@ def reported(log_lines: list[str]) -> dict:
     raise AssertionError(f"no report in {log_lines}")
 
 
-def wait_dead(engine: VllmEngine, timeout: float = 10.0) -> list[Handle]:
+def wait_dead(
+    engine: VllmEngine, timeout: float = 10.0, with_exit_code: bool = False
+) -> list[Handle]:
+    """The engines that exited; with_exit_code: once their exit status is collected too (a
+    process can look gone a moment before the kernel hands its status to the parent)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         dead = [h for h in engine.observe() if not h.alive]
-        if dead:
+        if dead and (not with_exit_code or all(h.exit_code is not None for h in dead)):
             return dead
         time.sleep(0.05)
     raise AssertionError("the engine did not exit")
@@ -167,7 +171,7 @@ def test_a_flag_vllm_rejects_is_reported_as_a_crash(state_dir: Path, vllm_on_pat
 
     engine = Misspelt(state_dir)
     engine.start(qwen(), EnginePlacement(gpus=(0,), port=free_port()))
-    (dead,) = wait_dead(engine)
+    (dead,) = wait_dead(engine, with_exit_code=True)
     assert dead.exit_code == 2  # argparse: unrecognized arguments
     assert any("unrecognized arguments" in line for line in engine.logs(dead))
 
