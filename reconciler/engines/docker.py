@@ -294,8 +294,10 @@ class DockerEngine:
     def _lost(self, exc: BaseException) -> EngineError:
         """Record that the daemon does not answer; the next call connects afresh."""
         reason = f"Docker engine not reachable at {self.endpoint}: {_explain(exc)}"
-        if reason != self._reason:  # once per outage, not on every reconcile pass
-            log.warning("%s", reason)
+        # once per outage, and at info: on a host without Docker that runs no docker model this
+        # is no problem; a docker model that needs the daemon goes to `error` with this reason
+        if reason != self._reason:
+            log.info("%s", reason)
         self._reason = reason
         if self._client_cache is not None:
             with suppress(Exception):
