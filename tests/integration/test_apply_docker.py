@@ -15,28 +15,11 @@ from typing import Any
 import docker
 import pytest
 from apply_support import Host, managed_host, running, stand_in
-from docker.errors import DockerException, NotFound
-from docker_support import ensure_test_image, http_get, port_refuses, remove_containers
-from requests.exceptions import RequestException
+from docker.errors import NotFound
+from docker_support import http_get, port_refuses, remove_containers
 
 from reconciler.engines.docker import LABEL_MANAGED, LABEL_MODEL, LABEL_NAMESPACE, container_name
 from reconciler.observed import Status
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except (DockerException, RequestException) as exc:
-        pytest.skip(f"no Docker daemon answers ({exc}); start one with .ci/dockerd.sh start")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def image(client: docker.DockerClient) -> str:
-    return ensure_test_image(client)
 
 
 @pytest.fixture

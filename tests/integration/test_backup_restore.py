@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import git
 import pytest
+from cli_support import run_cli
 
 from reconciler.backup import MANIFEST, BackupError, read_manifest, restore_backup
 from reconciler.observed import Status
@@ -35,18 +34,7 @@ def model(model_id: str, priority: int = 5, memory: int = 8000) -> str:
 
 
 def reconciler(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    return proc
+    return run_cli(*args, cwd=cwd)
 
 
 def commit(repo: git.Repo, files: dict[str, str], message: str) -> str:

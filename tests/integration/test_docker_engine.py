@@ -18,14 +18,12 @@ import pytest
 from docker.errors import DockerException, NotFound
 from docker.models.containers import Container
 from docker_support import (
-    ensure_test_image,
     free_port,
     http_get,
     port_refuses,
     remove_containers,
     wait_until,
 )
-from requests.exceptions import RequestException
 
 from reconciler.engines.base import EngineError, EnginePlacement, Handle
 from reconciler.engines.docker import (
@@ -45,22 +43,6 @@ FOREIGN_LABEL = "reconciler-test.foreign"
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def client() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except (DockerException, RequestException) as exc:
-        pytest.skip(f"no Docker daemon answers ({exc}); start one with .ci/dockerd.sh start")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def image(client: docker.DockerClient) -> str:
-    return ensure_test_image(client)
 
 
 @pytest.fixture

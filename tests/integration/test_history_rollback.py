@@ -8,13 +8,12 @@ never rewritten); diff is spec-level.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import git
 import pytest
+from cli_support import run_cli
 
 from reconciler.state import State, read_state, write_state
 
@@ -53,18 +52,7 @@ def commit(repo: git.Repo, files: dict[str, str | None], message: str) -> str:
 
 
 def reconciler(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    return proc
+    return run_cli(*args, cwd=cwd)
 
 
 class Specs:

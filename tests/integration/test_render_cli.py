@@ -6,32 +6,20 @@ stale output, 2 usage errors. No input ever ends in a Python traceback.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import git
 import pytest
 import yaml
+from cli_support import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "desired-state"
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    return proc
+    return run_cli(*args, cwd=cwd)
 
 
 def render(directory: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
