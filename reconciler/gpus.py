@@ -8,31 +8,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Any
 
-from reconciler.spec import ClusterSpec
-
-MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class GPUInfo:
-    """One GPU now (the seed's GPUInfo). Memory in MiB."""
-
-    device_id: int
-    name: str
-    memory_total: int
-    memory_used: int = 0
-    memory_free: int = 0
-    utilization: float | None = None
-    """percent, 0..100"""
-    temperature: float | None = None
-    """degrees Celsius"""
-    power: float | None = None
-    """watts"""
-    unmanaged_mb: int = 0
-    """memory used by processes the reconciler does not manage"""
+from reconciler.core.gpu import MIB, GPUInfo
+from reconciler.core.spec import ClusterSpec
 
 
 class InventoryError(Exception):

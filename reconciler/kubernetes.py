@@ -44,14 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler import modelfiles
+from reconciler.core.desired import DesiredState, RawDesiredState
+from reconciler.core.problems import Problem
+from reconciler.core.spec import HealthCheck, KubernetesSpec, ModelSpec
 from reconciler.engines.base import Command, EnginePlacement
 from reconciler.engines.llamacpp import LlamaBackend, LlamaCppEngine
 from reconciler.engines.vllm import VllmEngine, is_local_path
-from reconciler.load import RawDesiredState
-from reconciler.problems import Problem
-from reconciler.spec import HealthCheck, KubernetesSpec, ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.models import files as modelfiles
 
 PREFIX = "reconciler.io/"
 LABEL_MODEL = PREFIX + "model"
@@ -531,7 +530,7 @@ def render_loaded(
 def memory_requirements(desired: DesiredState) -> dict[str, int | None]:
     """MiB per GPU of each GPU model whose need every rendering machine knows alike: declared in
     the spec, or estimated from a packaged model (its files come with an installed package)."""
-    from reconciler.planning import Requirements
+    from reconciler.loop.planning import Requirements
 
     requirements = Requirements()
     found: dict[str, int | None] = {}

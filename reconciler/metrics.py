@@ -33,10 +33,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconciler.gpus import MIB, GPUInfo
-from reconciler.observed import OCCUPYING, Status
-from reconciler.plan import Plan
-from reconciler.state import State
+from reconciler.core.gpu import MIB, GPUInfo
+from reconciler.core.observed import OCCUPYING, Status
+from reconciler.core.plan import Plan
+from reconciler.state.statefile import State
 
 log = logging.getLogger("reconciler.metrics")
 

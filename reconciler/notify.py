@@ -1,6 +1,6 @@
 """Notifications of important events: a JSON webhook, a Slack incoming webhook, e-mail over SMTP.
 
-Targets come from cluster.yaml's `notifications:` list (reconciler.spec.NotificationTarget);
+Targets come from cluster.yaml's `notifications:` list (reconciler.core.spec.NotificationTarget);
 their secrets (a URL that carries a token, SMTP credentials) come from environment variables the
 spec names, read at delivery time, so they never live in git and can be rotated by restarting
 nothing but the environment file.
@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from reconciler.spec import NotificationTarget
+from reconciler.core.spec import NotificationTarget
 
 log = logging.getLogger("reconciler.notify")
 

@@ -1,11 +1,11 @@
-"""The checked-in JSON Schemas (schemas/*.schema.json), generated from reconciler.spec."""
+"""The checked-in JSON Schemas (schemas/*.schema.json), generated from reconciler.core.spec."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from reconciler.spec import cluster_json_schema, model_json_schema
+from reconciler.core.spec import cluster_json_schema, model_json_schema
 
 SCHEMA_FILES = {
     "model.schema.json": model_json_schema,

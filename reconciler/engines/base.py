@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from reconciler.spec import ModelSpec
+from reconciler.core.spec import ModelSpec
 
 MARKER_MODEL = "RECONCILER_MODEL_ID"
 MARKER_HASH = "RECONCILER_SPEC_HASH"

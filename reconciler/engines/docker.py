@@ -51,8 +51,8 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 from requests.exceptions import RequestException
 
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Command, EngineError, EnginePlacement, Handle
-from reconciler.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from enum import StrEnum
 
 import httpx
 
-from reconciler.spec import HealthCheck
+from reconciler.core.spec import HealthCheck
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from reconciler import modelfiles
-from reconciler.engines.base import Command, EngineError, EnginePlacement
-from reconciler.engines.process import ProcessEngine, find_executable
-from reconciler.flags import (
+from reconciler.core.flags import (
     LLAMA_CPP_COMMA_LISTS,
     LLAMA_CPP_NEGATABLE,
     LLAMA_CPP_ON_OFF,
     LLAMA_CPP_SWITCHES,
 )
-from reconciler.spec import ModelSpec, ParameterValue, Scalar
+from reconciler.core.spec import ModelSpec, ParameterValue, Scalar
+from reconciler.engines.base import Command, EngineError, EnginePlacement
+from reconciler.engines.process import ProcessEngine, find_executable
+from reconciler.models import files as modelfiles
 
 ENV_LLAMA_SERVER = "RECONCILER_LLAMA_SERVER"
 PYTHON_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import psutil
 
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import (
     MARKER_GPUS,
     MARKER_HASH,
@@ -57,7 +58,6 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
-from reconciler.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from reconciler import modelfiles
+from reconciler.core.flags import VLLM_MULTI_VALUE, VLLM_NEGATABLE, VLLM_SWITCHES
+from reconciler.core.spec import ModelSpec, ParameterValue, Scalar
 from reconciler.engines.base import Command, EngineError, EnginePlacement
 from reconciler.engines.process import ProcessEngine, find_executable
-from reconciler.flags import VLLM_MULTI_VALUE, VLLM_NEGATABLE, VLLM_SWITCHES
-from reconciler.spec import ModelSpec, ParameterValue, Scalar
+from reconciler.models import files as modelfiles
 
 ENV_VLLM = "RECONCILER_VLLM"
 

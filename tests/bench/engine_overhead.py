@@ -30,10 +30,10 @@ from pathlib import Path
 
 import httpx
 
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Command, EnginePlacement
 from reconciler.engines.llamacpp import LlamaCppEngine, prepare_model_file
 from reconciler.engines.process import ProcessSupervisor, engine_env
-from reconciler.spec import ModelSpec
 
 # -S: no site import, so a stand-in starts in a few milliseconds and weighs little
 STAND_IN = (sys.executable, "-S", "-c", "import time\nwhile True: time.sleep(3600)")

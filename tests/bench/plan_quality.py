@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import highspy
 
-from reconciler.schedule import Demand, GpuCapacity, Running, schedule
+from reconciler.core.schedule import Demand, GpuCapacity, Running, schedule
 
 INSTANCES = 500
 SIZES = [16000, 24000, 40000, 80000]

@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.gpus import GPUInfo
-from reconciler.observed import ObservedModel, Status
-from reconciler.plan import converged_observed, make_plan
-from reconciler.schedule import Demand, GpuCapacity, Running, schedule
-from reconciler.spec import ClusterSpec, ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.core.desired import DesiredState
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.plan import converged_observed, make_plan
+from reconciler.core.schedule import Demand, GpuCapacity, Running, schedule
+from reconciler.core.spec import ClusterSpec, ModelSpec
 
 SIZES = [(100, 10), (1_000, 100), (10_000, 1_000)]
 PORTS = (20000, 60000)

@@ -86,7 +86,7 @@ def write_state(root: Path, count: int) -> Path:
 
 def load(ds: Path):
     from reconciler.cli import validate_here
-    from reconciler.load import load_directory
+    from reconciler.source.load import load_directory
 
     raw = load_directory(ds)
     result = validate_here(raw, check_paths=False)

@@ -114,10 +114,10 @@ def write_state(root: Path, count: int) -> Path:
 
 
 def in_process(ds: Path) -> tuple[int, int]:
-    from reconciler import modelfiles
-    from reconciler.flags import KNOWN_PARAMETERS
-    from reconciler.load import load_directory
-    from reconciler.validate import validate
+    from reconciler.core.flags import KNOWN_PARAMETERS
+    from reconciler.core.validate import validate
+    from reconciler.models import files as modelfiles
+    from reconciler.source.load import load_directory
 
     result = validate(
         load_directory(ds),

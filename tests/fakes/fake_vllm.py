@@ -3,7 +3,7 @@
 
 It accepts exactly the argv shape the reconciler gives `vllm serve`:
     vllm serve MODEL --host H --port P --tensor-parallel-size N [--flag [value]]...
-where every extra flag must be one of reconciler.flags.VLLM (or its --no- form where vLLM has
+where every extra flag must be one of reconciler.core.flags.VLLM (or its --no- form where vLLM has
 one); anything else fails like vLLM's argparse does (exit 2, "unrecognized arguments").
 
 On start it prints one JSON line to stdout, `{"fake_vllm": {"argv": [...], "env": {...}}}`, with
@@ -31,9 +31,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: reconciler.flags
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[2])
+)  # the repository: reconciler.core.flags
 
-from reconciler.flags import VLLM, VLLM_MULTI_VALUE, VLLM_NEGATABLE, VLLM_SWITCHES
+from reconciler.core.flags import VLLM, VLLM_MULTI_VALUE, VLLM_NEGATABLE, VLLM_SWITCHES
 
 REPORTED_ENV = ("CUDA_VISIBLE_DEVICES",)
 MARKER_PREFIX = "RECONCILER_"

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 import psutil
 
+from reconciler.core.observed import Status
 from reconciler.engines.base import MARKER_MODEL, MARKER_NAMESPACE
-from reconciler.observed import Status
-from reconciler.reconcile import EVENTS_FILE, STATE_FILE, namespace_for
-from reconciler.state import ModelState, State, read_state
+from reconciler.state.paths import EVENTS_FILE, STATE_FILE, namespace_for
+from reconciler.state.statefile import ModelState, State, read_state
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_VLLM = REPO / "tests" / "fakes" / "fake_vllm.py"

@@ -22,7 +22,7 @@ from apply_support import (
     wait_gone,
 )
 
-from reconciler.observed import Status
+from reconciler.core.observed import Status
 
 
 @pytest.fixture

@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 from apply_support import Host, managed_host, stand_in
 
-from reconciler.observed import Status
-from reconciler.reconcile import STATE_FILE, Reconciler, Settings
-from reconciler.state import read_state
+from reconciler.core.observed import Status
+from reconciler.loop.reconcile import Reconciler, Settings
+from reconciler.state.paths import STATE_FILE
+from reconciler.state.statefile import read_state
 
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "20"))
 SMALL = ("m1", "m2", "m3")

@@ -18,8 +18,8 @@ from apply_support import Host, managed_host, running, stand_in
 from docker.errors import NotFound
 from docker_support import http_get, port_refuses, remove_containers
 
+from reconciler.core.observed import Status
 from reconciler.engines.docker import LABEL_MANAGED, LABEL_MODEL, LABEL_NAMESPACE, container_name
-from reconciler.observed import Status
 
 
 @pytest.fixture

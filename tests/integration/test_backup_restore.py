@@ -14,9 +14,9 @@ import git
 import pytest
 from cli_support import run_cli
 
-from reconciler.backup import MANIFEST, BackupError, read_manifest, restore_backup
-from reconciler.observed import Status
-from reconciler.state import ModelState, State, write_state
+from reconciler.core.observed import Status
+from reconciler.source.backup import MANIFEST, BackupError, read_manifest, restore_backup
+from reconciler.state.statefile import ModelState, State, write_state
 
 MODEL = (
     "id: {id}\nframework: vllm\nmodel_path: /models/{id}\npriority: {priority}\n"

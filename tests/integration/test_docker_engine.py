@@ -25,6 +25,7 @@ from docker_support import (
     wait_until,
 )
 
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement, Handle
 from reconciler.engines.docker import (
     LABEL_GPU_REQUEST,
@@ -37,7 +38,6 @@ from reconciler.engines.docker import (
     gpu_device_requests,
     has_nvidia_runtime,
 )
-from reconciler.spec import ModelSpec
 
 FOREIGN_LABEL = "reconciler-test.foreign"
 

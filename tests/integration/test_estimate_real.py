@@ -23,9 +23,9 @@ import httpx
 import psutil
 import pytest
 
-from reconciler.estimate import render_estimate
-from reconciler.modelfacts import estimate_path
-from reconciler.modelfiles import resolve
+from reconciler.core.estimate import render_estimate
+from reconciler.models.facts import estimate_path
+from reconciler.models.files import resolve
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,

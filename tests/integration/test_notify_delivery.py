@@ -26,8 +26,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 
+from reconciler.core.spec import NotificationTarget
 from reconciler.notify import Notifier
-from reconciler.spec import NotificationTarget
 
 FAST = {"retries": 3, "backoff_s": 0.05, "max_backoff_s": 0.2}
 """Retry settings that keep the tests quick; the behaviour is the daemon's."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import (
     MARKER_MODEL,
     MARKER_NAMESPACE,
@@ -28,7 +29,6 @@ from reconciler.engines.base import (
 )
 from reconciler.engines.health import probe, wait_ready
 from reconciler.engines.process import ProcessEngine, ProcessSupervisor
-from reconciler.spec import ModelSpec
 
 SLEEPER = "import time\nwhile True: time.sleep(1)"
 # A well-behaved engine with a helper process: on SIGTERM it stops and reaps its helper.

@@ -19,10 +19,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from ruamel.yaml import YAML
 
-from reconciler.gpus import GPUInfo
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import Status
 from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, render
-from reconciler.observed import Status
-from reconciler.state import ModelState, State
+from reconciler.state.statefile import ModelState, State
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy/prometheus"

@@ -11,14 +11,14 @@ from pathlib import Path
 import git
 import pytest
 
-from reconciler.load import LoadError
-from reconciler.source import (
+from reconciler.source.git import (
     LocalSource,
     RemoteSource,
     SourceError,
     load_revision_bare,
     validate_raw,
 )
+from reconciler.source.load import LoadError
 
 MODEL = (
     "id: {id}\nframework: vllm\nmodel_path: /models/{id}\npriority: {priority}\n"

@@ -17,6 +17,7 @@ import httpx
 import psutil
 import pytest
 
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import (
     MARKER_GPUS,
     MARKER_MODEL,
@@ -28,7 +29,6 @@ from reconciler.engines.base import (
 from reconciler.engines.health import wait_ready
 from reconciler.engines.process import MARKER_FRAMEWORK, ProcessSupervisor
 from reconciler.engines.vllm import VllmEngine
-from reconciler.spec import ModelSpec
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakes" / "fake_vllm.py"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import flags
+from reconciler.core import flags
+from reconciler.core.spec import HealthCheck, ModelSpec
 from reconciler.engines.base import (
     MARKER_GPUS,
     MARKER_HASH,
@@ -37,7 +38,6 @@ from reconciler.engines.process import (
 )
 from reconciler.engines.registry import engines
 from reconciler.engines.vllm import VllmEngine, find_vllm, tensor_parallel_size, vllm_args
-from reconciler.spec import HealthCheck, ModelSpec
 
 NS = "testns"
 GGUF = "/models/qwen2-7b-q4_k_m.gguf"

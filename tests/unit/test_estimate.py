@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import modelfacts
-from reconciler.estimate import (
+from reconciler.core.estimate import (
     CUDA_CONTEXT_MB,
     DEFAULT_CTX,
     MIB,
@@ -27,15 +26,16 @@ from reconciler.estimate import (
     requirement_mb,
     vllm_estimate,
 )
-from reconciler.modelfacts import (
+from reconciler.core.spec import ModelSpec
+from reconciler.models import facts as modelfacts
+from reconciler.models.facts import (
     FactsError,
     estimate_path,
     read_facts,
     read_gguf,
     read_hf_directory,
 )
-from reconciler.modelfiles import resolve
-from reconciler.spec import ModelSpec
+from reconciler.models.files import resolve
 
 # A Llama-2-7B-shaped Q4 model: 32 layers of 32 heads x 128, 32k vocabulary, 4k context.
 LLAMA7B = GGUFFacts(

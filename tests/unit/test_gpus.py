@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import pynvml
 import pytest
 
-from reconciler.gpus import GPUInfo, InventoryError, declared, inventory, read_nvml
-from reconciler.spec import ClusterSpec, DeclaredGPU
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.spec import ClusterSpec, DeclaredGPU
+from reconciler.gpus import InventoryError, declared, inventory, read_nvml
 
 MIB = 1024 * 1024
 

@@ -26,13 +26,13 @@ from ruamel.yaml import YAML
 
 from reconciler import kubernetes as k8s
 from reconciler.cli import validate_here
+from reconciler.core.desired import DesiredState
+from reconciler.core.spec import ClusterSpec, ModelSpec
 from reconciler.engines.base import EnginePlacement
 from reconciler.engines.docker import DockerEngine
 from reconciler.engines.llamacpp import LlamaBackend, LlamaCppEngine
 from reconciler.engines.vllm import VllmEngine
-from reconciler.load import load_directory
-from reconciler.spec import ClusterSpec, ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.source.load import load_directory
 
 REPO = Path(__file__).resolve().parents[2]
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: much faster

@@ -13,7 +13,8 @@ from pathlib import Path
 import git
 import pytest
 
-from reconciler.load import (
+from reconciler.core.problems import Problem
+from reconciler.source.load import (
     MAX_DEPTH,
     MAX_NODES,
     LoadError,
@@ -21,7 +22,6 @@ from reconciler.load import (
     load_revision,
     parse_document,
 )
-from reconciler.problems import Problem
 
 MODEL_A = """\
 id: a

@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from ruamel.yaml import YAML
 
-from reconciler.gpus import GPUInfo
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import Status
+from reconciler.core.plan import Outcome, Plan, invalid_plan
 from reconciler.metrics import (
     CONTENT_TYPE,
     DesiredSnapshot,
@@ -26,9 +28,7 @@ from reconciler.metrics import (
     render,
     snapshot_from_plan,
 )
-from reconciler.observed import Status
-from reconciler.plan import Outcome, Plan, invalid_plan
-from reconciler.state import ModelState, State
+from reconciler.state.statefile import ModelState, State
 
 MIB = 1048576
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,12 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
+from reconciler.core.spec import (
+    NOTIFICATION_KINDS,
+    ClusterSpec,
+    NotificationTarget,
+    cluster_json_schema,
+)
 from reconciler.notify import (
     EventClassifier,
     Notification,
@@ -21,7 +27,6 @@ from reconciler.notify import (
     missing_secrets,
     redact_url,
 )
-from reconciler.spec import NOTIFICATION_KINDS, ClusterSpec, NotificationTarget, cluster_json_schema
 
 
 def event(kind: str, model: str | None = "qwen2-7b", message: str = "", **extra: Any) -> dict:

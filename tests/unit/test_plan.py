@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from reconciler.gpus import GPUInfo, declared
-from reconciler.observed import ObservedModel, Status
-from reconciler.plan import (
+from reconciler.core.desired import DesiredState
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.plan import (
     Action,
     GpuUsage,
     Plan,
@@ -17,9 +18,9 @@ from reconciler.plan import (
     render_markdown,
     render_text,
 )
-from reconciler.problems import Problem
-from reconciler.spec import ClusterSpec, DeclaredGPU, ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.core.problems import Problem
+from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
+from reconciler.gpus import declared
 
 
 def spec(mid: str, priority: int = 5, memory: int | None = 8000, **fields) -> ModelSpec:

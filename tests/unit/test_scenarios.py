@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from reconciler.gpus import GPUInfo
-from reconciler.observed import ObservedModel, Status
-from reconciler.plan import Plan, converged_observed, make_plan, render_json
-from reconciler.spec import ClusterSpec, DeclaredGPU, ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.core.desired import DesiredState
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.plan import Plan, converged_observed, make_plan, render_json
+from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 FILES = sorted(SCENARIOS.glob("*.yaml"))

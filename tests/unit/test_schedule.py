@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.gpus import GPUInfo
-from reconciler.schedule import (
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.schedule import (
     MEMORY_UNKNOWN,
     Demand,
     GpuCapacity,

@@ -9,12 +9,12 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.gpus import GPUInfo
-from reconciler.observed import ObservedModel, Status
-from reconciler.plan import Plan, converged_observed, make_plan, render_json
-from reconciler.schedule import Demand, GpuCapacity, Running, schedule
-from reconciler.spec import ClusterSpec, DeclaredGPU, ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.core.desired import DesiredState
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.plan import Plan, converged_observed, make_plan, render_json
+from reconciler.core.schedule import Demand, GpuCapacity, Running, schedule
+from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
 
 IDS = [f"m{i}" for i in range(10)]
 PROPERTY = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,7 +28,7 @@ def expected_schema(example: Path) -> str:
 
 
 def plain(path: Path) -> object:
-    """The example as plain JSON-like data, read independently of reconciler.load."""
+    """The example as plain JSON-like data, read independently of reconciler.source.load."""
     return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
 
 

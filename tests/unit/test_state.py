@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.observed import ObservedModel, Status
-from reconciler.problems import Problem
-from reconciler.state import (
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.problems import Problem
+from reconciler.state.statefile import (
     END_MARKER,
     CorruptState,
     ModelState,
@@ -126,7 +126,7 @@ def test_any_state_round_trips(tmp_path, model, revision, message):
 WRITER = textwrap.dedent(
     """
     import sys
-    from reconciler.state import ModelState, State, write_state
+    from reconciler.state.statefile import ModelState, State, write_state
 
     path, count, LOG_LINES = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     i = 0

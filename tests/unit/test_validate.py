@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import modelfiles
-from reconciler.flags import KNOWN_PARAMETERS
-from reconciler.load import RawDesiredState, load_directory, parse_document
-from reconciler.problems import Problem
-from reconciler.validate import PathCheck, ValidationResult, validate
+from reconciler.core.desired import RawDesiredState, ValidationResult
+from reconciler.core.flags import KNOWN_PARAMETERS
+from reconciler.core.problems import Problem
+from reconciler.core.validate import PathCheck, validate
+from reconciler.models import files as modelfiles
+from reconciler.source.load import load_directory, parse_document
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "desired-state/cluster.yaml"

@@ -18,11 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from reconciler import modelfiles
-from reconciler.flags import KNOWN_PARAMETERS
-from reconciler.load import RawDesiredState, SourceDoc, load_directory, parse_document
-from reconciler.problems import Problem
-from reconciler.validate import ValidationResult, validate
+from reconciler.core.desired import RawDesiredState, SourceDoc, ValidationResult
+from reconciler.core.flags import KNOWN_PARAMETERS
+from reconciler.core.problems import Problem
+from reconciler.core.validate import validate
+from reconciler.models import files as modelfiles
+from reconciler.source.load import load_directory, parse_document
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DIR = REPO / "desired-state"

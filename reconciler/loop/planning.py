@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from reconciler.gpus import GPUInfo, inventory
-from reconciler.observed import ObservedModel
-from reconciler.plan import Plan, make_plan
-from reconciler.problems import Problem
-from reconciler.spec import ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.core.desired import DesiredState
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import ObservedModel
+from reconciler.core.plan import Plan, make_plan
+from reconciler.core.problems import Problem
+from reconciler.core.spec import ModelSpec
+from reconciler.gpus import inventory
 
 
 class Requirements:
@@ -36,8 +37,8 @@ class Requirements:
 
 
 def _estimate(spec: ModelSpec, gpu_total_mb: int | None) -> int | None:
-    from reconciler.estimate import requirement_mb
-    from reconciler.modelfacts import read_facts
+    from reconciler.core.estimate import requirement_mb
+    from reconciler.models.facts import read_facts
 
     try:
         facts = read_facts(spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.validate import DesiredState
+from reconciler.core.desired import DesiredState
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """GPU memory a model needs, in MiB per GPU. PURE: no I/O, no clock.
 
-The facts (what the model files say) are plain values that `reconciler.modelfacts` reads; this
+The facts (what the model files say) are plain values that `reconciler.models.facts` reads; this
 module turns facts + spec parameters into an `Estimate` with a breakdown an operator can check
 against the engine's own log. Every constant says where its number comes from. The figures are
 deliberately on the high side: a reservation that is too small makes an engine fail to start
@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reconciler.spec import ModelSpec
+from reconciler.core.spec import ModelSpec
 
 MIB = 1024 * 1024
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.source import SourceError, head_commit, relative_dir, require_repo, uncommitted
+from reconciler.source.git import SourceError, head_commit, relative_dir, require_repo, uncommitted
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -74,7 +74,7 @@ class RestoreResult:
 
 
 def _state_files() -> tuple[str, ...]:
-    from reconciler.reconcile import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
+    from reconciler.state.paths import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 
     return (STATE_FILE, LAST_VALID_FILE, EVENTS_FILE)
 
@@ -134,7 +134,7 @@ def _branch(repo: Any) -> str | None:
 
 
 def _origin_url(repo: Any) -> str | None:
-    from reconciler.source import _redact
+    from reconciler.source.git import _redact
 
     for remote in repo.remotes:
         if remote.name == "origin":

@@ -29,39 +29,11 @@ from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.resolver import Resolver
 
-from reconciler.problems import Problem
-
-FieldPath = tuple[str | int, ...]
+from reconciler.core.desired import FieldPath, RawDesiredState, SourceDoc
+from reconciler.core.problems import Problem
 
 CLUSTER_FILE = "cluster.yaml"
 MODELS_DIR = "models"
-
-
-@dataclass(frozen=True)
-class SourceDoc:
-    """One YAML document: its display path, its plain data, and the line of every field."""
-
-    file: str
-    data: Any
-    lines: dict[FieldPath, int] = field(default_factory=dict)
-
-    def line_of(self, path: Iterable[str | int]) -> int:
-        """Line of the deepest known prefix of `path` (a missing field points at its parent)."""
-        key = tuple(path)
-        while key:
-            if key in self.lines:
-                return self.lines[key]
-            key = key[:-1]
-        return self.lines.get((), 1)
-
-
-@dataclass(frozen=True)
-class RawDesiredState:
-    root: str
-    revision: str | None
-    cluster: SourceDoc | None
-    models: list[SourceDoc]
-    problems: list[Problem]
 
 
 class LoadError(Exception):

@@ -8,44 +8,18 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import jsonschema
 from pydantic import ValidationError
 
-from reconciler.load import RawDesiredState, SourceDoc
-from reconciler.problems import Problem
-from reconciler.spec import ClusterSpec, ModelSpec, cluster_json_schema, model_json_schema
+from reconciler.core.desired import DesiredState, RawDesiredState, SourceDoc, ValidationResult
+from reconciler.core.problems import Problem
+from reconciler.core.spec import ClusterSpec, ModelSpec, cluster_json_schema, model_json_schema
 
 PathCheck = Callable[[ModelSpec], str | None]
 """Returns a warning message when the model's files are not available on this host."""
-
-
-@dataclass(frozen=True)
-class DesiredState:
-    """A valid desired state: what the planner reads."""
-
-    models: dict[str, ModelSpec]
-    cluster: ClusterSpec
-    revision: str | None = None
-    origins: dict[str, tuple[str, int]] = field(default_factory=dict)
-    """model id -> (file, line) of its id field, for messages."""
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    desired: DesiredState | None
-    problems: list[Problem]
-
-    @property
-    def valid(self) -> bool:
-        return self.desired is not None
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.is_error]
 
 
 @cache

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.gpus import GPUInfo
+from reconciler.core.gpu import GPUInfo
 
 Policy = Literal["spread", "pack"]
 

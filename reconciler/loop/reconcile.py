@@ -9,7 +9,6 @@ cannot be observed (restart counts, backoff, the last error) and is rebuilt when
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import signal
@@ -21,25 +20,11 @@ from typing import Any
 
 import httpx
 
-from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
-from reconciler.engines.health import probe
-from reconciler.gpus import InventoryError
-from reconciler.load import LoadError, load_directory, load_revision
-from reconciler.observed import ObservedModel, Status
-from reconciler.plan import Plan, invalid_plan
-from reconciler.planning import Requirements, plan_desired
-from reconciler.problems import Problem
-from reconciler.source import SourceError
-from reconciler.spec import ClusterSpec, ModelSpec
-from reconciler.state import (
-    CorruptState,
-    ModelState,
-    State,
-    read_state,
-    read_state_or_recover,
-    write_state,
-)
-from reconciler.supervise import (
+from reconciler.core.desired import DesiredState
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.plan import Plan, invalid_plan
+from reconciler.core.problems import Problem
+from reconciler.core.retry import (
     Failure,
     RetryState,
     cleared,
@@ -48,19 +33,31 @@ from reconciler.supervise import (
     record_ready,
     waiting,
 )
-from reconciler.validate import DesiredState, validate
+from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.validate import validate
+from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
+from reconciler.engines.health import probe
+from reconciler.gpus import InventoryError
+from reconciler.loop.planning import Requirements, plan_desired
+from reconciler.source.git import SourceError
+from reconciler.source.load import LoadError, load_directory, load_revision
+from reconciler.state.paths import (
+    EVENTS_FILE,
+    LAST_VALID_FILE,
+    RESTART_REQUESTS,
+    STATE_FILE,
+    namespace_for,
+)
+from reconciler.state.statefile import (
+    CorruptState,
+    ModelState,
+    State,
+    read_state,
+    read_state_or_recover,
+    write_state,
+)
 
-log = logging.getLogger("reconciler.reconcile")
-
-STATE_FILE = "state.yaml"
-LAST_VALID_FILE = "last-valid-desired.json"
-EVENTS_FILE = "events.jsonl"
-RESTART_REQUESTS = "restart-requests"
-
-
-def namespace_for(state_dir: Path) -> str:
-    """Engines are marked with this, so reconcilers with different state dirs never mix."""
-    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+log = logging.getLogger("reconciler.loop.reconcile")
 
 
 @dataclass
@@ -71,7 +68,7 @@ class Settings:
     """read desired state from this git revision instead of the working tree"""
     stop_grace_s: float = 10.0
     source: Any = None
-    """a git source (reconciler.source.LocalSource / RemoteSource): what to load, and the
+    """a git source (reconciler.source.git.LocalSource / RemoteSource): what to load, and the
     revision to record; None = a LocalSource over desired_dir (works outside git too)"""
 
 
@@ -126,8 +123,8 @@ class Reconciler:
 
     def load_desired(self) -> tuple[DesiredState | None, list[Problem]]:
         """The desired state to apply, and the problems found; None when invalid."""
-        from reconciler import modelfiles
-        from reconciler.flags import KNOWN_PARAMETERS
+        from reconciler.core.flags import KNOWN_PARAMETERS
+        from reconciler.models import files as modelfiles
 
         directory = self.settings.desired_dir
         try:
@@ -147,7 +144,7 @@ class Reconciler:
 
     def _source(self) -> Any:
         if self.settings.source is None:
-            from reconciler.source import LocalSource
+            from reconciler.source.git import LocalSource
 
             try:
                 self.settings.source = LocalSource(self.settings.desired_dir)

@@ -25,10 +25,10 @@ from typing import Protocol
 
 import psutil
 
-from reconciler.problems import Problem
-from reconciler.reconcile import PassResult, Reconciler
+from reconciler.core.problems import Problem
+from reconciler.loop.reconcile import PassResult, Reconciler
 
-log = logging.getLogger("reconciler.controller")
+log = logging.getLogger("reconciler.loop.controller")
 
 
 class FollowedSource(Protocol):

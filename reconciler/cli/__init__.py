@@ -17,15 +17,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from reconciler.load import (
-    LoadError,
-    RawDesiredState,
-    load_directory,
-    load_revision,
-    load_staged,
-)
-from reconciler.problems import Problem
-from reconciler.validate import ValidationResult, validate
+from reconciler.core.desired import RawDesiredState, ValidationResult
+from reconciler.core.problems import Problem
+from reconciler.core.validate import validate
+from reconciler.source.load import LoadError, load_directory, load_revision, load_staged
 
 app = typer.Typer(
     help="A GitOps reconciler for LLM inference engines on GPU servers.",
@@ -71,8 +66,8 @@ def read_desired(directory: Path, rev: str | None, staged: bool = False) -> RawD
 
 def validate_here(raw: RawDesiredState, *, check_paths: bool = True) -> ValidationResult:
     """Validate with this host's checks: engine parameters, and model files present."""
-    from reconciler import modelfiles
-    from reconciler.flags import KNOWN_PARAMETERS
+    from reconciler.core.flags import KNOWN_PARAMETERS
+    from reconciler.models import files as modelfiles
 
     path_check = modelfiles.missing_message if check_paths else None
     return validate(raw, path_check=path_check, known_parameters=KNOWN_PARAMETERS)
@@ -184,7 +179,7 @@ def _state_dir(path: Path | None) -> Path:
 
 
 def _observed_from_file(path: Path):
-    from reconciler.state import ObservedFileError, read_observed
+    from reconciler.state.statefile import ObservedFileError, read_observed
 
     try:
         return read_observed(path)
@@ -194,9 +189,9 @@ def _observed_from_file(path: Path):
 
 def _plan_offline(directory: Path, rev: str | None, observed, fmt: PlanFormat):
     """Plan against an observed-state file (or nothing running): no engine is touched."""
+    from reconciler.core.plan import invalid_plan
     from reconciler.gpus import InventoryError
-    from reconciler.plan import invalid_plan
-    from reconciler.planning import plan_desired
+    from reconciler.loop.planning import plan_desired
 
     raw = read_desired(directory, rev)
     result = validate_here(raw, check_paths=False)
@@ -210,7 +205,7 @@ def _plan_offline(directory: Path, rev: str | None, observed, fmt: PlanFormat):
 
 
 def _render(plan, fmt: PlanFormat, spec_diff: str | None = None) -> str:
-    from reconciler.plan import render_json, render_markdown, render_text
+    from reconciler.core.plan import render_json, render_markdown, render_text
 
     if fmt is PlanFormat.json:
         return render_json(plan)
@@ -246,7 +241,7 @@ def plan_cmd(
         sys.stdout.write(_render(plan, fmt, spec_diff) + "\n")
         raise typer.Exit(0 if plan.valid else 1)
     if observed is None and _host_observable(state_dir):
-        from reconciler.reconcile import Reconciler, Settings
+        from reconciler.loop.reconcile import Reconciler, Settings
 
         reconciler = Reconciler(Settings(directory, _state_dir(state_dir), rev))
         plan = reconciler.pass_once(dry_run=True).plan
@@ -263,8 +258,8 @@ def _host_observable(state_dir: Path | None) -> bool:
 
 def _plan_review(directory: Path, base: str, head: str | None, observed):
     """Plan HEAD against the state that BASE would have converged to, plus the spec diff."""
-    from reconciler.diff import diff_cluster, diff_desired, render_diff
-    from reconciler.plan import converged_observed
+    from reconciler.core.diff import diff_cluster, diff_desired, render_diff
+    from reconciler.core.plan import converged_observed
 
     base_plan, base_desired = _plan_offline(directory, base, observed or {}, PlanFormat.text)
     start = converged_observed(base_plan, observed or {}) if base_desired else dict(observed or {})
@@ -276,7 +271,7 @@ def _plan_review(directory: Path, base: str, head: str | None, observed):
 
 
 def _reconciler(directory: Path, state_dir: Path | None, rev: str | None = None):
-    from reconciler.reconcile import Reconciler, Settings
+    from reconciler.loop.reconcile import Reconciler, Settings
 
     return Reconciler(Settings(directory, _state_dir(state_dir), rev))
 
@@ -293,7 +288,7 @@ def apply_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Make the host match desired state: passes until every started engine is ready."""
-    from reconciler.reconcile import converge
+    from reconciler.loop.reconcile import converge
 
     reconciler = _reconciler(directory, state_dir, rev)
     if dry_run:
@@ -320,8 +315,8 @@ def apply_cmd(
 
 def _exit_on_model_errors(state_dir: Path) -> None:
     """Exit 1, naming them, when models are left in `error`: the host does not match."""
-    from reconciler.reconcile import STATE_FILE
-    from reconciler.state import read_state_or_recover
+    from reconciler.state.paths import STATE_FILE
+    from reconciler.state.statefile import read_state_or_recover
 
     state, _ = read_state_or_recover(state_dir / STATE_FILE)
     failed = [m for m in (state.models.values() if state else ()) if m.status == "error"]
@@ -337,8 +332,8 @@ def _exit_on_model_errors(state_dir: Path) -> None:
 def _print_status(state_dir: Path) -> None:
     from rich.table import Table
 
-    from reconciler.reconcile import STATE_FILE
-    from reconciler.state import read_state_or_recover
+    from reconciler.state.paths import STATE_FILE
+    from reconciler.state.statefile import read_state_or_recover
 
     state, _ = read_state_or_recover(state_dir / STATE_FILE)
     if state is None or not state.models:
@@ -381,7 +376,7 @@ def restart_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Restart a model now, clearing a given-up error (its retries start again)."""
-    from reconciler.reconcile import converge
+    from reconciler.loop.reconcile import converge
 
     reconciler = _reconciler(directory, state_dir)
     desired, _ = reconciler.load_desired()
@@ -481,8 +476,8 @@ def run_cmd(
     """The daemon: reconcile on every change, commit, engine exit, webhook and resync."""
     import logging
 
-    from reconciler.controller import LoopSettings
-    from reconciler.daemon import Daemon, DaemonOptions
+    from reconciler.loop.controller import LoopSettings
+    from reconciler.loop.daemon import Daemon, DaemonOptions
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -538,7 +533,7 @@ def events_cmd(
     import time as clock
 
     from reconciler.api import events_end, read_events_after, read_recent_events
-    from reconciler.reconcile import EVENTS_FILE
+    from reconciler.state.paths import EVENTS_FILE
 
     if limit < 0:
         raise usage_error("--limit must not be negative")
@@ -581,8 +576,8 @@ def estimate_cmd(
     ctx: Annotated[int | None, typer.Option("--ctx", help="context length")] = None,
 ) -> None:
     """Estimate the GPU memory a model needs (weights + KV cache + buffers)."""
-    from reconciler.estimate import render_estimate
-    from reconciler.modelfacts import estimate_path
+    from reconciler.core.estimate import render_estimate
+    from reconciler.models.facts import estimate_path
 
     estimate = estimate_path(model_path, ctx)
     out.print(render_estimate(estimate), markup=False)
@@ -614,7 +609,7 @@ def render_kubernetes_cmd(
     import re
 
     from reconciler import kubernetes
-    from reconciler.spec import ID_PATTERN
+    from reconciler.core.spec import ID_PATTERN
 
     if namespace is not None and not re.fullmatch(ID_PATTERN, namespace):
         raise usage_error(f"--namespace {namespace!r} is not a DNS label")
@@ -674,7 +669,7 @@ class HistoryFormat(StrEnum):
 
 def _source_errors(exc: Exception) -> typer.Exit:
     """A missing repository, revision or directory is a usage error (2); the rest fail (1)."""
-    from reconciler.source import InvalidRevision, NotFound
+    from reconciler.source.git import InvalidRevision, NotFound
 
     if isinstance(exc, NotFound):
         return usage_error(str(exc))
@@ -696,7 +691,7 @@ def history_cmd(
     Each shows its effect (models added, removed, changed; priority moves) and its fate on this
     host: applied, invalid (skipped), superseded (valid, a newer one was applied) or pending.
     """
-    from reconciler.source import SourceError, history, read_applied, render_history
+    from reconciler.source.git import SourceError, history, read_applied, render_history
 
     record = read_applied(_state_dir(state_dir))
     try:
@@ -728,8 +723,8 @@ def rollback_cmd(
 
     Refused when REV's desired state is invalid or the directory has uncommitted changes.
     """
-    from reconciler.source import NothingToRollBack, SourceError, rollback
-    from reconciler.source import push as push_branch
+    from reconciler.source.git import NothingToRollBack, SourceError, rollback
+    from reconciler.source.git import push as push_branch
 
     try:
         new, target = rollback(directory, rev, message)
@@ -759,7 +754,7 @@ def diff_cmd(
     directory: DirArg = Path(DEFAULT_DIR),
 ) -> None:
     """The spec-level difference between two revisions: models and fields, not YAML lines."""
-    from reconciler.source import SourceError, spec_diff
+    from reconciler.source.git import SourceError, spec_diff
 
     try:
         text = spec_diff(directory, base, head)
@@ -775,8 +770,8 @@ def backup_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Write one archive: a git bundle of the spec repository (every ref) and the state."""
-    from reconciler.backup import BackupError, create_backup
-    from reconciler.source import SourceError
+    from reconciler.source.backup import BackupError, create_backup
+    from reconciler.source.git import SourceError
 
     try:
         result = create_backup(archive, directory, _state_dir(state_dir))
@@ -809,7 +804,7 @@ def restore_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Recreate the spec repository and the state directory from a backup."""
-    from reconciler.backup import BackupError, restore_backup
+    from reconciler.source.backup import BackupError, restore_backup
 
     target_state = _state_dir(state_dir)
     try:
@@ -842,7 +837,7 @@ def hooks_install_cmd(
     force: Annotated[bool, typer.Option("--force", help="replace different hooks")] = False,
 ) -> None:
     """Install the git hooks: pre-commit, post-merge, post-checkout (or pre-receive)."""
-    from reconciler.hooks import HookError, install_hooks
+    from reconciler.source.hooks import HookError, install_hooks
 
     try:
         done = install_hooks(repo, server=server, force=force)
@@ -865,7 +860,7 @@ def hooks_validate_rev_cmd(
 
     Model files are not checked: a git server does not hold them.
     """
-    from reconciler.source import load_revision_bare
+    from reconciler.source.git import load_revision_bare
 
     try:
         raw = load_revision_bare(git_dir, directory, rev)

@@ -48,9 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from reconciler import __version__
-from reconciler.observed import OCCUPYING, Status
-from reconciler.reconcile import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
-from reconciler.state import CorruptState, ModelState, State, read_state
+from reconciler.core.observed import OCCUPYING, Status
+from reconciler.state.paths import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
+from reconciler.state.statefile import CorruptState, ModelState, State, read_state
 
 log = logging.getLogger("reconciler.api")
 
@@ -355,7 +355,7 @@ def _parse_state(path: Path, _data: bytes) -> State | None:
 
 def _parse_desired(_path: Path, data: bytes) -> tuple[dict[str, Any], Any]:
     """(specs by id, cluster) of the last valid desired state, as the reconciler recorded it."""
-    from reconciler.spec import ClusterSpec, ModelSpec
+    from reconciler.core.spec import ClusterSpec, ModelSpec
 
     doc = json.loads(data)
     specs = {m["id"]: ModelSpec.model_validate(m) for m in doc.get("models", [])}
@@ -463,7 +463,7 @@ class Views:
         not thread-safe. Found commits are kept: they never change."""
         out = RevisionOut(sha=sha, short=sha[:12] if sha else None)
         try:
-            from reconciler import source
+            from reconciler.source import git as source
 
             directory = self.reconciler.settings.desired_dir
             repo = source.open_repo(directory)
@@ -500,7 +500,7 @@ class Views:
 
     def _history(self, limit: int) -> list[dict[str, Any]]:
         try:
-            from reconciler import source
+            from reconciler.source import git as source
 
             record = source.read_applied(self.state_dir)
             entries = source.history(self.reconciler.settings.desired_dir, limit, record)
@@ -644,7 +644,7 @@ def preview_plan(reconciler: Any) -> Any:
     """What the next pass would do: a dry run in a Reconciler of its own, like `reconciler
     plan` on this host, so that the loop's per-pass bookkeeping and its git objects (not
     thread-safe) are never touched from the API's thread."""
-    from reconciler.reconcile import Reconciler, Settings
+    from reconciler.loop.reconcile import Reconciler, Settings
 
     settings = reconciler.settings
     preview = Reconciler(

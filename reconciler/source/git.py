@@ -24,18 +24,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.diff import diff_cluster, diff_desired, render_diff, summary
-from reconciler.load import (
+from reconciler.core.desired import DesiredState, RawDesiredState, ValidationResult
+from reconciler.core.diff import diff_cluster, diff_desired, render_diff, summary
+from reconciler.core.problems import Problem
+from reconciler.core.validate import validate
+from reconciler.source.load import (
     CLUSTER_FILE,
     MODELS_DIR,
     LoadError,
-    RawDesiredState,
-    _assemble,  # the same parsing as load_revision, so that file:line messages match
+    _assemble,
     _tree_files,
     load_directory,
 )
-from reconciler.problems import Problem
-from reconciler.validate import DesiredState, ValidationResult, validate
 
 if TYPE_CHECKING:
     import git
@@ -228,7 +228,7 @@ def _subtree(commit: git.Commit, rel: str) -> Any:
 
 def validate_raw(raw: RawDesiredState) -> ValidationResult:
     """What the reconciler would say about `raw`, minus the host-only model-file check."""
-    from reconciler.flags import KNOWN_PARAMETERS
+    from reconciler.core.flags import KNOWN_PARAMETERS
 
     return validate(raw, known_parameters=KNOWN_PARAMETERS)
 
@@ -330,7 +330,7 @@ class LocalSource:
 
 
 def _default_cluster() -> Any:
-    from reconciler.spec import ClusterSpec
+    from reconciler.core.spec import ClusterSpec
 
     return ClusterSpec()
 
@@ -520,7 +520,7 @@ def _stderr(exc: Any) -> str:
 
 
 def describe_change(base: DesiredState | None, head: DesiredState) -> str:
-    """One line: reconciler.diff.summary, plus priority moves and cluster fields."""
+    """One line: reconciler.core.diff.summary, plus priority moves and cluster fields."""
     changes = diff_desired(base, head)
     parts = [summary(changes)]
     moves = [
@@ -602,8 +602,8 @@ MAX_APPLIED_LOOKUPS = 200
 
 def read_applied(state_dir: str | os.PathLike[str]) -> AppliedRecord:
     """The applied revisions recorded under a state directory; empty when there is none."""
-    from reconciler.reconcile import EVENTS_FILE, STATE_FILE
-    from reconciler.state import CorruptState, read_state
+    from reconciler.state.paths import EVENTS_FILE, STATE_FILE
+    from reconciler.state.statefile import CorruptState, read_state
 
     base = Path(state_dir)
     try:

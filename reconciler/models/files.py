@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from reconciler.spec import ModelSpec
+from reconciler.core.spec import ModelSpec
 
 PKG_PREFIX = "pkg:"
 

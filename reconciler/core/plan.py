@@ -18,10 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from reconciler.gpus import GPUInfo
-from reconciler.observed import ObservedModel, Status
-from reconciler.problems import Problem
-from reconciler.schedule import (
+from reconciler.core.desired import DesiredState
+from reconciler.core.gpu import GPUInfo
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.problems import Problem
+from reconciler.core.schedule import (
     Demand,
     GpuCapacity,
     Placement,
@@ -30,8 +31,7 @@ from reconciler.schedule import (
     capacities,
     schedule,
 )
-from reconciler.spec import ModelSpec
-from reconciler.validate import DesiredState
+from reconciler.core.spec import ModelSpec
 
 ActionKind = Literal["start", "stop", "restart", "preempt"]
 

@@ -1,4 +1,4 @@
-"""Read model files into the plain facts `reconciler.estimate` computes with (the I/O side).
+"""Read model files into the plain facts `reconciler.core.estimate` computes with (the I/O side).
 
 GGUF headers are read with `gguf.GGUFReader` (it memory-maps the file; tensor data is never
 read). Hugging Face directories are read from config.json and the JSON headers of the
@@ -21,10 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from reconciler import estimate
-from reconciler.estimate import Estimate, GGUFFacts, HFFacts, ModelFacts
-from reconciler.modelfiles import ModelFileError, cache_dir, is_packaged, resolve
-from reconciler.spec import Framework, ModelSpec
+from reconciler.core import estimate
+from reconciler.core.estimate import Estimate, GGUFFacts, HFFacts, ModelFacts
+from reconciler.core.spec import Framework, ModelSpec
+from reconciler.models.files import ModelFileError, cache_dir, is_packaged, resolve
 
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 """The safetensors format caps the JSON header at 100 MB; a larger length is a corrupt file."""

@@ -15,14 +15,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from reconciler.controller import Controller, LoopSettings
-from reconciler.gpus import GPUInfo, InventoryError, inventory
+from reconciler.core.gpu import GPUInfo
+from reconciler.gpus import InventoryError, inventory
+from reconciler.loop.controller import Controller, LoopSettings
+from reconciler.loop.reconcile import PassResult, Reconciler, Settings
 from reconciler.metrics import ReconcilerMetrics, snapshot_from_plan
 from reconciler.notify import Notifier
-from reconciler.reconcile import STATE_FILE, PassResult, Reconciler, Settings
-from reconciler.state import CorruptState, read_state
+from reconciler.state.paths import STATE_FILE
+from reconciler.state.statefile import CorruptState, read_state
 
-log = logging.getLogger("reconciler.daemon")
+log = logging.getLogger("reconciler.loop.daemon")
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Daemon:
         self._server_thread: threading.Thread | None = None
 
     def _make_source(self) -> Any:
-        from reconciler import source
+        from reconciler.source import git as source
 
         o = self.options
         if o.repo_url:

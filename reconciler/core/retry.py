@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from reconciler.spec import RetryPolicy
+from reconciler.core.spec import RetryPolicy
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from reconciler.observed import ObservedModel, Status
-from reconciler.problems import Problem
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.problems import Problem
 
 STATE_VERSION = 1
 HEADER = "# Reconciler state, rewritten on every pass: read it, do not edit it.\n"

@@ -1,0 +1,64 @@
+"""Desired state as the core sees it: raw documents with their lines, and the validated result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.core.problems import Problem
+from reconciler.core.spec import ClusterSpec, ModelSpec
+
+FieldPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class SourceDoc:
+    """One YAML document: its display path, its plain data, and the line of every field."""
+
+    file: str
+    data: Any
+    lines: dict[FieldPath, int] = field(default_factory=dict)
+
+    def line_of(self, path: Iterable[str | int]) -> int:
+        """Line of the deepest known prefix of `path` (a missing field points at its parent)."""
+        key = tuple(path)
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return self.lines.get((), 1)
+
+
+@dataclass(frozen=True)
+class RawDesiredState:
+    root: str
+    revision: str | None
+    cluster: SourceDoc | None
+    models: list[SourceDoc]
+    problems: list[Problem]
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """A valid desired state: what the planner reads."""
+
+    models: dict[str, ModelSpec]
+    cluster: ClusterSpec
+    revision: str | None = None
+    origins: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """model id -> (file, line) of its id field, for messages."""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    desired: DesiredState | None
+    problems: list[Problem]
+
+    @property
+    def valid(self) -> bool:
+        return self.desired is not None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.is_error]
