@@ -1,0 +1,57 @@
+"""The one way anything in the state directory is written: whole files, atomically and durably.
+
+A reader sees the old file or the new one, never half of either, and after a power loss the new
+name points at complete data: temp file in the same directory, fsync, rename, fsync the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+NEW_FILE_MODE = 0o644
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes, mode: int | None = None) -> None:
+    """Replace `path` with `data`; on any error the old file is left as it was.
+
+    `mode` defaults to the existing file's mode (0644 for a new file).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode if mode is not None else _mode_of(target))
+            out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())  # the data is on disk before the name points at it
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_directory(target.parent)  # ... and the rename itself survives a power loss
+
+
+def fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _mode_of(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        return NEW_FILE_MODE
