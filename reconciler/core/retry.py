@@ -31,14 +31,23 @@ class RetryState:
     last_log_lines: tuple[str, ...] = ()
 
 
+def backoff_delay(base_s: float, attempt: int, cap_s: float, jitter: float = 1.0) -> float:
+    """Delay before retry number `attempt` (1-based): `base_s` doubling, capped at `cap_s`, times
+    `jitter` (a factor around 1 that the caller draws; the core has no randomness).
+
+    The one backoff rule, for engine restarts and notification deliveries alike.
+    """
+    exponent = min(max(attempt - 1, 0), 64)  # 2**64 seconds is past any cap; no overflow
+    return min(base_s * (2**exponent), cap_s) * jitter
+
+
 def backoff_s(policy: RetryPolicy, restarts: int, jitter: float = 1.0) -> float:
     """Delay before restart number `restarts` (1-based): backoff_s doubling, capped, jittered.
 
     Jitter (a factor around 1) spreads the restarts of engines that failed together, so that a
     host that lost all engines at once does not restart them in lock-step.
     """
-    base = policy.backoff_s * (2 ** max(restarts - 1, 0))
-    return min(base, policy.max_backoff_s) * jitter
+    return backoff_delay(policy.backoff_s, restarts, policy.max_backoff_s, jitter)
 
 
 def record_failure(
