@@ -167,3 +167,29 @@ def _gpu_processes(pynvml: Any, handle: Any) -> list[Any]:
         if seen is None or (process.usedGpuMemory or 0) > (seen.usedGpuMemory or 0):
             by_pid[process.pid] = process
     return list(by_pid.values())
+
+
+def process_memory_mb(pids: Collection[int]) -> dict[int, int]:
+    """GPU index -> MiB that NVML attributes to `pids` (an engine's process tree) on that GPU.
+
+    vLLM and SGLang run their model in worker processes, so the caller passes the whole tree.
+    GPUs where none of the pids holds memory are left out; InventoryError without NVML.
+    """
+    wanted = frozenset(pids)
+    pynvml = _nvml_session_start()
+    try:
+        usage: dict[int, int] = {}
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            used = sum(
+                p.usedGpuMemory or 0
+                for p in _gpu_processes(pynvml, handle)
+                if p.pid in wanted
+            )
+            if used:
+                usage[index] = used // MIB
+        return usage
+    except pynvml.NVMLError as exc:
+        raise InventoryError(f"NVML failed while reading process memory: {exc}") from exc
+    finally:
+        _nvml_shutdown(pynvml)
