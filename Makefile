@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 WHEELS ?= $(HOME)/.cache/reconciler/wheels
 
-.PHONY: run test lint venv llama
+.PHONY: run test lint venv llama mutants
 
 run: venv
 	$(BIN)/reconciler validate desired-state
@@ -17,6 +17,10 @@ run: venv
 
 test: venv
 	$(BIN)/pytest
+
+# Deliberate faults in a copy of the package, each of which the unit tests must catch.
+mutants: venv
+	$(BIN)/python tests/mutants/run.py
 
 lint: venv
 	$(BIN)/ruff check reconciler tests

@@ -10,6 +10,8 @@ import contextlib
 from collections.abc import Callable, Collection
 from typing import Any
 
+import psutil
+
 from reconciler.core.gpu import MIB, GPUInfo
 from reconciler.core.spec import ClusterSpec
 
@@ -52,20 +54,32 @@ def declared(cluster: ClusterSpec) -> list[GPUInfo]:
 def read_nvml(managed_pids: Collection[int] = ()) -> list[GPUInfo]:
     """Every GPU NVML sees, with the memory used by processes outside `managed_pids`.
 
-    `managed_pids` must hold every process of our engines that holds a CUDA context, which is
-    not always the pid we started: vLLM runs its GPU work in child processes, Docker engines
-    have their own pids. NVML reports host pids, so a reconciler inside a container without
-    the host pid namespace sees none of its engines as managed (conservative: more is counted
-    as used by others).
+    `managed_pids` are the pids we started; their descendants are ours too, since the process
+    holding a CUDA context is not always the one we started (vLLM runs its GPU work in worker
+    processes, a wrapper script execs or forks the server). Docker engines have their own pids.
+    NVML reports host pids, so a reconciler inside a container without the host pid namespace
+    sees none of its engines as managed (conservative: more is counted as used by others).
     """
+    ours = with_descendants(managed_pids)
     pynvml = _nvml_session_start()
     try:
         count = pynvml.nvmlDeviceGetCount()
-        return [_read_device(pynvml, index, frozenset(managed_pids)) for index in range(count)]
+        return [_read_device(pynvml, index, ours) for index in range(count)]
     except pynvml.NVMLError as exc:
         raise InventoryError(f"NVML failed while reading the GPUs: {exc}") from exc
     finally:
         _nvml_shutdown(pynvml)
+
+
+def with_descendants(pids: Collection[int]) -> frozenset[int]:
+    """`pids` and every live process below them."""
+    found = set(pids)
+    for pid in pids:
+        try:
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:  # exited since it was observed, or not ours to look at
+            continue
+    return frozenset(found)
 
 
 def _nvml_session_start() -> Any:
@@ -172,7 +186,7 @@ def _gpu_processes(pynvml: Any, handle: Any) -> list[Any]:
 def process_memory_mb(pids: Collection[int]) -> dict[int, int]:
     """GPU index -> MiB that NVML attributes to `pids` (an engine's process tree) on that GPU.
 
-    vLLM and SGLang run their model in worker processes, so the caller passes the whole tree.
+    vLLM-like engines run their model in worker processes, so the caller passes the whole tree.
     GPUs where none of the pids holds memory are left out; InventoryError without NVML.
     """
     wanted = frozenset(pids)
@@ -182,9 +196,7 @@ def process_memory_mb(pids: Collection[int]) -> dict[int, int]:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             used = sum(
-                p.usedGpuMemory or 0
-                for p in _gpu_processes(pynvml, handle)
-                if p.pid in wanted
+                p.usedGpuMemory or 0 for p in _gpu_processes(pynvml, handle) if p.pid in wanted
             )
             if used:
                 usage[index] = used // MIB

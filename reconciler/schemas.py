@@ -1,14 +1,30 @@
-"""The checked-in JSON Schemas (schemas/*.schema.json), generated from reconciler.core.spec."""
+"""The checked-in JSON Schemas (schemas/*.schema.json), generated from reconciler.core.spec.
+
+The core does not know the frameworks; the schema an editor validates against does: the
+`framework` enum is filled from the engine registry here.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from reconciler.core.spec import cluster_json_schema, model_json_schema
+from reconciler.engines.registry import FRAMEWORKS
+
+
+def model_schema() -> dict[str, Any]:
+    """The model spec's schema, with the registry's frameworks as the `framework` choices."""
+    schema = model_json_schema()
+    framework = schema["properties"]["framework"]
+    framework["enum"] = list(FRAMEWORKS)
+    framework["description"] = "the engine that runs the model: " + ", ".join(FRAMEWORKS)
+    return schema
+
 
 SCHEMA_FILES = {
-    "model.schema.json": model_json_schema,
+    "model.schema.json": model_schema,
     "cluster.schema.json": cluster_json_schema,
 }
 

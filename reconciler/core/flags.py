@@ -1,153 +1,112 @@
-"""Engine parameters the spec may set, per framework. Pure data, shared by validate and engines.
+"""Spec parameters as command-line words: the engine-neutral rendering. Pure data and functions.
 
-Spec parameters use llama-server's and `vllm serve`'s own long flag names (without `--`). The
-engine modules map them to the executable actually used (llama-server, or llama-cpp-python's
-server, which spells them differently). A key outside these sets is rejected at validate time
-with the list of known ones, so a typo never reaches an engine.
+Which keys an engine accepts, and how it spells switches and lists, belong to the engine's own
+module (reconciler/engines/*): each one describes its style with a `FlagStyle` and calls
+`render_flags`. Rules shared by every engine:
 
-Rendering rules (engines/llamacpp.py, engines/vllm.py): `key: value` becomes `--key value`;
-`true` becomes `--key` for a switch (false: omitted, or `--no-key` where listed as negatable);
-a list repeats the flag, except where listed below as comma-joined or as one multi-value flag.
+- `key: value` becomes `--key value`; `true` becomes `--key` for a switch (`false`: omitted, or
+  `--no-key` where the engine's default is on); a list repeats the flag, unless the style makes
+  it one comma-joined value or one flag followed by every value.
+- A spec never adds a flag through a value: a string value (or list item) that starts with `-`,
+  or holds a NUL or a line break, is refused with `FlagValueError`. Numbers are rendered from
+  numbers, so `n-gpu-layers: -1` stays a value.
 """
 
 from __future__ import annotations
 
-# llama.cpp `llama-server --help` (long names). Flags the reconciler sets itself (--host, --port,
-# --model) are not parameters. GPU indexes (main-gpu, tensor-split) count the GPUs the engine
-# sees: CUDA_VISIBLE_DEVICES is set to the placed GPUs, so they are renumbered from 0.
-LLAMA_CPP = frozenset(
-    {
-        "ctx-size",
-        "n-gpu-layers",
-        "threads",
-        "threads-batch",
-        "parallel",
-        "batch-size",
-        "ubatch-size",
-        "cache-type-k",
-        "cache-type-v",
-        "flash-attn",
-        "main-gpu",
-        "split-mode",
-        "tensor-split",
-        "rope-scaling",
-        "rope-freq-base",
-        "rope-freq-scale",
-        "mlock",
-        "no-mmap",
-        "no-kv-offload",
-        "n-cpu-moe",
-        "seed",
-        "alias",
-        "chat-template",
-        "jinja",
-        "reasoning-format",
-        "embedding",
-        "n-predict",
-        "cont-batching",
-        "api-key",
-        "timeout",
-        "metrics",
-        "slots",
-        "cache-reuse",
-        "lora",
-        "mmproj",
-        "verbose",
-    }
-)
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-# llama-server switches: `true` -> `--key`, `false` -> omitted.
-LLAMA_CPP_SWITCHES = frozenset(
-    {
-        "mlock",
-        "no-mmap",
-        "no-kv-offload",
-        "jinja",
-        "embedding",
-        "cont-batching",
-        "metrics",
-        "slots",
-        "verbose",
-    }
-)
+Scalar = str | int | float | bool
+Value = Scalar | list[Scalar]
 
-# Switches whose `false` must be said out loud because the engine's default is on.
-LLAMA_CPP_NEGATABLE = frozenset({"cont-batching"})
+_FORBIDDEN_CHARACTERS = ("\x00", "\n", "\r")
 
-# `-fa, --flash-attn [on|off|auto]` takes a value in current llama.cpp (a bare `--flash-attn`
-# would swallow the next argument): true/false are rendered as on/off.
-LLAMA_CPP_ON_OFF = frozenset({"flash-attn"})
 
-# `--tensor-split 3,1`: one comma-separated value, not a repeated flag.
-LLAMA_CPP_COMMA_LISTS = frozenset({"tensor-split"})
+class FlagValueError(ValueError):
+    """A parameter value that could become a flag of its own or break the argv."""
 
-# `vllm serve --help` (engine and frontend arguments, vLLM >= 0.12); --host, --port and
-# --tensor-parallel-size are set by the reconciler from the placement (tensor-parallel size =
-# placed GPUs / pipeline-parallel-size, so that vLLM uses exactly the placed GPUs). Not accepted
-# on purpose: --data-parallel-size (it multiplies the GPUs beyond the placement),
-# --disable-log-requests (removed in vLLM 0.12: use enable-log-requests) and --swap-space
-# (removed in vLLM 0.18).
-VLLM = frozenset(
-    {
-        "gpu-memory-utilization",
-        "max-model-len",
-        "dtype",
-        "quantization",
-        "kv-cache-dtype",
-        "block-size",
-        "max-num-seqs",
-        "max-num-batched-tokens",
-        "pipeline-parallel-size",
-        "served-model-name",
-        "tokenizer",
-        "tokenizer-mode",
-        "revision",
-        "trust-remote-code",
-        "enforce-eager",
-        "enable-prefix-caching",
-        "enable-chunked-prefill",
-        "cpu-offload-gb",
-        "seed",
-        "download-dir",
-        "load-format",
-        "max-logprobs",
-        "chat-template",
-        "api-key",
-        "enable-lora",
-        "lora-modules",
-        "max-loras",
-        "max-lora-rank",
-        "generation-config",
-        "tool-call-parser",
-        "enable-auto-tool-choice",
-        "reasoning-parser",
-        "limit-mm-per-prompt",
-        "enable-log-requests",
-        "disable-log-stats",
-        "uvicorn-log-level",
-    }
-)
 
-# vLLM switches (store_true or BooleanOptionalAction): `true` -> `--key`, `false` -> omitted.
-VLLM_SWITCHES = frozenset(
-    {
-        "trust-remote-code",
-        "enforce-eager",
-        "enable-prefix-caching",
-        "enable-chunked-prefill",
-        "enable-lora",
-        "enable-auto-tool-choice",
-        "enable-log-requests",
-        "disable-log-stats",
-    }
-)
+@dataclass(frozen=True)
+class FlagStyle:
+    """How one engine spells its flags; every set holds keys without the leading `--`."""
 
-# On by default in vLLM's V1 engine: `false` becomes `--no-key` (argparse BooleanOptionalAction).
-VLLM_NEGATABLE = frozenset({"enable-prefix-caching", "enable-chunked-prefill"})
+    switches: frozenset[str] = frozenset()
+    """`true` -> `--key`, `false` -> omitted"""
+    negatable: frozenset[str] = frozenset()
+    """switches on by default: `false` -> `--no-key`"""
+    on_off: frozenset[str] = frozenset()
+    """flags that take `on`/`off` (true/false are rendered so)"""
+    comma_lists: frozenset[str] = frozenset()
+    """a list is one comma-joined value"""
+    multi_value: frozenset[str] = frozenset()
+    """nargs="+": a list is one flag followed by every value"""
+    sort_keys: bool = True
+    """key order: sorted (a stable command), or as the spec writes them"""
+    bool_switches: bool = False
+    """every boolean (list items too) is a switch: a container defines its own arguments"""
 
-# nargs="+" options: a list is one flag followed by every value (repeating the flag would keep
-# only the last list).
-VLLM_MULTI_VALUE = frozenset({"served-model-name", "lora-modules"})
 
-KNOWN_PARAMETERS: dict[str, frozenset[str]] = {"llama_cpp": LLAMA_CPP, "vllm": VLLM}
-"""Docker containers take their own arguments: any key is passed through."""
+def safe_word(key: str, value: Scalar) -> str:
+    """The argv word of one value; FlagValueError when it could start a flag or break argv."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if isinstance(value, str):
+        if text.startswith("-"):
+            raise FlagValueError(
+                f"parameter {key}: value {text!r} starts with '-' and would be read as a flag"
+            )
+        if any(c in text for c in _FORBIDDEN_CHARACTERS):
+            raise FlagValueError(f"parameter {key}: value {text!r} holds a NUL or a line break")
+    return text
+
+
+def check_value(key: str, value: Value) -> None:
+    """FlagValueError when a value (or any list item) could start a flag or break argv."""
+    for item in value if isinstance(value, list) else [value]:
+        safe_word(key, item)
+
+
+def render_flags(parameters: Mapping[str, Value], style: FlagStyle = FlagStyle()) -> list[str]:
+    """Pure: the spec's parameters as argv words in `style` (FlagValueError on a bad value)."""
+    keys: Iterable[str] = sorted(parameters) if style.sort_keys else parameters
+    args: list[str] = []
+    for key in keys:
+        args += _flag(key, parameters[key], style)
+    return args
+
+
+def _flag(key: str, value: Value, style: FlagStyle) -> list[str]:
+    flag = f"--{key}"
+    if key in style.on_off:
+        if isinstance(value, bool):
+            return [flag, "on" if value else "off"]
+        return [flag, safe_word(key, _scalar(key, value))]
+    if style.bool_switches:
+        items = value if isinstance(value, list) else [value]
+        return [w for item in items for w in _switch_or_value(flag, key, item)]
+    if isinstance(value, bool) and key in style.switches:
+        if value:
+            return [flag]
+        return [f"--no-{key}"] if key in style.negatable else []
+    if isinstance(value, list):
+        words = [safe_word(key, v) for v in value]
+        if key in style.comma_lists:
+            return [flag, ",".join(words)]
+        if key in style.multi_value:
+            return [flag, *words]
+        return [part for word in words for part in (flag, word)]
+    return [flag, safe_word(key, value)]
+
+
+def _switch_or_value(flag: str, key: str, item: Scalar) -> list[str]:
+    if isinstance(item, bool):
+        return [flag] if item else []
+    return [flag, safe_word(key, item)]
+
+
+def _scalar(key: str, value: Value) -> Scalar:
+    if isinstance(value, list):
+        raise FlagValueError(f"parameter {key} takes one value, not a list")
+    return value

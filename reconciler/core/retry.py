@@ -1,15 +1,19 @@
 """Crash and health bookkeeping of one engine across passes: restarts, backoff, giving up.
 
-Pure: fed with what a pass saw (alive? healthy? since when?) and the clock value, it returns the
-next bookkeeping record. The shell (reconcile.py) does the probing and the stopping.
+Pure: fed with what a pass saw (alive? healthy? since when?), the clock value and a jitter
+factor that the shell draws, it returns the next bookkeeping record. The shell (reconciler.loop)
+does the probing, the stopping and the drawing.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, replace
 
 from reconciler.core.spec import RetryPolicy
+
+JITTER = 0.2
+"""Delays are spread by a factor drawn from [1 - JITTER, 1 + JITTER] (by the shell: the core has
+no randomness), so that engines that failed together do not restart in lock-step."""
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,17 @@ class RetryState:
 
 
 def backoff_delay(base_s: float, attempt: int, cap_s: float, jitter: float = 1.0) -> float:
-    """Delay before retry number `attempt` (1-based): `base_s` doubling, capped at `cap_s`, times
-    `jitter` (a factor around 1 that the caller draws; the core has no randomness).
+    """Delay before retry number `attempt` (1-based): `base_s` doubling, times `jitter`, never
+    more than `cap_s`.
 
+    `jitter` is a factor in [1 - JITTER, 1 + JITTER] that the caller draws (a value outside is
+    taken as the nearest bound). Jitter is applied to the capped delay and the result capped
+    again, so delays at the cap still spread over [(1 - JITTER) * cap, cap].
     The one backoff rule, for engine restarts and notification deliveries alike.
     """
     exponent = min(max(attempt - 1, 0), 64)  # 2**64 seconds is past any cap; no overflow
-    return min(base_s * (2**exponent), cap_s) * jitter
+    factor = min(max(jitter, 1.0 - JITTER), 1.0 + JITTER)
+    return min(min(base_s * (2.0**exponent), cap_s) * factor, cap_s)
 
 
 def backoff_s(policy: RetryPolicy, restarts: int, jitter: float = 1.0) -> float:
@@ -55,16 +63,16 @@ def record_failure(
     policy: RetryPolicy,
     failure: Failure,
     now: float,
-    jitter: float | None = None,
+    jitter: float,
 ) -> RetryState:
-    """Count one failure; schedule the retry, or give up after max_retries in a row."""
+    """Count one failure; schedule the retry (`jitter`: see backoff_delay), or give up after
+    max_retries in a row."""
     restarts = state.restarts + 1
-    factor = jitter if jitter is not None else random.uniform(0.8, 1.2)
     gave_up = restarts > policy.max_retries
     return RetryState(
         restarts=restarts,
         restarts_total=state.restarts_total + 1,
-        next_retry_at=None if gave_up else now + backoff_s(policy, restarts, factor),
+        next_retry_at=None if gave_up else now + backoff_s(policy, restarts, jitter),
         given_up=gave_up,
         last_error=failure.message,
         last_log_lines=failure.log_lines,

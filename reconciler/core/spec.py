@@ -13,7 +13,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-Framework = Literal["llama_cpp", "vllm", "docker"]
+# Which engine runs the model. The choices are the engine registry's (reconciler.engines): the
+# core does not know them; validation checks the name against the catalog it is handed, and the
+# checked-in JSON Schema lists them (reconciler.schemas).
+Framework = Annotated[
+    str, Field(pattern=r"^[a-z][a-z0-9_]*$", description="the engine that runs the model")
+]
 Scalar = str | int | float | bool
 ParameterValue = Scalar | list[Scalar]
 
@@ -21,6 +26,9 @@ ParameterValue = Scalar | list[Scalar]
 ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 ModelId = Annotated[str, Field(pattern=ID_PATTERN, description="DNS label, unique across files")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
+DAY_S = 86400  # probe timers: a larger value is a mistake, and one past C's timeval raises
 
 
 class Strict(BaseModel):
@@ -30,9 +38,15 @@ class Strict(BaseModel):
 class HealthCheck(Strict):
     """HTTP probe of a running engine."""
 
-    path: str = Field("/health", description="HTTP path probed for readiness and liveness")
-    interval_s: float = Field(10, gt=0, description="seconds between probes")
-    timeout_s: float = Field(5, gt=0, description="seconds before one probe counts as failed")
+    # Starts with '/': the URL is http://127.0.0.1:PORT + path, and "@host/" would make the
+    # address user info and send the probe to another host.
+    path: str = Field(
+        "/health", pattern=r"^/", description="HTTP path probed for readiness and liveness"
+    )
+    interval_s: float = Field(10, gt=0, le=DAY_S, description="seconds between probes")
+    timeout_s: float = Field(
+        5, gt=0, le=DAY_S, description="seconds before one probe counts as failed"
+    )
     failure_threshold: int = Field(3, ge=1, description="failed probes in a row before a restart")
     startup_timeout_s: float = Field(600, gt=0, description="seconds allowed to become ready")
 
@@ -75,7 +89,16 @@ class ModelSpec(Strict):
     )
     resource_requirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
     port: Port | None = Field(None, description="null = allocated from cluster.yaml port_range")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: dict[EnvName, str] = Field(
+        default_factory=dict,
+        description="extra environment variables; not those an engine reads as its listen "
+        "address or port (HOST, PORT, ...): the host decides where engines listen",
+        # pydantic writes key patterns as patternProperties, which let other keys through
+        json_schema_extra={
+            "propertyNames": {"pattern": ENV_NAME_PATTERN},
+            "additionalProperties": {"type": "string"},
+        },
+    )
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     fallback: ModelId | None = Field(
@@ -117,7 +140,6 @@ NOTIFICATION_KINDS: tuple[NotificationKind, ...] = (
     "invalid",
     "recovered",
 )
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 # Which fields each target type reads; a field set for another type is an error, not ignored.
 _TARGET_FIELDS = {

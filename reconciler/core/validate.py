@@ -2,6 +2,7 @@
 
 Every problem carries file:line. The one host-dependent check (does model_path exist here?) is
 injected as a callable so that this module stays pure and a pull-request machine can skip it.
+What reaches an engine's argv and environment is checked in engine_input (hostile input).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
+from reconciler.core.catalog import Catalog, FrameworkRules
 from reconciler.core.desired import DesiredState, RawDesiredState, SourceDoc, ValidationResult
+from reconciler.core.engine_input import (
+    FLAG_NAME,
+    engine_input_problems,
+    not_env_name,
+    unusable_values,
+)
 from reconciler.core.problems import Problem
 from reconciler.core.spec import ClusterSpec, ModelSpec, cluster_json_schema, model_json_schema
 
@@ -33,9 +41,17 @@ def validate(
     raw: RawDesiredState,
     *,
     path_check: PathCheck | None = None,
+    catalog: Catalog | None = None,
     known_parameters: Mapping[str, frozenset[str]] | None = None,
 ) -> ValidationResult:
-    """Validate everything in `raw`; `desired` is None when any error was found."""
+    """Validate everything in `raw`; `desired` is None when any error was found.
+
+    `catalog` (engines.registry.catalog()) says what each framework takes; `known_parameters`
+    (framework -> flags) is the older, smaller form of it. Without either, parameters are not
+    checked against engine flags, but every check of hostile input still is.
+    """
+    if catalog is None:
+        catalog = _catalog_of(known_parameters or {})
     problems = list(raw.problems)
     cluster = ClusterSpec()
     if raw.cluster is not None:
@@ -48,7 +64,7 @@ def validate(
         spec = _parse(doc, "model", ModelSpec, problems)
         if spec is not None:
             specs.append((doc, spec))
-            problems.extend(_check_model(doc, spec, known_parameters))
+            problems.extend(_check_model(doc, spec, catalog))
             if path_check is not None:
                 try:
                     message = path_check(spec)
@@ -69,7 +85,22 @@ def validate(
     return ValidationResult(DesiredState(models, cluster, raw.revision, origins), problems)
 
 
+def _catalog_of(known_parameters: Mapping[str, frozenset[str]]) -> Catalog:
+    names = {"llama_cpp", "vllm", "docker", *known_parameters}
+    return {
+        name: FrameworkRules(name, known_parameters.get(name), needs_image=name == "docker")
+        for name in names
+    }
+
+
 def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> Any:
+    unusable = [
+        Problem(doc.file, doc.line_of(path), _dotted(path), message)
+        for path, message in unusable_values(doc.data)
+    ]
+    if unusable:  # the schema's messages would repr a huge int, and that raises
+        problems.extend(unusable)
+        return None
     schema_problems = [_schema_problem(doc, e) for e in _validator(kind).iter_errors(doc.data)]
     if schema_problems:
         problems.extend(p for group in schema_problems for p in group)
@@ -82,6 +113,8 @@ def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> A
             message = err["msg"]
             if err["type"] == "string_pattern_mismatch" and path[-1:] in (("id",), ("fallback",)):
                 message = _not_dns_label(err["input"])  # "a\n": Python's `$` lets it pass
+            elif path[:1] == ("env",) and path[-1:] == ("[key]",):
+                path, message = path[:-1], not_env_name(str(path[1]))
             problems.append(Problem(doc.file, doc.line_of(path), _dotted(path), message))
         return None
 
@@ -104,6 +137,9 @@ def _schema_problem(doc: SourceDoc, error: jsonschema.ValidationError) -> list[P
         branch = _fitting_branch(error)
         if branch:  # e.g. `port: 70000` is an integer out of range, not "integer or null"
             return [p for sub in branch for p in _schema_problem(doc, sub)]
+    if "propertyNames" in error.absolute_schema_path and path == ("env",):
+        name = str(error.instance)
+        return [Problem(doc.file, doc.line_of(("env", name)), f"env.{name}", not_env_name(name))]
     field_name = _dotted(path)
     return [Problem(doc.file, doc.line_of(path), field_name, _message(error, path))]
 
@@ -129,6 +165,8 @@ def _message(error: jsonschema.ValidationError, path: tuple) -> str:
         return f"parameter value must be a scalar or a list of scalars, got {error.instance!r}"
     if error.validator == "pattern" and path and path[-1] in ("id", "fallback"):
         return _not_dns_label(error.instance)
+    if error.validator == "pattern" and path == ("health_check", "path"):
+        return f"{error.instance!r} must start with '/': a path on the engine's own address"
     if error.validator == "anyOf":
         options = [
             repr(s["const"]) if "const" in s else s.get("type") for s in error.validator_value
@@ -169,9 +207,7 @@ def _check_cluster(doc: SourceDoc, cluster: ClusterSpec) -> list[Problem]:
     return problems
 
 
-def _check_model(
-    doc: SourceDoc, spec: ModelSpec, known_parameters: Mapping[str, frozenset[str]] | None
-) -> list[Problem]:
+def _check_model(doc: SourceDoc, spec: ModelSpec, catalog: Catalog) -> list[Problem]:
     problems = []
 
     def add(path: tuple, message: str, severity: str = "error") -> None:
@@ -181,6 +217,11 @@ def _check_model(
     if stem != spec.id:
         add(("id",), f"id '{spec.id}' does not match the file name '{stem}'", "warning")
     count = spec.resource_requirements.gpu_count
+    rules = catalog.get(spec.framework)
+    if rules is None:
+        hint = _suggestion(spec.framework, sorted(catalog), "frameworks")
+        add(("framework",), f"unknown framework '{spec.framework}'{hint}")
+        rules = FrameworkRules(spec.framework, None)
     if spec.gpu_devices and len(spec.gpu_devices) != count:
         add(
             ("gpu_devices",),
@@ -188,7 +229,7 @@ def _check_model(
         )
     if len(set(spec.gpu_devices)) != len(spec.gpu_devices):
         add(("gpu_devices",), "the same GPU is pinned twice")
-    if spec.framework == "docker":
+    if rules.needs_image:
         if not spec.image:
             add(("image",), "framework docker needs an image")
         if count > 0 and spec.resource_requirements.gpu_memory_mb is None:
@@ -201,12 +242,19 @@ def _check_model(
         add(("image",), f"image is ignored for framework {spec.framework}", "warning")
     if spec.fallback == spec.id:
         add(("fallback",), "a model cannot be its own fallback")
-    known = (known_parameters or {}).get(spec.framework)
-    if known is not None:
-        for key in spec.parameters:
-            if key not in known:
-                hint = _suggestion(key, sorted(known), "parameters")
-                add(("parameters", key), f"unknown {spec.framework} parameter '{key}'{hint}")
+    known = rules.parameters
+    for key in spec.parameters:
+        if known is not None and key not in known:
+            hint = _suggestion(key, sorted(known), "parameters")
+            add(("parameters", key), f"unknown {spec.framework} parameter '{key}'{hint}")
+        elif known is None and not FLAG_NAME.fullmatch(key):
+            add(
+                ("parameters", key),
+                f"parameter name {key!r} is not a flag name "
+                "(letters, digits, '.', '_' and '-', not starting with '-')",
+            )
+    for path, message in engine_input_problems(spec, rules):
+        add(path, message)
     return problems
 
 

@@ -1,15 +1,25 @@
-"""The Engine protocol: one shape for llama.cpp, vLLM and Docker engines.
+"""The Engine protocol and the engine descriptor: what every engine module exports.
 
-An engine turns (spec, placement) into a running thing, and can find every running thing it
-started, even from a new reconciler process (adoption): identity lives with the engine (process
-environment markers or container labels), never only in the state file.
+An engine module (llama_cpp, vllm, docker...) exports one `EngineDescriptor`: pure
+knowledge about the framework (its parameters, its argv, its memory estimate, its health path,
+its Kubernetes image) plus a factory for the runtime `Engine`. The registry lists the
+descriptors; validation, estimation, model facts and the Kubernetes render read them, so a new
+engine is one module and one line in the registry.
+
+A runtime engine turns (spec, placement) into a running thing, and can find every running thing
+it started, even from a new reconciler process (adoption): identity lives with the engine
+(process environment markers or container labels), never only in the state file.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from reconciler.core.catalog import FrameworkRules
+from reconciler.core.estimate import Estimate, ModelFacts, ModelFiles
 from reconciler.core.spec import ModelSpec
 
 MARKER_MODEL = "RECONCILER_MODEL_ID"
@@ -41,6 +51,9 @@ class Command:
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     image: str | None = None
+    unset_env: frozenset[str] = frozenset()
+    """Names removed from the inherited environment (the engine's listen address and port:
+    the reconciler's own environment must not move an engine either)."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +106,65 @@ class Engine(Protocol):
     def logs(self, handle: Handle, lines: int = 20) -> list[str]:
         """The last lines the engine wrote."""
         ...
+
+
+Launcher = tuple[str, ...]
+"""The argv words that start the engine's server before any flag: `("vllm",)`,
+`("python3", "-m", "some.server")`..."""
+
+ArgvBuilder = Callable[[ModelSpec, EnginePlacement, Launcher], list[str]]
+"""Pure: (spec, placement, launcher) -> the argv that runs the engine. No state directory,
+no I/O; raises reconciler.core.flags.FlagValueError for a value that could become a flag."""
+
+EstimateHook = Callable[[ModelSpec, ModelFacts, int | None], Estimate]
+"""Pure: (spec, the model's facts, the GPU's MiB or None) -> MiB per GPU with a breakdown."""
+
+EngineFactory = Callable[[str | os.PathLike[str], str], Engine]
+"""(state directory, namespace) -> the runtime engine of this reconciler."""
+
+
+@dataclass(frozen=True)
+class KubernetesContainer:
+    """How the engine runs in a pod: the default image and the executable inside it."""
+
+    image: str
+    launcher: Launcher
+    """the executable inside the image, with the words that start the server"""
+    argv_is_command: bool = True
+    """True: the argv replaces the image's command; False: it is `args` to its ENTRYPOINT."""
+    shared_memory: bool = False
+    """Mount an in-memory /dev/shm (tensor-parallel workers share memory through it)."""
+
+
+@dataclass(frozen=True)
+class EngineDescriptor:
+    """Everything the reconciler knows about one framework, without running anything."""
+
+    framework: str
+    parameters: frozenset[str] | None
+    """Known flags (without `--`); None = any key passes (a container defines its own)."""
+    argv: ArgvBuilder
+    estimate: EstimateHook | None
+    """None: the need cannot be estimated (resource_requirements.gpu_memory_mb is required)."""
+    model_files: ModelFiles
+    kubernetes: KubernetesContainer
+    create: EngineFactory
+    health_path: str = "/health"
+    reserved_env: frozenset[str] = frozenset()
+    """Environment names the engine reads as its listen address or port: never from a spec."""
+    needs_image: bool = False
+    hub_ids: bool = False
+    """model_path may be a Hugging Face hub id that the engine downloads itself."""
+    context_parameter: str | None = None
+    """The parameter that sets the context length (`reconciler estimate --ctx`)."""
+    extra_env: Callable[[ModelSpec, EnginePlacement], dict[str, str]] | None = None
+    """Pure: variables the engine needs besides the spec's env (a container's PORT...)."""
+
+    def rules(self) -> FrameworkRules:
+        """What validation needs to know of this framework."""
+        return FrameworkRules(
+            name=self.framework,
+            parameters=self.parameters,
+            reserved_env=self.reserved_env,
+            needs_image=self.needs_image,
+        )

@@ -11,14 +11,20 @@ Choices an operator should know about:
 - **Port.** The placement's port is both the container port and the host port, published on
   `publish_host` (127.0.0.1 by default) only. The container gets `PORT=<port>` in its environment
   and must listen on it on all of its own interfaces (inside its network namespace).
-- **Environment and arguments.** env = the spec's `env`, then `PORT` and `MODEL_PATH` (ours win:
-  the published port must be the one the engine listens on). The spec's `parameters` become the
-  container's command (`--key value`, `true` -> `--key`, `false` -> omitted, a list repeats the
-  flag); they replace the image's CMD and are appended to its ENTRYPOINT. Keys are passed through
-  unchecked: a container defines its own arguments. No shell is involved anywhere.
+- **Environment and arguments.** env = the spec's `env`, then `PORT` and `MODEL_PATH` (ours
+  win: the published port must be the one the engine listens on; a spec may not set them). The
+  spec's `parameters` become the container's command (`--key value`, `true` -> `--key`,
+  `false` -> omitted, a list repeats the flag); they replace the image's CMD and are appended
+  to its ENTRYPOINT. Keys are passed through unchecked: a container defines its own arguments;
+  values that start with `-` are refused. No shell is involved anywhere. The runtime half (the
+  Docker SDK) is docker_runtime.py.
 - **Model files.** A `model_path` that is an absolute path existing on this host is bind-mounted
-  read-only at the same path; anything else (a path inside the image, a hub id) is only passed as
-  `MODEL_PATH`.
+  read-only at the same path, but only below a model root the host declares
+  (`RECONCILER_MODEL_ROOTS`, colon-separated; specs come from git, the roots from the host), and
+  never the Docker socket or a system path (/, /etc, /proc, /sys, /dev, /run, /var/run, /boot,
+  /root, /var/lib/docker...): anything else is an EngineError naming the path and the setting.
+  Symlinks are resolved before the check. Any other model_path (a path inside the image, a hub
+  id) is only passed as `MODEL_PATH`.
 - **GPUs.** Placed GPUs are requested with an nvidia `DeviceRequest` only when the daemon has an
   nvidia runtime (`docker info` -> Runtimes). Without one (CPU hosts, CI) the request is skipped,
   a warning is logged and the label `reconciler.gpu-request` says so; the GPUs stay reserved in the
@@ -36,25 +42,20 @@ Choices an operator should know about:
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import re
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+import stat
+from collections.abc import Mapping, Sequence
 
-import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
-from docker.types import DeviceRequest, Mount
-from requests.exceptions import RequestException
-
-from reconciler.core.spec import ModelSpec
-from reconciler.engines.base import Command, EngineError, EnginePlacement, Handle
-
-log = logging.getLogger(__name__)
+from reconciler.core.flags import FlagStyle, render_flags
+from reconciler.core.spec import ModelSpec, ParameterValue
+from reconciler.engines.base import (
+    Engine,
+    EngineDescriptor,
+    EngineError,
+    EnginePlacement,
+    KubernetesContainer,
+)
 
 LABEL_MANAGED = "reconciler.managed"
 LABEL_NAMESPACE = "reconciler.namespace"
@@ -66,32 +67,108 @@ LABEL_MEMORY = "reconciler.memory-mb"
 LABEL_STARTED = "reconciler.started-at"
 LABEL_GPU_REQUEST = "reconciler.gpu-request"
 
-# Where docker.from_env() connects when DOCKER_HOST is unset; only used in messages.
-DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 # The namespace becomes part of container names and label filters: keep it a DNS label.
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
-ClientFactory = Callable[[], docker.DockerClient]
-# A daemon that does not answer shows up as a DockerException (client creation) or as a requests
-# error (a call on an existing client); an APIError is the daemon answering "no".
-UNREACHABLE = (DockerException, RequestException)
+ENV_MODEL_ROOTS = "RECONCILER_MODEL_ROOTS"
+"""Host setting: the directories (colon-separated) below which model files may be mounted."""
+
+# Never mounted, even below a declared root: the host's own configuration, kernel interfaces,
+# devices, runtime sockets (/run/docker.sock), boot files, root's home and Docker's own state.
+SYSTEM_PATHS = (
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/run",
+    "/boot",
+    "/root",
+    "/var/lib/docker",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+)
+
+RESERVED_ENV = frozenset({"PORT", "MODEL_PATH"})
+STYLE = FlagStyle(sort_keys=False, bool_switches=True)
 
 
 def container_name(namespace: str, model_id: str) -> str:
     return f"reconciler-{namespace}-{model_id}"
 
 
-def render_parameters(parameters: Mapping[str, object]) -> tuple[str, ...]:
+def render_parameters(parameters: Mapping[str, ParameterValue]) -> list[str]:
     """Spec parameters as arguments: `--key value`, `true` -> `--key`, `false` -> nothing,
     a list repeats the flag. Order follows the spec, so the command is stable."""
-    args: list[str] = []
-    for key, value in parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            if item is True:
-                args.append(f"--{key}")
-            elif item is not False:
-                args += [f"--{key}", str(item)]
-    return tuple(args)
+    return render_flags(parameters, STYLE)
+
+
+def container_env(spec: ModelSpec, placement: EnginePlacement) -> dict[str, str]:
+    """The spec's env, then PORT and MODEL_PATH (ours win)."""
+    return {**spec.env, **own_env(spec, placement)}
+
+
+def own_env(spec: ModelSpec, placement: EnginePlacement) -> dict[str, str]:
+    """What the container learns from the reconciler: its port and its model."""
+    return {"PORT": str(placement.port), "MODEL_PATH": spec.model_path}
+
+
+def docker_argv(
+    spec: ModelSpec, placement: EnginePlacement, launcher: tuple[str, ...]
+) -> list[str]:
+    """Pure: the container's arguments (to its image's ENTRYPOINT); no launcher of ours."""
+    return [*launcher, *render_parameters(spec.parameters)]
+
+
+def model_roots(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The host's declared model roots ($RECONCILER_MODEL_ROOTS), resolved."""
+    environ = os.environ if environ is None else environ
+    parts = environ.get(ENV_MODEL_ROOTS, "").split(":")
+    return [os.path.realpath(p) for p in parts if p.strip() and os.path.isabs(p.strip())]
+
+
+def model_mounts(model_path: str, roots: Sequence[str] | None = None) -> list[str]:
+    """Host paths to bind read-only at the same place: the model when it is a file or directory
+    on this host below a model root; [] when model_path is not on this host (inside the image).
+    EngineError when it is on this host but may not be mounted."""
+    if not os.path.isabs(model_path) or not os.path.lexists(model_path):
+        return []
+    real = os.path.realpath(model_path)
+    shown = model_path if real == model_path else f"{model_path} (-> {real})"
+    refused = _system_path(real)
+    if refused:
+        raise EngineError(
+            f"model_path {shown} is {refused}: the Docker engine never mounts it; put the model "
+            f"below a directory in {ENV_MODEL_ROOTS}"
+        )
+    declared = model_roots() if roots is None else [os.path.realpath(r) for r in roots]
+    if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in declared):
+        have = ":".join(declared) or "unset"
+        raise EngineError(
+            f"model_path {shown} is not below a model root of this host ({ENV_MODEL_ROOTS}: "
+            f"{have}); the host's operator must add its directory to {ENV_MODEL_ROOTS}"
+        )
+    for root in declared:
+        if _system_path(root):
+            raise EngineError(f"{ENV_MODEL_ROOTS} entry {root} is {_system_path(root)}")
+    return [real]
+
+
+def _system_path(path: str) -> str | None:
+    """Why `path` may never be mounted, or None."""
+    if path == "/":
+        return "the root directory"
+    for system in SYSTEM_PATHS:
+        if path == system or path.startswith(system + "/"):
+            return f"a system path ({system})"
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return "a socket"
+    except OSError:
+        pass
+    return None
 
 
 def has_nvidia_runtime(info: Mapping[str, object]) -> bool:
@@ -100,358 +177,41 @@ def has_nvidia_runtime(info: Mapping[str, object]) -> bool:
     return isinstance(runtimes, Mapping) and any("nvidia" in str(name) for name in runtimes)
 
 
-def gpu_device_requests(gpus: tuple[int, ...], nvidia: bool) -> list[DeviceRequest]:
-    if not gpus or not nvidia:
-        return []
-    device_ids = [str(gpu) for gpu in gpus]
-    return [DeviceRequest(driver="nvidia", device_ids=device_ids, capabilities=[["gpu"]])]
-
-
-def model_mounts(model_path: str) -> list[Mount]:
-    """Bind the model read-only at the same path when it is a file or directory on this host."""
-    if os.path.isabs(model_path) and os.path.exists(model_path):
-        return [Mount(target=model_path, source=model_path, type="bind", read_only=True)]
-    return []
-
-
-def handle_from_container(container: Container) -> Handle:
-    """The Handle of one of our containers, from its labels and state."""
-    labels = container.labels
-    state = container.attrs.get("State") or {}
-    running = bool(state.get("Running"))
-    return Handle(
-        model_id=labels[LABEL_MODEL],
-        framework="docker",
-        spec_hash=labels.get(LABEL_HASH, ""),
-        port=_int_label(labels, LABEL_PORT),
-        gpus=_parse_gpus(labels.get(LABEL_GPUS, "")),
-        memory_mb=_int_label(labels, LABEL_MEMORY),
-        started_at=_float_label(labels, LABEL_STARTED),
-        container_id=container.id,
-        alive=running,
-        exit_code=None if running else state.get("ExitCode"),
-    )
-
-
-def _parse_gpus(text: str) -> tuple[int, ...]:
+def parse_gpus(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip().isdigit())
 
 
-def _int_label(labels: Mapping[str, str], key: str) -> int:
+def int_label(labels: Mapping[str, str], key: str) -> int:
     try:
         return int(labels.get(key, "0"))
     except ValueError:
         return 0
 
 
-def _float_label(labels: Mapping[str, str], key: str) -> float:
+def float_label(labels: Mapping[str, str], key: str) -> float:
     try:
         return float(labels.get(key, "0"))
     except ValueError:
         return 0.0
 
 
-def _default_endpoint(client_factory: ClientFactory) -> str:
-    """Where the client will connect, as far as we can tell without connecting."""
-    if client_factory is docker.from_env:
-        return os.environ.get("DOCKER_HOST") or DEFAULT_ENDPOINT
-    return "the client factory's endpoint"
+def _create(state_dir: str | os.PathLike[str], namespace: str) -> Engine:
+    """The runtime engine; the Docker SDK is imported only here."""
+    del state_dir  # containers keep their state in the daemon (labels)
+    from reconciler.engines.docker_runtime import DockerEngine
+
+    return DockerEngine(namespace)
 
 
-def _explain(exc: BaseException) -> str:
-    """The daemon's own words for an APIError; the exception text otherwise."""
-    if isinstance(exc, APIError) and exc.explanation:
-        return str(exc.explanation)
-    return str(exc) or type(exc).__name__
-
-
-class DockerEngine:
-    """Runs models with `framework: docker` as labelled containers of one reconciler namespace."""
-
-    framework = "docker"
-
-    def __init__(
-        self,
-        namespace: str,
-        client_factory: ClientFactory = docker.from_env,
-        publish_host: str = "127.0.0.1",
-        *,
-        endpoint: str | None = None,
-        pull_timeout_s: float = 300.0,
-    ) -> None:
-        """`endpoint` names where `client_factory` connects, for messages only (default for
-        docker.from_env: DOCKER_HOST or the default socket). `pull_timeout_s` bounds the pull of
-        a missing image."""
-        if not NAMESPACE_PATTERN.match(namespace):
-            raise ValueError(f"namespace {namespace!r} must be a DNS label (a-z, 0-9, -)")
-        self.namespace = namespace
-        self.publish_host = publish_host
-        self.endpoint = endpoint or _default_endpoint(client_factory)
-        self.pull_timeout_s = pull_timeout_s
-        self._client_factory = client_factory
-        self._client_cache: docker.DockerClient | None = None
-        self._reason: str | None = None
-        self._pulls: dict[str, tuple[threading.Thread, list[BaseException]]] = {}
-
-    # -- availability ---------------------------------------------------------------------------
-
-    @property
-    def available(self) -> bool:
-        """Whether the daemon answered the latest contact (observe() makes one each pass);
-        contacts it when there has been none yet, so it is meaningful before any other call."""
-        if self._client_cache is None and self._reason is None:
-            with suppress(EngineError):
-                self._client()
-        return self._reason is None
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        """Why the latest contact with the daemon failed; None when it succeeded."""
-        return self._reason
-
-    # -- the Engine protocol --------------------------------------------------------------------
-
-    def command(self, spec: ModelSpec, placement: EnginePlacement) -> Command:
-        env = {**spec.env, "PORT": str(placement.port), "MODEL_PATH": spec.model_path}
-        return Command(argv=render_parameters(spec.parameters), env=env, image=spec.image)
-
-    def start(self, spec: ModelSpec, placement: EnginePlacement) -> Handle:
-        if not spec.image:
-            raise EngineError(f"model {spec.id} has framework docker but no image")
-        client = self._client()
-        with self._docker_errors(f"cannot start container for model {spec.id}"):
-            self._ensure_image(client, spec.image)
-            self._clear_name(client, container_name(self.namespace, spec.id))
-            container = self._create(client, spec, placement)
-            self._start_or_remove(container)
-            container.reload()
-            return handle_from_container(container)
-
-    def stop(self, handle: Handle, grace_s: float = 10.0) -> None:
-        client = self._client()
-        with self._docker_errors(f"cannot stop container of model {handle.model_id}"):
-            container = self._find(client, handle)
-            if container is None:
-                return  # already gone: nothing is left behind
-            self._require_ours(container)
-            # Docker sends SIGTERM, then SIGKILL after the timeout (whole seconds).
-            with suppress(NotFound):  # removed meanwhile: just as good
-                container.stop(timeout=max(0, math.ceil(grace_s)))
-            _remove(container)
-
-    def observe(self) -> list[Handle]:
-        try:
-            client = self._client()
-            containers = client.containers.list(
-                all=True,
-                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={self.namespace}"]},
-                ignore_removed=True,  # one may be removed between the list and its inspection
-            )
-        except EngineError:
-            return []  # unreachable: the reason is recorded
-        except APIError as exc:
-            self._reason = (
-                f"Docker engine at {self.endpoint} failed to list containers: {_explain(exc)}"
-            )
-            return []
-        except UNREACHABLE as exc:
-            self._lost(exc)
-            return []
-        self._reason = None
-        # The label filter is the daemon's; checking again keeps "never touch others" local.
-        ours = [handle_from_container(c) for c in containers if self._is_ours(c)]
-        return sorted(ours, key=lambda handle: handle.model_id)
-
-    def logs(self, handle: Handle, lines: int = 20) -> list[str]:
-        if lines <= 0:
-            return []
-        try:
-            container = self._find(self._client(), handle)
-            if container is None or not self._is_ours(container):
-                return []
-            output = container.logs(stdout=True, stderr=True, tail=lines)
-        except (EngineError, APIError):
-            return []  # no logs to show; an outage is recorded for `unavailable_reason`
-        except UNREACHABLE as exc:
-            self._lost(exc)
-            return []
-        return output.decode("utf-8", errors="replace").splitlines()[-lines:]
-
-    # -- connection -----------------------------------------------------------------------------
-
-    def _client(self) -> docker.DockerClient:
-        """The cached client, or a new one that answered a ping; EngineError when unreachable."""
-        if self._client_cache is None:
-            try:
-                client = self._client_factory()
-                client.ping()
-            except UNREACHABLE as exc:
-                raise self._lost(exc) from exc
-            self._client_cache = client
-            self._reason = None
-        return self._client_cache
-
-    def _lost(self, exc: BaseException) -> EngineError:
-        """Record that the daemon does not answer; the next call connects afresh."""
-        reason = f"Docker engine not reachable at {self.endpoint}: {_explain(exc)}"
-        # once per outage, and at info: on a host without Docker that runs no docker model this
-        # is no problem; a docker model that needs the daemon goes to `error` with this reason
-        if reason != self._reason:
-            log.info("%s", reason)
-        self._reason = reason
-        if self._client_cache is not None:
-            with suppress(Exception):
-                self._client_cache.close()
-            self._client_cache = None
-        return EngineError(self._reason)
-
-    @contextmanager
-    def _docker_errors(self, what: str) -> Iterator[None]:
-        """Daemon refusals become EngineError(`what: reason`); a lost daemon, the unreachable
-        EngineError."""
-        try:
-            yield
-        except EngineError:
-            raise
-        except APIError as exc:
-            raise EngineError(f"{what}: {_explain(exc)}") from exc
-        except UNREACHABLE as exc:
-            raise self._lost(exc) from exc
-
-    # -- containers -----------------------------------------------------------------------------
-
-    def _is_ours(self, container: Container) -> bool:
-        labels = container.labels
-        return (
-            labels.get(LABEL_MANAGED) == "true"
-            and labels.get(LABEL_NAMESPACE) == self.namespace
-            and LABEL_MODEL in labels
-        )
-
-    def _require_ours(self, container: Container) -> None:
-        if not self._is_ours(container):
-            raise EngineError(
-                f"container {container.name} ({container.short_id}) is not managed by reconciler "
-                f"namespace {self.namespace}; leaving it alone"
-            )
-
-    def _find(self, client: docker.DockerClient, handle: Handle) -> Container | None:
-        key = handle.container_id or container_name(self.namespace, handle.model_id)
-        try:
-            return client.containers.get(key)
-        except NotFound:
-            return None
-
-    def _clear_name(self, client: docker.DockerClient, name: str) -> None:
-        """Make room for a new container named `name`: a dead container of ours (a crash the
-        reconciler is now restarting) is removed; anything else blocks the start."""
-        try:
-            existing = client.containers.get(name)
-        except NotFound:
-            return
-        self._require_ours(existing)
-        if (existing.attrs.get("State") or {}).get("Running"):
-            raise EngineError(
-                f"container {name} ({existing.short_id}) already runs; stop it before starting "
-                "the model again"
-            )
-        _remove(existing)
-
-    def _create(
-        self, client: docker.DockerClient, spec: ModelSpec, placement: EnginePlacement
-    ) -> Container:
-        command = self.command(spec, placement)
-        nvidia = bool(placement.gpus) and has_nvidia_runtime(client.info())
-        if placement.gpus and not nvidia:
-            log.warning(
-                "model %s: GPUs %s placed but the Docker daemon has no nvidia runtime; "
-                "starting the container without a GPU device request",
-                spec.id,
-                list(placement.gpus),
-            )
-        port = f"{placement.port}/tcp"
-        return client.containers.create(
-            command.image,
-            command=list(command.argv) or None,  # None keeps the image's CMD
-            name=container_name(self.namespace, spec.id),
-            labels=self._labels(spec, placement, nvidia),
-            environment=command.env,
-            ports={port: (self.publish_host, placement.port)},
-            mounts=model_mounts(spec.model_path),
-            device_requests=gpu_device_requests(placement.gpus, nvidia),
-            restart_policy={"Name": "no"},
-            init=True,
-        )
-
-    def _labels(self, spec: ModelSpec, placement: EnginePlacement, nvidia: bool) -> dict[str, str]:
-        if not placement.gpus:
-            gpu_request = "none"
-        elif nvidia:
-            gpu_request = "nvidia"
-        else:
-            gpu_request = "skipped: no nvidia runtime"
-        return {
-            LABEL_MANAGED: "true",
-            LABEL_NAMESPACE: self.namespace,
-            LABEL_MODEL: spec.id,
-            LABEL_HASH: spec.spec_hash(),
-            LABEL_PORT: str(placement.port),
-            LABEL_GPUS: ",".join(str(gpu) for gpu in placement.gpus),
-            LABEL_MEMORY: str(placement.memory_mb),
-            LABEL_STARTED: f"{time.time():.3f}",
-            LABEL_GPU_REQUEST: gpu_request,
-        }
-
-    @staticmethod
-    def _start_or_remove(container: Container) -> None:
-        """Start; a container that cannot start (port taken...) is removed, not left behind."""
-        try:
-            container.start()
-        except Exception:
-            with suppress(Exception):
-                _remove(container)
-            raise
-
-    # -- images ---------------------------------------------------------------------------------
-
-    def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
-        try:
-            client.images.get(image)
-        except ImageNotFound:
-            self._pull(client, image)
-
-    def _pull(self, client: docker.DockerClient, image: str) -> None:
-        """Pull in a thread so that a registry that never answers cannot hang the reconciler
-        (docker-py pulls without a timeout). A pull still running is waited on, not repeated."""
-        thread, errors = self._pulls.get(image, (None, []))
-        if thread is None or not thread.is_alive():
-            errors = []
-            thread = threading.Thread(
-                target=_pull_into, args=(client, image, errors), daemon=True, name=f"pull {image}"
-            )
-            self._pulls[image] = (thread, errors)
-            thread.start()
-        thread.join(self.pull_timeout_s)
-        if thread.is_alive():
-            raise EngineError(
-                f"image {image} is not present locally and pulling it did not finish within "
-                f"{self.pull_timeout_s:g}s"
-            )
-        self._pulls.pop(image, None)
-        if errors:
-            raise EngineError(
-                f"image {image} is not present locally and pulling it failed: {_explain(errors[0])}"
-            )
-
-
-def _pull_into(client: docker.DockerClient, image: str, errors: list[BaseException]) -> None:
-    try:
-        client.images.pull(image)
-    except Exception as exc:  # reported by the waiting thread
-        errors.append(exc)
-
-
-def _remove(container: Container) -> None:
-    """Remove with its anonymous volumes; a container already gone is fine."""
-    with suppress(NotFound):
-        container.remove(v=True, force=True)
+DESCRIPTOR = EngineDescriptor(
+    framework="docker",
+    parameters=None,
+    argv=docker_argv,
+    estimate=None,
+    model_files="none",
+    kubernetes=KubernetesContainer(image="", launcher=(), argv_is_command=False),
+    create=_create,
+    reserved_env=RESERVED_ENV,
+    needs_image=True,
+    extra_env=own_env,
+)

@@ -25,7 +25,9 @@ from typing import Protocol
 
 import psutil
 
+from reconciler.core.events import EventKind
 from reconciler.core.problems import Problem
+from reconciler.core.retry import backoff_delay
 from reconciler.loop.reconcile import PassResult, Reconciler
 
 log = logging.getLogger("reconciler.loop.controller")
@@ -49,6 +51,9 @@ class LoopSettings:
     """how often the pids of running engines are checked for an exit"""
     debounce_ms: int = 150
     watch: bool = True
+    failed_pass_retry_s: float = 1.0
+    """a pass that raised is retried after this long, doubling while it keeps failing (up to
+    resync_s): a failure that repeats must not keep a CPU busy"""
 
 
 @dataclass
@@ -58,6 +63,7 @@ class LoopStats:
     last_result: PassResult | None = None
     last_reasons: list[str] = field(default_factory=list)
     last_duration_s: float | None = None
+    failed_in_a_row: int = 0
 
 
 class Controller:
@@ -145,12 +151,14 @@ class Controller:
         try:
             with self._source_lock:
                 result = self.reconciler.pass_once()
-        except Exception:  # a pass must never kill the daemon; the next trigger retries
-            log.exception("reconcile pass failed")
+        except Exception:  # a pass must never kill the daemon; it is retried with backoff
+            self.stats.failed_in_a_row += 1
+            log.exception("reconcile pass failed (%d in a row)", self.stats.failed_in_a_row)
             if self.on_pass is not None:
                 self.on_pass(None, reasons, time.monotonic() - started)
             return None
         duration = time.monotonic() - started
+        self.stats.failed_in_a_row = 0
         self.stats.last_duration_s = duration
         self.stats.passes += 1
         self.stats.last_pass_at = time.time()
@@ -182,8 +190,10 @@ class Controller:
     def _next_deadline(self, result: PassResult | None) -> float:
         now_mono, now_wall = time.monotonic(), time.time()
         deadline = now_mono + self.settings.resync_s
-        if result is None:
-            return now_mono + 1.0  # a failed pass is retried soon, not in a minute
+        if result is None:  # retried soon, not in a minute; later while it keeps failing
+            failures, settings = self.stats.failed_in_a_row, self.settings
+            delay = backoff_delay(settings.failed_pass_retry_s, failures, settings.resync_s)
+            return now_mono + delay
         if result.next_wake is not None:
             deadline = min(deadline, now_mono + max(0.05, result.next_wake - now_wall))
         return deadline
@@ -276,14 +286,14 @@ class Controller:
             if new != self._refused:
                 self._refused = new
                 log.warning("%s", refused)
-                self.reconciler.event("remote-refused", None, refused, revision=new)
+                self.reconciler.event(EventKind.remote_refused, None, refused, revision=new)
             return
         self._refused = None
         if getattr(result, "changed", False):
             if getattr(result, "forced", False):
                 message = f"followed a rewritten history to {str(result.new)[:12]}"
                 log.warning("%s (allow_force_push)", message)
-                self.reconciler.event("remote-forced", None, message, revision=result.new)
+                self.reconciler.event(EventKind.remote_forced, None, message, revision=result.new)
             self.trigger(f"new commit {str(getattr(result, 'new', None))[:12]}")
 
     def _head(self) -> str | None:

@@ -1,4 +1,8 @@
-"""`reconciler run`: the loop, the git source and the HTTP API, started and stopped together.
+"""`reconciler run`: the loop, the git source and the services beside it, started and stopped
+together.
+
+The services (the HTTP API; the gateway to come) are built by the faces and handed in: the loop
+knows only that they start and stop, so it imports nothing of the faces.
 
 SIGTERM and SIGINT stop the loop cleanly and leave the engines running: the next start adopts them.
 `stop_engines_on_exit` is the opt-in opposite.
@@ -11,18 +15,21 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
 from reconciler.core.gpu import GPUInfo
+from reconciler.core.plan import Plan
+from reconciler.core.spec import ClusterSpec
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.controller import Controller, LoopSettings
 from reconciler.loop.reconcile import PassResult, Reconciler, Settings
-from reconciler.metrics import ReconcilerMetrics, snapshot_from_plan
+from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, snapshot_from_plan
 from reconciler.notify import Notifier
+from reconciler.source.git import LocalSource, RemoteSource
 from reconciler.state.paths import STATE_FILE
-from reconciler.state.statefile import CorruptState, read_state
+from reconciler.state.statefile import CorruptState, State, read_state
 
 log = logging.getLogger("reconciler.loop.daemon")
 
@@ -36,19 +43,26 @@ class DaemonOptions:
     path: str = "desired-state"
     committed_only: bool = False
     allow_force_push: bool = False
-    listen: str = "127.0.0.1:8080"
-    api_token: str | None = None
-    webhook_secret: str | None = None
-    serve_api: bool = True
     stop_engines_on_exit: bool = False
     loop: LoopSettings | None = None
 
 
+class Service(Protocol):
+    """What runs beside the loop (the HTTP API, the gateway): started before the first pass,
+    stopped after the last. start() must return at once (serve in a thread of its own)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Daemon:
-    """Everything `reconciler run` holds: one Reconciler, one Controller, one source, the API."""
+    """Everything `reconciler run` holds: one Reconciler, one Controller, one source, and the
+    services handed in by whoever built it."""
 
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
+        self.services: list[Service] = []
         self.source = self._make_source()
         desired_dir = self._desired_dir()
         self.reconciler = Reconciler(Settings(desired_dir, options.state_dir, source=self.source))
@@ -69,22 +83,22 @@ class Daemon:
             notifications=self.notifier.counts,
         )
         self.reconciler.listeners += [self.metrics.record_event, self.notifier.notify]
-        self._server: Any = None
-        self._server_thread: threading.Thread | None = None
 
-    def _make_source(self) -> Any:
-        from reconciler.source import git as source
+    def add_service(self, service: Service) -> None:
+        """Serve `service` while the loop runs (call before serve_forever)."""
+        self.services.append(service)
 
+    def _make_source(self) -> LocalSource | RemoteSource:
         o = self.options
         if o.repo_url:
-            return source.RemoteSource(
+            return RemoteSource(
                 o.repo_url,
                 o.branch,
                 path=o.path,
                 workdir=o.state_dir / "repo",
                 allow_force_push=o.allow_force_push,
             )
-        return source.LocalSource(o.desired_dir, committed_only=o.committed_only)
+        return LocalSource(o.desired_dir, committed_only=o.committed_only)
 
     def _desired_dir(self) -> Path:
         if self.options.repo_url:
@@ -93,7 +107,7 @@ class Daemon:
 
     # -- what metrics read at scrape time (API thread) -------------------------------------
 
-    def _state(self) -> Any:
+    def _state(self) -> State | None:
         # what the loop last wrote, from memory: re-parsing the YAML on every scrape is slow and
         # recovery (moving files aside) is the loop's job, never a reader's
         if self.reconciler.last_state is not None:
@@ -103,14 +117,14 @@ class Daemon:
         except CorruptState:
             return None
 
-    def _last_plan(self) -> Any:
+    def _last_plan(self) -> Plan | None:
         result = self.controller.stats.last_result
         return result.plan if result is not None else None
 
-    def _desired_snapshot(self) -> Any:
+    def _desired_snapshot(self) -> DesiredSnapshot | None:
         return snapshot_from_plan(self._last_plan())
 
-    def _cluster(self) -> Any:
+    def _cluster(self) -> ClusterSpec | None:
         desired = self.reconciler.last_desired
         return desired.cluster if desired is not None else None
 
@@ -144,12 +158,18 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
-        if self.options.serve_api:
-            self._start_api()
+        started: list[Service] = []
         try:
+            for service in self.services:
+                service.start()
+                started.append(service)
             self.controller.run()
         finally:
-            self._stop_api()
+            for service in reversed(started):
+                try:
+                    service.stop()
+                except Exception:  # one service failing to stop must not keep the others up
+                    log.exception("stopping %r failed", service)
             if self.options.stop_engines_on_exit:
                 self.stop_engines()
             self.notifier.close(5)
@@ -160,33 +180,3 @@ class Daemon:
     def stop_engines(self) -> None:
         handles = [h for hs in self.reconciler.observe().values() for h in hs if h.alive]
         self.reconciler.stop_engines(handles, "the daemon stopped (--stop-engines-on-exit)")
-
-    # -- the HTTP API ----------------------------------------------------------------------
-
-    def api_url(self) -> str:
-        return f"http://{self.options.listen}"
-
-    def _start_api(self) -> None:
-        import uvicorn
-
-        from reconciler.api import create_app
-
-        host, _, port = self.options.listen.rpartition(":")
-        config = uvicorn.Config(
-            create_app(self),
-            host=host.strip("[]") or "127.0.0.1",
-            port=int(port),
-            log_level="warning",
-            access_log=False,
-        )
-        self._server = uvicorn.Server(config)
-        # uvicorn must not take over SIGTERM/SIGINT: the daemon owns them
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._server_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
-        self._server_thread.start()
-
-    def _stop_api(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._server_thread is not None:
-            self._server_thread.join(timeout=5)

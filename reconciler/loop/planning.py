@@ -37,14 +37,9 @@ class Requirements:
 
 
 def _estimate(spec: ModelSpec, gpu_total_mb: int | None) -> int | None:
-    from reconciler.core.estimate import requirement_mb
-    from reconciler.models.facts import read_facts
+    from reconciler.engines.registry import estimate_spec
 
-    try:
-        facts = read_facts(spec)
-    except Exception:  # unreadable model files: the planner reports the memory as unknown
-        facts = None
-    return requirement_mb(spec, facts, gpu_total_mb).per_gpu_mb
+    return estimate_spec(spec, gpu_total_mb).per_gpu_mb  # unreadable files: unknown
 
 
 def plan_desired(

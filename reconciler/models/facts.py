@@ -1,9 +1,9 @@
 """Read model files into the plain facts `reconciler.core.estimate` computes with (the I/O side).
 
-GGUF headers are read with `gguf.GGUFReader` (it memory-maps the file; tensor data is never
-read). Hugging Face directories are read from config.json and the JSON headers of the
-safetensors files (8 bytes + header each, never the tensor data). Every failure becomes a
-`FactsError` whose message names the file and what is wrong with it.
+GGUF headers are read by reconciler.models.gguf: the fields and tensor sizes the estimate needs,
+stepping over the vocabulary (tensor data is never read). Hugging Face directories are read
+from config.json and the JSON headers of the safetensors files (reconciler.models.hf). Every
+failure becomes a `FactsError` whose message names the file and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -15,99 +15,73 @@ import hashlib
 import json
 import os
 import re
-import struct
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from reconciler.core import estimate
-from reconciler.core.estimate import Estimate, GGUFFacts, HFFacts, ModelFacts
-from reconciler.core.spec import Framework, ModelSpec
+from reconciler.core.estimate import GGUFFacts, ModelFacts, ModelFiles
 from reconciler.models.files import ModelFileError, cache_dir, is_packaged, resolve
-
-SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
-"""The safetensors format caps the JSON header at 100 MB; a larger length is a corrupt file."""
+from reconciler.models.gguf import ArrayInfo, GGUFHeader, read_header
+from reconciler.models.hf import FactsError, hub_cache, hub_snapshot, is_hub_id, read_hf_directory
 
 _SPLIT_GGUF = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
-class FactsError(Exception):
-    """The model's files exist (or should) but cannot be read; the message says why."""
-
-
-def read_facts(spec: ModelSpec) -> ModelFacts | None:
+def read_facts(model_path: str, kind: ModelFiles) -> ModelFacts | None:
     """The facts of a spec's model files; None when there is nothing on this host to read.
 
-    None: docker (the files live in the image) or a vLLM hub id that is neither a local path
-    nor in the Hugging Face cache. Packaged models (`pkg:`) are assembled into the cache first.
+    None: an engine that loads no files here (a container) or a hub id that is neither a local
+    path nor in the Hugging Face cache. Packaged models (`pkg:`) are assembled first.
     """
-    if spec.framework == "docker":
+    if kind == "none":
         return None
-    if spec.framework == "vllm" and _is_hub_id(spec.model_path):
-        snapshot = hub_snapshot(spec.model_path)
-        return None if snapshot is None else read_path(snapshot, "vllm")
+    if kind == "hf" and is_hub_id(model_path):
+        snapshot = hub_snapshot(model_path)
+        return None if snapshot is None else read_path(snapshot, "hf")
     try:
-        path = resolve(spec.model_path)
+        path = resolve(model_path)
     except ModelFileError as exc:
         raise FactsError(str(exc)) from exc
-    return read_path(path, spec.framework)
+    return read_path(path, kind)
 
 
-def read_path(path: Path, framework: Framework) -> ModelFacts:
-    """Facts of a local model: a GGUF file for llama.cpp, a model directory for vLLM."""
+def read_path(path: Path, kind: ModelFiles) -> ModelFacts:
+    """Facts of a local model: a GGUF file, or a Hugging Face model directory."""
     if not path.exists():
         raise FactsError(f"{path} does not exist")
-    if framework == "llama_cpp":
+    if kind == "gguf":
         if path.is_dir():
             raise FactsError(f"{path} is a directory; llama.cpp needs a .gguf file")
         return read_gguf(path)
-    if framework == "vllm":
+    if kind == "hf":
         if not path.is_dir():
             raise FactsError(f"{path} is not a model directory (config.json + *.safetensors)")
         return read_hf_directory(path)
-    raise FactsError(f"{framework} models have no files to read")
+    raise FactsError(f"{path}: this engine's models have no files to read")
 
 
-def estimate_path(
-    model_path: str, ctx: int | None = None, framework: Framework | None = None
-) -> Estimate:
-    """`reconciler estimate MODEL_PATH [--ctx N]`: the estimate for one GPU, or why there is none.
-
-    The framework is guessed from the path when not given: a file (or `pkg:`) is a GGUF for
-    llama.cpp, a directory a vLLM model. `ctx` is ctx-size (llama.cpp) or max-model-len (vLLM).
-    """
-    framework = framework or _guess_framework(model_path)
-    try:
-        facts = _facts_of_path(model_path, framework)
-    except (ModelFileError, FactsError) as exc:
-        return Estimate(None, {}, str(exc))
-    if isinstance(facts, GGUFFacts):
-        parameters = {} if ctx is None else {"ctx-size": ctx}
-        return estimate.llama_cpp_estimate(facts, parameters)
-    parameters = {} if ctx is None else {"max-model-len": ctx}
-    return estimate.vllm_estimate(facts, parameters)
-
-
-def _facts_of_path(model_path: str, framework: Framework) -> ModelFacts:
-    if framework == "vllm" and _is_hub_id(model_path):
+def read_model_path(model_path: str, kind: ModelFiles) -> ModelFacts:
+    """Facts for `reconciler estimate MODEL_PATH`: like read_facts, but a hub id that is not
+    downloaded is an error that says so."""
+    if kind == "hf" and is_hub_id(model_path):
         snapshot = hub_snapshot(model_path)
         if snapshot is None:
             raise FactsError(
                 f"{model_path} is neither a local path nor downloaded to the Hugging Face "
-                f"cache ({_hub_cache()}): cannot estimate a model that is not on this host"
+                f"cache ({hub_cache()}): cannot estimate a model that is not on this host"
             )
-        return read_path(snapshot, "vllm")
-    return read_path(resolve(model_path), framework)
+        return read_path(snapshot, "hf")
+    return read_path(resolve(model_path), kind)
 
 
-def _guess_framework(model_path: str) -> Framework:
-    """A .gguf file or packaged model is llama.cpp; a directory or a hub id is vLLM."""
+def guess_files(model_path: str) -> ModelFiles:
+    """A .gguf file or packaged model is a GGUF; a directory or a hub id a Hugging Face model."""
     if is_packaged(model_path) or model_path.endswith(".gguf"):
-        return "llama_cpp"
-    if Path(model_path).expanduser().is_dir() or _is_hub_id(model_path):
-        return "vllm"
-    return "llama_cpp"
+        return "gguf"
+    if Path(model_path).expanduser().is_dir() or is_hub_id(model_path):
+        return "hf"
+    return "gguf"
 
 
 # ---- GGUF -----------------------------------------------------------------------------------
@@ -116,10 +90,9 @@ def _guess_framework(model_path: str) -> Framework:
 def read_gguf(path: Path) -> GGUFFacts:
     """Facts of a GGUF file (all splits of a split model).
 
-    GGUFReader parses the whole vocabulary into Python objects: about 10 s of CPU for a
-    262k-token vocabulary on a small machine, for every model on every reconciler start. The
-    facts are therefore cached in memory and on disk, keyed by the path, size and mtime of
-    every file of the model (a rewritten file is read again).
+    The header walk steps over the vocabulary (a few tenths of a second for 262k tokens, where
+    a full parse took ~10 s); the facts are still cached in memory and on disk, keyed by the
+    path, size and mtime of every file of the model (a rewritten file is read again).
     """
     path = path.resolve()
     files = [path, *_other_splits(path)]
@@ -137,11 +110,11 @@ def _read_gguf_cached(identity: tuple[tuple[str, int, int], ...]) -> GGUFFacts:
     if cached is not None:
         return cached
     first, *others = (Path(name) for name, _, _ in identity)
-    reader = _gguf_reader(first)
-    tensor_bytes = _gguf_tensor_bytes(reader)
+    header = _gguf_header(first)
+    tensor_bytes = Counter(header.tensor_bytes)
     for split in others:
-        tensor_bytes.update(_gguf_tensor_bytes(_gguf_reader(split)))
-    facts = _gguf_facts(str(first), reader, tensor_bytes)
+        tensor_bytes.update(_gguf_header(split).tensor_bytes)
+    facts = _gguf_facts(str(first), header, tensor_bytes)
     _store_cached_facts(key, facts)
     return facts
 
@@ -188,19 +161,15 @@ def _store_cached_facts(key: dict[str, Any], facts: GGUFFacts) -> None:
             os.unlink(temp)
 
 
-def _gguf_reader(path: Path) -> Any:
-    from gguf import GGUFReader
-
+def _gguf_header(path: Path) -> GGUFHeader:
     try:
-        return GGUFReader(path)
+        return read_header(path)
     except FileNotFoundError as exc:
         raise FactsError(f"{path} does not exist") from exc
     except OSError as exc:
         raise FactsError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except Exception as exc:
-        # GGUFReader raises ValueError, IndexError, KeyError... on a truncated or foreign file;
-        # any of them means the same thing to an operator.
-        raise FactsError(f"{path} is not a valid GGUF file ({type(exc).__name__}: {exc})") from exc
+    except ValueError as exc:  # GGUFError; mmap of an empty file raises ValueError too
+        raise FactsError(f"{path} is not a valid GGUF file ({exc})") from exc
 
 
 def _other_splits(path: Path) -> list[Path]:
@@ -220,20 +189,16 @@ def _other_splits(path: Path) -> list[Path]:
     return others
 
 
-def _gguf_tensor_bytes(reader: Any) -> Counter[str]:
-    return Counter({tensor.name: int(tensor.n_bytes) for tensor in reader.tensors})
-
-
 _MISSING = object()
 
 
-def _gguf_facts(path: str, reader: Any, tensor_bytes: Counter[str]) -> GGUFFacts:
-    arch = _gguf_value(reader, "general.architecture", path)
+def _gguf_facts(path: str, header: GGUFHeader, tensor_bytes: Counter[str]) -> GGUFFacts:
+    arch = _gguf_value(header, "general.architecture", path)
     if not isinstance(arch, str):
         raise FactsError(f"{path}: general.architecture is not a string")
 
     def arch_value(key: str, default: Any = _MISSING) -> Any:
-        return _gguf_value(reader, f"{arch}.{key}", path, default)
+        return _gguf_value(header, f"{arch}.{key}", path, default)
 
     n_embd = _largest(arch_value("embedding_length"), f"{arch}.embedding_length", path)
     n_head = _largest(arch_value("attention.head_count"), f"{arch}.attention.head_count", path)
@@ -257,20 +222,19 @@ def _gguf_facts(path: str, reader: Any, tensor_bytes: Counter[str]) -> GGUFFacts
         n_head_kv=n_head_kv,
         head_dim_k=arch_value("attention.key_length", head_dim),
         head_dim_v=arch_value("attention.value_length", head_dim),
-        n_vocab=arch_value("vocab_size", None) or _vocabulary_size(reader, path),
+        n_vocab=arch_value("vocab_size", None) or _vocabulary_size(header, path),
     )
 
 
-def _gguf_value(reader: Any, key: str, path: str, default: Any = _MISSING) -> Any:
-    field = reader.get_field(key)
-    if field is None:
+def _gguf_value(header: GGUFHeader, key: str, path: str, default: Any = _MISSING) -> Any:
+    if key not in header.fields:
         if default is _MISSING:
             raise FactsError(f"{path}: the GGUF header has no {key}")
         return default
-    try:
-        return field.contents()
-    except Exception as exc:  # a malformed value: same meaning as a missing one
-        raise FactsError(f"{path}: cannot read {key} ({exc})") from exc
+    value = header.fields[key]
+    if isinstance(value, ArrayInfo):  # a long array where a number is expected: malformed
+        raise FactsError(f"{path}: cannot read {key} (an array of {value.count} values)")
+    return value
 
 
 def _largest(value: Any, key: str, path: str) -> int:
@@ -282,172 +246,8 @@ def _largest(value: Any, key: str, path: str) -> int:
     return max(values)
 
 
-def _vocabulary_size(reader: Any, path: str) -> int:
-    tokens = reader.get_field("tokenizer.ggml.tokens")
+def _vocabulary_size(header: GGUFHeader, path: str) -> int:
+    tokens = header.fields.get("tokenizer.ggml.tokens")
     if tokens is None:
         raise FactsError(f"{path}: the GGUF header has no vocabulary (tokenizer.ggml.tokens)")
-    return len(tokens.data)  # one entry per array element
-
-
-# ---- Hugging Face directories (vLLM) --------------------------------------------------------
-
-
-def read_hf_directory(directory: Path) -> HFFacts:
-    """Facts of a model directory: config.json and the safetensors headers vLLM would load."""
-    config = _text_config(_read_json(directory / "config.json"), directory)
-    tensor_bytes: Counter[str] = Counter()
-    for file in _safetensors_files(directory):
-        for dtype, size in _safetensors_dtype_bytes(file).items():
-            tensor_bytes[dtype] += size
-
-    def optional(*keys: str) -> int | None:
-        for key in keys:
-            value = config.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
-
-    def required(*keys: str) -> int:
-        value = optional(*keys)
-        if value is None:
-            raise FactsError(f"{directory / 'config.json'} has no {keys[0]}")
-        return value
-
-    hidden = required("hidden_size", "d_model", "n_embd")
-    heads = required("num_attention_heads", "n_head")
-    return HFFacts(
-        path=str(directory),
-        tensor_bytes=dict(tensor_bytes),
-        num_hidden_layers=required("num_hidden_layers", "n_layer", "num_layers"),
-        num_attention_heads=heads,
-        num_key_value_heads=optional("num_key_value_heads") or heads,
-        head_dim=optional("head_dim") or hidden // heads,
-        hidden_size=hidden,
-        # MLP width; 4 x hidden is the classic transformer ratio when a config omits it.
-        intermediate_size=optional("intermediate_size", "ffn_dim") or 4 * hidden,
-        vocab_size=required("vocab_size"),
-        max_position_embeddings=optional(
-            "max_position_embeddings", "max_sequence_length", "seq_length", "n_positions"
-        ),
-        kv_lora_rank=optional("kv_lora_rank"),
-        qk_rope_head_dim=optional("qk_rope_head_dim"),
-    )
-
-
-def _text_config(config: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """Multimodal configs keep the language model's numbers under text_config."""
-    if "num_hidden_layers" not in config and isinstance(config.get("text_config"), dict):
-        return {**config, **config["text_config"]}
-    return config
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise FactsError(f"{path} does not exist (not a Hugging Face model directory?)") from exc
-    except OSError as exc:
-        raise FactsError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FactsError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise FactsError(f"{path} is not a JSON object")
-    return data
-
-
-def _safetensors_files(directory: Path) -> list[Path]:
-    """The shards vLLM loads: those the index names when there is one (repositories that also
-    ship a consolidated copy would otherwise be counted twice), else every *.safetensors."""
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise FactsError(f"{index} has no weight_map")
-        return [directory / name for name in sorted(set(weight_map.values()))]
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise FactsError(
-            f"{directory} has no *.safetensors files (PyTorch .bin checkpoints are not read: "
-            "set resource_requirements.gpu_memory_mb)"
-        )
-    return files
-
-
-def _safetensors_dtype_bytes(file: Path) -> Counter[str]:
-    """Tensor bytes per dtype from one safetensors header: 8-byte little-endian length + JSON."""
-    try:
-        with file.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise FactsError(f"{file} is truncated (no header)")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > SAFETENSORS_MAX_HEADER:
-                raise FactsError(f"{file} is not a safetensors file (header length {length})")
-            header_bytes = handle.read(length)
-            file_size = os.fstat(handle.fileno()).st_size
-    except FileNotFoundError as exc:
-        raise FactsError(f"{file} does not exist (named by the shard index)") from exc
-    except OSError as exc:
-        raise FactsError(f"cannot read {file}: {exc.strerror or exc}") from exc
-    if len(header_bytes) < length:
-        raise FactsError(f"{file} is truncated (header cut short)")
-    try:
-        header = json.loads(header_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FactsError(f"{file} has an unreadable header: {exc}") from exc
-    if not isinstance(header, dict):
-        raise FactsError(f"{file} has an unreadable header (not a JSON object)")
-    return _header_dtype_bytes(file, header, data_size=file_size - 8 - length)
-
-
-def _header_dtype_bytes(file: Path, header: dict[str, Any], data_size: int) -> Counter[str]:
-    sizes: Counter[str] = Counter()
-    end_of_data = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = info["data_offsets"]
-            dtype = str(info["dtype"])
-            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
-                raise ValueError
-        except (TypeError, KeyError, ValueError):
-            raise FactsError(f"{file}: tensor {name!r} has a malformed header entry") from None
-        sizes[dtype] += end - begin
-        end_of_data = max(end_of_data, end)
-    if end_of_data > data_size:
-        raise FactsError(
-            f"{file} is truncated: the header describes {end_of_data} bytes of tensors, the file "
-            f"holds {data_size} (an interrupted download?)"
-        )
-    return sizes
-
-
-# ---- the Hugging Face hub cache -------------------------------------------------------------
-
-
-def _is_hub_id(model_path: str) -> bool:
-    """`org/name` that is not a local path (the rule modelfiles.missing_message uses)."""
-    if is_packaged(model_path) or model_path.startswith(("/", ".", "~")):
-        return False
-    return not Path(model_path).exists()
-
-
-def hub_snapshot(repo_id: str) -> Path | None:
-    """The local snapshot of a hub model that vLLM (huggingface_hub) already downloaded."""
-    cache = _hub_cache()
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    try:
-        revision = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    snapshot = repo / "snapshots" / revision
-    return snapshot if snapshot.is_dir() else None
-
-
-def _hub_cache() -> Path:
-    # huggingface_hub's rule: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
-    return Path(home).expanduser() / "hub"
+    return tokens.count if isinstance(tokens, ArrayInfo) else len(tokens)

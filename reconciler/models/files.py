@@ -12,8 +12,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-from reconciler.core.spec import ModelSpec
-
 PKG_PREFIX = "pkg:"
 
 
@@ -28,6 +26,11 @@ def cache_dir() -> Path:
 
 def is_packaged(model_path: str) -> bool:
     return model_path.startswith(PKG_PREFIX)
+
+
+def is_local_path(model_path: str) -> bool:
+    """A path on this host (or a packaged model) rather than a Hugging Face hub id."""
+    return is_packaged(model_path) or model_path.startswith(("/", ".", "~"))
 
 
 def resolve(model_path: str, *, assemble: bool = True) -> Path:
@@ -67,18 +70,21 @@ def _assemble_once(module, target: Path) -> None:
     temp.replace(stamp)
 
 
-def missing_message(spec: ModelSpec) -> str | None:
-    """A warning when the model's files are not on this host; None when present or not needed."""
-    path = spec.model_path
-    if spec.framework == "docker":
-        return None  # the container's business: a path inside the image or a mounted volume
-    if is_packaged(path):
-        module_name = path[len(PKG_PREFIX) :]
+def missing_message(model_path: str, kind: str, *, hub_ids: bool = False) -> str | None:
+    """A warning when the model's files are not on this host; None when present or not needed.
+
+    `kind` is what the engine loads ("none": the files live in its image or a volume);
+    `hub_ids`: a name that is not a local path is a hub id the engine downloads itself.
+    """
+    if kind == "none":
+        return None
+    if is_packaged(model_path):
+        module_name = model_path[len(PKG_PREFIX) :]
         if importlib.util.find_spec(module_name) is None:
             return f"packaged model module '{module_name}' is not installed on this host"
         return None
-    if spec.framework == "vllm" and not path.startswith(("/", ".", "~")):
-        return None  # a Hugging Face hub id: vLLM fetches it
-    if not Path(path).expanduser().exists():
-        return f"{path} does not exist on this host"
+    if hub_ids and not model_path.startswith(("/", ".", "~")):
+        return None  # a Hugging Face hub id: the engine fetches it
+    if not Path(model_path).expanduser().exists():
+        return f"{model_path} does not exist on this host"
     return None

@@ -228,9 +228,9 @@ def _subtree(commit: git.Commit, rel: str) -> Any:
 
 def validate_raw(raw: RawDesiredState) -> ValidationResult:
     """What the reconciler would say about `raw`, minus the host-only model-file check."""
-    from reconciler.core.flags import KNOWN_PARAMETERS
+    from reconciler.engines.registry import catalog
 
-    return validate(raw, known_parameters=KNOWN_PARAMETERS)
+    return validate(raw, catalog=catalog())
 
 
 def _is_spec_path(inner: str) -> bool:

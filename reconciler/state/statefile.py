@@ -70,6 +70,9 @@ class ModelState:
     next_retry_at: float | None = None
     given_up: bool = False
     started_at: float | None = None
+    probe_failures: int = 0
+    """failed liveness probes in a row of a ready engine: counted across one-shot `apply`
+    runs, so that a hung engine reaches its failure_threshold without a daemon"""
 
 
 @dataclass
@@ -179,6 +182,7 @@ def _model_to_yaml(model: ModelState) -> CommentedMap:
         next_retry_at=model.next_retry_at,
         given_up=model.given_up,
         started_at=model.started_at,
+        probe_failures=model.probe_failures,
     )
 
 
@@ -325,6 +329,7 @@ def _model_state(fields: _Fields, model_id: str) -> ModelState:
         next_retry_at=fields.get("next_retry_at", _optional(_number), None),
         given_up=fields.get("given_up", _boolean, False),
         started_at=fields.get("started_at", _optional(_number), None),
+        probe_failures=fields.get("probe_failures", _integer, 0),
     )
 
 
@@ -359,6 +364,7 @@ _STATE_ONLY_MODEL_KEYS = frozenset(
         "last_transition",
         "next_retry_at",
         "started_at",
+        "probe_failures",
     }
 )
 

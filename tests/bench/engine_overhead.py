@@ -32,7 +32,7 @@ import httpx
 
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Command, EnginePlacement
-from reconciler.engines.llamacpp import LlamaCppEngine, prepare_model_file
+from reconciler.engines.llama_cpp import LlamaCppEngine, prepare_model_file
 from reconciler.engines.process import ProcessSupervisor, engine_env
 
 # -S: no site import, so a stand-in starts in a few milliseconds and weighs little

@@ -9,7 +9,8 @@ Times the pure scheduler (no YAML, no pydantic) for 100 / 1,000 / 10,000 models 
 
 The cluster is over-subscribed (~1.3x its memory), so preemption, fallbacks and unschedulable
 models all occur. Then fits the growth exponent (log-log) and times make_plan end to end (spec
-hashes, diff, outcomes) on 10,000 models and 1,000 GPUs. Goal: 10,000 / 1,000 under 1 s.
+hashes, diff, outcomes) on 10,000 models and 1,000 GPUs. Goals: steady growth exponent <= 1.1
+between 1k and 10k models; make_plan for 10,000 models on 1,000 GPUs under 0.5 s.
 """
 
 from __future__ import annotations
@@ -188,21 +189,35 @@ def main() -> None:
         )
     ns = [r[0] for r in rows]
     print(
-        f"growth exponent (log-log fit): cold {growth_exponent(ns, [r[2] for r in rows]):.2f}, "
+        f"growth exponent (log-log fit, 100-10k): "
+        f"cold {growth_exponent(ns, [r[2] for r in rows]):.2f}, "
         f"steady {growth_exponent(ns, [r[3] for r in rows]):.2f}   (1.0 = linear)"
+    )
+    steady_exp = growth_exponent(ns[-2:], [r[3] for r in rows[-2:]])
+    print(
+        f"goal: steady growth exponent 1k -> 10k <= 1.1: {steady_exp:.2f} "
+        f"({verdict(steady_exp <= 1.1)})"
     )
     cold, steady, actions = bench_make_plan()
     print()
     print("make_plan end to end, 10,000 models on 1,000 GPUs (best of 3)")
     print(f"  cold (nothing runs):             {cold:.3f} s")
     print(f"  steady (converged, then changes): {steady:.3f} s  ({actions:,} actions)")
-    goal = rows[-1][3]
-    verdict = "meets" if goal < 1.0 else "MISSES"
-    print(f"goal: 10,000 models on 1,000 GPUs < 1 s: scheduler {goal:.3f} s ({verdict} the goal)")
+    worst = max(cold, steady)
+    print(
+        f"goal: make_plan 10,000 models on 1,000 GPUs < 0.5 s: {worst:.3f} s "
+        f"({verdict(worst < 0.5)})"
+    )
     print()
     seconds = bench_cli(1000)
-    verdict = "meets" if seconds < 3.0 else "MISSES"
-    print(f"`reconciler plan` process, 1,000 model files: {seconds:.2f} s (goal < 3 s: {verdict})")
+    print(
+        f"goal: `reconciler plan` process, 1,000 model files < 3 s: {seconds:.2f} s "
+        f"({verdict(seconds < 3.0)})"
+    )
+
+
+def verdict(met: bool) -> str:
+    return "meets" if met else "MISSES"
 
 
 def bench_cli(files: int) -> float:

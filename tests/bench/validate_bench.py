@@ -114,15 +114,14 @@ def write_state(root: Path, count: int) -> Path:
 
 
 def in_process(ds: Path) -> tuple[int, int]:
-    from reconciler.core.flags import KNOWN_PARAMETERS
     from reconciler.core.validate import validate
-    from reconciler.models import files as modelfiles
+    from reconciler.engines.registry import catalog, missing_message
     from reconciler.source.load import load_directory
 
     result = validate(
         load_directory(ds),
-        path_check=modelfiles.missing_message,
-        known_parameters=KNOWN_PARAMETERS,
+        path_check=missing_message,
+        catalog=catalog(),
     )
     return len(result.desired.models) if result.desired else 0, len(result.problems)
 

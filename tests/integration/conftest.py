@@ -6,19 +6,22 @@ from collections.abc import Iterator
 
 import docker
 import pytest
+from components import missing, require_file
 from docker.errors import DockerException
-from docker_support import ensure_test_image
+from docker_support import BUSYBOX, ensure_test_image
 from requests.exceptions import RequestException
+
+DOCKERD_HINT = "bash .ci/dockerd.sh start (installs docker.io with apt-get and starts dockerd)"
 
 
 @pytest.fixture(scope="session")
 def client() -> Iterator[docker.DockerClient]:
-    """The local Docker daemon; the test is skipped, with the reason, when none answers."""
+    """The local Docker daemon; the test is skipped (strict mode: fails) when none answers."""
     try:
         client = docker.from_env()
         client.ping()
-    except (DockerException, RequestException) as exc:
-        pytest.skip(f"no Docker daemon answers ({exc}); start one with .ci/dockerd.sh start")
+    except (DockerException, RequestException):
+        missing("a Docker daemon", DOCKERD_HINT)
     yield client
     client.close()
 
@@ -26,4 +29,5 @@ def client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def image(client: docker.DockerClient) -> str:
     """The locally built busybox httpd image (docker import; no registry)."""
+    require_file(BUSYBOX, "apt-get install -y busybox-static (the test image is built from it)")
     return ensure_test_image(client)

@@ -439,6 +439,75 @@ def test_a_signed_malformed_body_is_400(daemon: Daemon, body: bytes) -> None:
     assert quiet_for(daemon, 0.5) == before
 
 
+def nested(depth: int, inner: bytes = b"") -> bytes:
+    return b"[" * depth + inner + b"]" * depth
+
+
+PUSH_HEAD = b'{"ref": "refs/heads/main", "after": '
+CHOKING_BODIES = {
+    # what makes a JSON parser raise (or parse into something that fails later), under 1 MiB
+    "nested arrays": nested(100_000),
+    "nested in a push": PUSH_HEAD + nested(50_000) + b"}",
+    "nested objects": b'{"a": ' * 50_000 + b"1" + b"}" * 50_000,
+    "invalid utf-8 in a string": b'{"ref": "refs/heads/main\xff\xfe"}',
+    "lone surrogate": b'{"ref": "refs/heads/\\ud800"}',
+    "huge integer": PUSH_HEAD + b"9" * 5000 + b"}",
+    "huge float": PUSH_HEAD + b"1e999999}",
+    "NaN": PUSH_HEAD + b"NaN}",
+    "a string": b'"refs/heads/main"',
+    "a number": b"12345",
+    "null": b"null",
+}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+CHOKING_FORMS = {
+    "form, invalid utf-8": b"payload=%7B%7D\xff",
+    "form, nested payload": b"payload=" + b"%5B" * 50_000 + b"%5D" * 50_000,
+    "form, no payload": b"ref=refs%2Fheads%2Fmain",
+    "form, lone surrogate": b"payload=%7B%22ref%22%3A%22%5Cud800%22%7D",
+}
+
+
+@pytest.mark.parametrize("body", CHOKING_BODIES.values(), ids=CHOKING_BODIES.keys())
+def test_a_signed_body_the_parser_chokes_on_is_400(daemon: Daemon, body: bytes) -> None:
+    before = quiet_for(daemon, 0.3)
+    response = post_hook(daemon, body, github(body))
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["detail"].startswith("malformed webhook body")
+    assert quiet_for(daemon, 0.5) == before
+    assert daemon.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("body", CHOKING_FORMS.values(), ids=CHOKING_FORMS.keys())
+def test_a_signed_form_the_parser_chokes_on_is_400(daemon: Daemon, body: bytes) -> None:
+    before = quiet_for(daemon, 0.3)
+    response = post_hook(daemon, body, {**github(body), **FORM})
+    assert response.status_code == 400, response.text[:300]
+    assert quiet_for(daemon, 0.5) == before
+
+
+@pytest.mark.parametrize("body", CHOKING_BODIES.values(), ids=CHOKING_BODIES.keys())
+def test_actions_ignore_bodies_the_parser_chokes_on(daemon: Daemon, body: bytes) -> None:
+    """The action routes take no body: whatever comes with a request is never a 500."""
+    headers = {**daemon.auth(), "Content-Type": "application/json"}
+    url = daemon.url + "/api/v1/models/no-such-model/restart"
+    response = httpx.post(url, content=body, headers=headers, timeout=10)
+    assert response.status_code == 404, response.text[:300]
+    before = daemon.passes()
+    response = httpx.post(
+        daemon.url + "/api/v1/reconcile", content=body, headers=headers, timeout=10
+    )
+    assert response.status_code == 202, response.text[:300]
+    wait_passes(daemon, before)
+
+
+@pytest.mark.parametrize("path", ["%ff%fe", "%ed%a0%80", "a%00b", "x" * 254])
+def test_odd_model_names_in_paths_are_4xx(daemon: Daemon, path: str) -> None:
+    assert daemon.get(f"/api/v1/models/{path}").status_code in (404, 422)
+    url = f"{daemon.url}/api/v1/models/{path}/restart"
+    response = httpx.post(url, headers=daemon.auth(), timeout=10)
+    assert response.status_code in (404, 422), response.text[:300]
+
+
 def raw_request(daemon: Daemon, head: str, body_chunks: list[bytes]) -> bytes:
     """Send a request by hand (a client that stops sending once answered would hide a 413)."""
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:

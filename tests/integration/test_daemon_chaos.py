@@ -20,7 +20,7 @@ json` against the same state directory must be empty: the host is converged for 
 
 Two modes: `remote` (`run --repo`, commits pushed to a bare repository) and `local`
 (`run DIR --committed-only`, commits made in the working tree). The seed is printed;
-CHAOS_SEED=N reproduces a run, CHAOS_ROUNDS=N changes its length (default 30 per mode).
+RECONCILER_TEST_SEED=N reproduces a run, CHAOS_ROUNDS=N changes its length (default 30 per mode).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 from apply_support import Host, managed_host, stand_in
+from components import random_seed
 from gitops_support import (
     Observation,
     RunProcess,
@@ -222,8 +223,7 @@ class Chaos:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["remote", "local"])
 def test_the_loop_survives_random_commits_and_kills(host: Host, mode: str) -> None:
-    seed = int(os.environ.get("CHAOS_SEED", str(time.time_ns() % 2**32)))
-    print(f"chaos seed {seed} ({mode}, {ROUNDS} rounds): CHAOS_SEED={seed} reproduces it")
+    seed = random_seed(f"chaos, {mode}, {ROUNDS} rounds")
     rng = random.Random(seed)
     site = remote_site(host) if mode == "remote" else local_site(host)
     chaos = Chaos(host, site, mode, rng, seed)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from components import require, require_module
 
-sync_api = pytest.importorskip(
-    "playwright.sync_api",
-    reason="playwright is not installed: .venv/bin/pip install playwright",
+sync_api = require_module(
+    "playwright.sync_api", ".venv/bin/pip install playwright (the dev extra)", module_level=True
 )
 
 from apply_support import stand_in, wait_for  # noqa: E402
@@ -43,11 +43,12 @@ DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 UPDATE_DOCS = os.environ.get("RECONCILER_UPDATE_SCREENSHOT") == "1"
 UPDATE_TIMEOUT_MS = 30_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(
-        f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set RECONCILER_CHROMIUM)",
-        allow_module_level=True,
-    )
+require(
+    f"Chromium ({CHROMIUM})",
+    "apt-get install -y chromium (or set RECONCILER_CHROMIUM)",
+    Path(CHROMIUM).exists(),
+    module_level=True,
+)
 
 expect = sync_api.expect
 

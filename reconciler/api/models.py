@@ -1,0 +1,127 @@
+"""GET /api/v1/models and /api/v1/models/{id}: every model desired or running, and one in full."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from fastapi import APIRouter, HTTPException
+from fastapi import Path as PathParam
+from fastapi.responses import Response
+from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
+
+from reconciler.core.observed import OCCUPYING, Status
+from reconciler.core.plan import Outcome, Plan
+from reconciler.core.spec import ModelSpec
+from reconciler.state.statefile import ModelState, State
+
+from .responses import ModelDetail, ModelSummary, Placement, errors
+from .views import Views
+
+MODEL_LIST = TypeAdapter(list[ModelSummary])
+
+
+def model_summary(
+    model_id: str,
+    spec: ModelSpec | None,
+    state: ModelState | None,
+    outcome: Outcome | None,
+    now: float,
+) -> ModelSummary:
+    status = state.status if state else Status.stopped
+    holds_gpus = state is not None and state.status in OCCUPYING
+    requested = spec.resource_requirements.gpu_memory_mb if spec else None
+    uptime = None
+    if state and state.started_at and status in (Status.starting, Status.running):
+        uptime = round(max(0.0, now - state.started_at), 1)
+    return ModelSummary(
+        id=model_id,
+        name=spec.name if spec else None,
+        status=status,
+        desired=spec is not None,
+        enabled=spec.enabled if spec else None,
+        priority=spec.priority if spec else None,
+        framework=spec.framework if spec else None,
+        gpus=list(state.gpus) if holds_gpus else [],
+        memory_mb=state.memory_mb if holds_gpus else requested,
+        port=state.port if holds_gpus else (spec.port if spec else None),
+        restarts=state.restarts_total if state else 0,
+        uptime_s=uptime,
+        last_error=state.last_error if state else None,
+        given_up=bool(state and state.given_up),
+        reason=outcome.reason if outcome is not None else None,
+    )
+
+
+def list_models(views: Views) -> tuple[list[ModelSummary], bytes]:
+    """Every model, and the same as JSON. Built once per change of what it is made of (and per
+    second, for uptimes), not per request: a dashboard or a scraper polling a host of hundreds
+    of models must not take CPU from the loop."""
+    specs, state, plan = views.specs(), views.state(), views.last_plan()
+    now = time.time()
+    key = (id(specs), id(state), id(plan), int(now))
+    return views.models_memo.get(key, lambda: _build_models(specs, state, plan, now))
+
+
+def _build_models(
+    specs: Mapping[str, ModelSpec], state: State | None, plan: Plan | None, now: float
+) -> tuple[list[ModelSummary], bytes]:
+    models = state.models if state else {}
+    outcomes = plan.models if plan is not None else {}
+    listed = [
+        model_summary(mid, specs.get(mid), models.get(mid), outcomes.get(mid), now)
+        for mid in sorted(set(specs) | set(models))
+    ]
+    return listed, MODEL_LIST.dump_json(listed)
+
+
+def model_detail(views: Views, model_id: str) -> ModelDetail | None:
+    spec = views.specs().get(model_id)
+    state = views.state()
+    model = state.models.get(model_id) if state else None
+    if spec is None and model is None:
+        return None
+    plan = views.last_plan()
+    outcome = plan.models.get(model_id) if plan is not None else None
+    summary = model_summary(model_id, spec, model, outcome, time.time())
+    placement = None
+    if model is not None and model.status in OCCUPYING:
+        placement = Placement(gpus=list(model.gpus), memory_mb=model.memory_mb, port=model.port)
+    return ModelDetail(
+        **summary.model_dump(),
+        spec=spec.model_dump(mode="json") if spec else None,
+        placement=placement,
+        pid=model.pid if model else None,
+        container_id=model.container_id if model else None,
+        restarts_in_a_row=model.restarts if model else 0,
+        next_retry_at=model.next_retry_at if model else None,
+        started_at=model.started_at if model else None,
+        last_transition=model.last_transition if model else None,
+        logs=views.logs(model_id, model),
+    )
+
+
+def router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["status"])
+
+    @routes.get("/models", response_model=list[ModelSummary])
+    async def models() -> Response:
+        """Every model desired or running, with its status."""
+        # on the event loop and pre-serialized when the loop's memory has it all (no thread
+        # hand-off, no second validation); in a worker thread while files must be read
+        if views.in_memory():
+            body = list_models(views)[1]
+        else:
+            body = (await run_in_threadpool(list_models, views))[1]
+        return Response(body, media_type="application/json")
+
+    @routes.get("/models/{model_id}", response_model=ModelDetail, responses=errors(404))
+    def model(model_id: str = PathParam(max_length=253)) -> ModelDetail:
+        """One model: spec in force, status, placement, restarts, last error, recent logs."""
+        detail = model_detail(views, model_id)
+        if detail is None:
+            raise HTTPException(404, f"no model {model_id!r} is desired or running")
+        return detail
+
+    return routes

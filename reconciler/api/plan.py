@@ -1,0 +1,72 @@
+"""GET /api/v1/plan: what the next pass would do now (a dry run: nothing is changed)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from reconciler.core.plan import Plan
+from reconciler.gpus import InventoryError
+from reconciler.loop.reconcile import Reconciler, Settings
+
+from .responses import ActionOut, GpuPlanOut, PlanOut, ProblemOut, UnschedulableOut, errors
+from .views import Views
+
+
+def preview_plan(reconciler: Reconciler) -> Plan:
+    """What the next pass would do: a dry run in a Reconciler of its own, like `reconciler
+    plan` on this host, so that the loop's per-pass bookkeeping and its git objects (not
+    thread-safe) are never touched from the API's thread."""
+    settings = reconciler.settings
+    preview = Reconciler(
+        Settings(settings.desired_dir, settings.state_dir, settings.rev),
+        engines=reconciler.engines,
+        clock=reconciler.clock,
+    )
+    preview.requirements = reconciler.requirements  # memory estimates are cached per spec hash
+    return preview.pass_once(dry_run=True).plan
+
+
+def plan_out(plan: Plan) -> PlanOut:
+    return PlanOut(
+        revision=plan.revision,
+        valid=plan.valid,
+        summary=plan.summary() if plan.valid else "invalid desired state: nothing changes",
+        problems=[ProblemOut(**p.to_dict()) for p in plan.problems],
+        actions=[
+            ActionOut(
+                action=a.action,
+                model=a.model,
+                gpus=list(a.gpus),
+                memory_mb=a.memory_mb,
+                port=a.port,
+                reason=a.reason,
+            )
+            for a in plan.actions
+        ],
+        unschedulable=[UnschedulableOut(model=m, reason=r) for m, r in plan.unschedulable],
+        gpus=[
+            GpuPlanOut(
+                index=g.index,
+                memory_mb=g.memory_mb,
+                used_mb_before=g.used_mb_before,
+                used_mb_after=g.used_mb_after,
+            )
+            for g in plan.gpus
+        ],
+    )
+
+
+def router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["status"])
+    reconciler = views.reconciler
+
+    @routes.get("/plan", response_model=PlanOut, responses=errors(503))
+    def plan() -> PlanOut:
+        """What the next pass would do now (a dry run: nothing is changed)."""
+        try:
+            result = views.plan_memo.get(None, lambda: preview_plan(reconciler))
+        except InventoryError as exc:
+            raise HTTPException(503, f"GPU inventory unavailable: {exc}") from exc
+        return plan_out(result)
+
+    return routes

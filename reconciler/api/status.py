@@ -1,0 +1,51 @@
+"""GET /api/v1/status and /api/v1/history: loop progress, the applied revision, its commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from reconciler import __version__
+
+from .models import list_models
+from .responses import HistoryOut, ProblemOut, StatusOut
+from .views import Views
+
+
+def status_out(views: Views) -> StatusOut:
+    state = views.state()
+    counts: dict[str, int] = {}
+    for model in list_models(views)[0]:
+        counts[model.status.value] = counts.get(model.status.value, 0) + 1
+    plan = views.last_plan()
+    problems = [ProblemOut(**p) for p in (state.problems if state else [])]
+    stats = views.stats
+    return StatusOut(
+        version=__version__,
+        ready=stats.passes > 0,
+        passes=stats.passes,
+        last_pass_at=stats.last_pass_at,
+        last_pass_reasons=list(stats.last_reasons),
+        last_plan=plan.summary() if plan is not None and plan.valid else None,
+        revision=views.revision(state),
+        valid=not problems,  # from the same record as `problems`, so that the two agree
+        problems=problems,
+        models=counts,
+    )
+
+
+def router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["status"])
+
+    @routes.get("/status", response_model=StatusOut)
+    def status() -> StatusOut:
+        """Loop progress, the applied revision and its commit, validation problems."""
+        return status_out(views)
+
+    @routes.get("/history", response_model=list[HistoryOut])
+    def history(limit: int = Query(20, ge=1, le=200)) -> list[dict[str, Any]]:
+        """Commits that changed desired state, newest first, and what became of each here."""
+        return views.history(limit)
+
+    return routes

@@ -1,0 +1,110 @@
+"""`reconciler apply`, `restart` and `stop-all`: make the host match desired state now."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconciler.loop.reconcile import Reconciler, Settings, converge
+
+from . import command_app
+from .options import (
+    DEFAULT_DIR,
+    DirArg,
+    OnceOpt,
+    RevOpt,
+    StateDirOpt,
+    TimeoutOpt,
+    err,
+    out,
+    resolve_state_dir,
+)
+from .plan import PlanFormat, render_plan
+from .problems import Format, print_problems
+from .status import exit_on_model_errors, print_status
+
+app = command_app()
+
+
+def _reconciler(directory: Path, state_dir: Path | None, rev: str | None = None) -> Reconciler:
+    return Reconciler(Settings(directory, resolve_state_dir(state_dir), rev))
+
+
+@app.command("apply")
+def apply_cmd(
+    directory: DirArg = Path(DEFAULT_DIR),
+    rev: RevOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan, change nothing")
+    ] = False,
+    once: OnceOpt = False,
+    timeout: TimeoutOpt = 900.0,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Make the host match desired state: passes until every started engine is ready."""
+    reconciler = _reconciler(directory, state_dir, rev)
+    if dry_run:
+        plan = reconciler.pass_once(dry_run=True).plan
+        sys.stdout.write(render_plan(plan, PlanFormat.text) + "\n")
+        raise typer.Exit(0 if plan.valid else 1)
+    results = [reconciler.pass_once()] if once else converge(reconciler, timeout)
+    for result in results:
+        for line in result.executed:
+            out.print(line, markup=False)
+    last = results[-1]
+    if not last.plan.valid:
+        print_problems([p for p in last.plan.problems if p.is_error], Format.text)
+        out.print("[red]desired state is invalid: nothing was changed[/]")
+        raise typer.Exit(1)
+    if not any(r.executed for r in results):
+        out.print("nothing to do: the host matches desired state")
+    print_status(reconciler.state_dir)
+    if not last.settled and not once:
+        err.print(f"error: not settled within {timeout:g}s")
+        raise typer.Exit(1)
+    exit_on_model_errors(reconciler.state_dir)
+
+
+@app.command("restart")
+def restart_cmd(
+    model_id: Annotated[str, typer.Argument(help="the model to restart")],
+    directory: DirArg = Path(DEFAULT_DIR),
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Restart a model now, clearing a given-up error (its retries start again)."""
+    reconciler = _reconciler(directory, state_dir)
+    desired, _ = reconciler.load_desired()
+    if desired is not None and model_id not in desired.models:
+        err.print(f"error: {model_id} is not in the desired state ({directory})", markup=False)
+        raise typer.Exit(1)
+    reconciler.request_restart(model_id)
+    for result in converge(reconciler, 900.0):
+        for line in result.executed:
+            out.print(line, markup=False)
+    print_status(reconciler.state_dir)
+    exit_on_model_errors(reconciler.state_dir)
+
+
+@app.command("stop-all")
+def stop_all_cmd(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Stop every engine this reconciler manages (processes and containers).
+
+    They are recorded as stopped: the next `apply` (or pass of `run`) starts what desired
+    state asks for again."""
+    reconciler = _reconciler(Path(DEFAULT_DIR), state_dir)
+    handles = [h for hs in reconciler.observe().values() for h in hs]
+    if not handles:
+        out.print("no managed engine runs")
+        return
+    names = ", ".join(sorted({h.model_id for h in handles}))
+    if not yes and not typer.confirm(f"stop {len(handles)} engine(s): {names}?"):
+        raise typer.Exit(1)
+    reconciler.stop_engines(handles, "stopped by an operator (stop-all)")
+    for handle in handles:
+        out.print(f"stopped {handle.model_id}")

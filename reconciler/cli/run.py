@@ -1,0 +1,96 @@
+"""`reconciler run`: the daemon (the loop, the git source) and the HTTP API beside it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconciler.api.app import create_app
+from reconciler.api.server import ApiServer, split_listen
+from reconciler.api.views import ApiSettings
+from reconciler.loop.controller import LoopSettings
+from reconciler.loop.daemon import Daemon, DaemonOptions
+
+from . import command_app
+from .options import DEFAULT_DIR, DirArg, StateDirOpt, out, resolve_state_dir, usage_error
+
+app = command_app()
+
+
+@app.command("run")
+def run_cmd(
+    directory: DirArg = Path(DEFAULT_DIR),
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="follow this git remote instead of DIR")
+    ] = None,
+    branch: Annotated[str, typer.Option("--branch", help="remote mode: the branch")] = "main",
+    path: Annotated[
+        str, typer.Option("--path", help="remote mode: desired-state inside the repository")
+    ] = DEFAULT_DIR,
+    committed_only: Annotated[
+        bool, typer.Option("--committed-only", help="local mode: apply HEAD, not the worktree")
+    ] = False,
+    allow_force_push: Annotated[
+        bool, typer.Option("--allow-force-push", help="remote mode: follow a rewritten branch")
+    ] = False,
+    listen: Annotated[
+        str, typer.Option("--listen", envvar="RECONCILER_LISTEN", help="API address host:port")
+    ] = "127.0.0.1:8080",
+    no_api: Annotated[bool, typer.Option("--no-api", help="do not serve the HTTP API")] = False,
+    resync: Annotated[float, typer.Option("--resync", help="seconds between full resyncs")] = 60.0,
+    poll: Annotated[float, typer.Option("--poll", help="remote: seconds between fetches")] = 30.0,
+    stop_engines_on_exit: Annotated[
+        bool, typer.Option("--stop-engines-on-exit", help="stop every engine when the daemon stops")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every pass")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """The daemon: reconcile on every change, commit, engine exit, webhook and resync."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
+    token = os.environ.get("RECONCILER_API_TOKEN") or None
+    try:
+        host, _ = split_listen(listen)
+    except ValueError as exc:
+        raise usage_error(f"--listen {listen!r}: expected HOST:PORT") from exc
+    if not no_api and host not in ("127.0.0.1", "localhost", "::1") and not token:
+        raise usage_error(
+            f"refusing to listen on {listen} without RECONCILER_API_TOKEN: "
+            "a non-loopback API needs a bearer token"
+        )
+    options = DaemonOptions(
+        desired_dir=directory,
+        state_dir=resolve_state_dir(state_dir),
+        repo_url=repo,
+        branch=branch,
+        path=path,
+        committed_only=committed_only,
+        allow_force_push=allow_force_push,
+        stop_engines_on_exit=stop_engines_on_exit,
+        loop=LoopSettings(resync_s=resync, poll_s=poll),
+    )
+    daemon = Daemon(options)
+    where = options.state_dir
+    out.print(f"reconciler run: desired state {repo or directory}", markup=False)
+    out.print(f"  state file  {where / 'state.yaml'}", markup=False)
+    out.print(f"  engine logs {where / 'logs'}", markup=False)
+    out.print(f"  event log   {where / 'events.jsonl'}", markup=False)
+    if not no_api:
+        settings = ApiSettings(
+            api_token=token,
+            webhook_secret=os.environ.get("RECONCILER_WEBHOOK_SECRET") or None,
+            branch=branch,
+        )
+        api = ApiServer(create_app(daemon, settings), listen)
+        daemon.add_service(api)
+        out.print(f"  API         {api.url}/api/v1/models", markup=False)
+        out.print(f"  metrics     {api.url}/metrics", markup=False)
+        out.print(f"  dashboard   {api.url}/", markup=False)
+    daemon.serve_forever()

@@ -1,0 +1,131 @@
+"""What may reach an engine's argv and environment: the checks of hostile input. Pure.
+
+Specs come from whoever can open a pull request (README "Trust model"). An engine start takes
+strings into execve(2) and numbers into C parsers, so validation refuses, with file:line, what
+either cannot take or must not get: integers outside signed 64 bits and inf/nan, NUL and control
+characters, values that would start a new flag, environment names that are not names or that an
+engine reads as its listen address or port.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from reconciler.core.catalog import FrameworkRules
+from reconciler.core.desired import FieldPath
+from reconciler.core.spec import ModelSpec
+
+INT64 = (-(2**63), 2**63 - 1)  # what engines (C++ int64_t, Rust i64) parse; Python has no limit
+MAX_ARG_BYTES = 65536  # per string reaching argv/env (Linux refuses one over 128 KiB: E2BIG)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no '=', space or leading '-'
+NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # "-1" cannot be taken for a flag
+# Every process engine reads its address and port from these (llama-cpp-python's settings,
+# case-insensitively), whatever its rules add: the host decides where engines listen.
+LISTEN_ENV_FLOOR = frozenset({"HOST", "PORT"})
+# Single-line strings take no control character; values may hold tab and line breaks (a
+# multi-line chat template); NUL and the rest (escapes that rewrite a terminal) never.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def engine_input_problems(
+    spec: ModelSpec, rules: FrameworkRules
+) -> Iterator[tuple[FieldPath, str]]:
+    """What would reach the engine's argv or environment and must not: each with its field."""
+    yield from _text(("model_path",), spec.model_path, CONTROL)
+    if spec.model_path.startswith("-"):
+        yield ("model_path",), "model_path cannot start with '-': the engine would read a flag"
+    if spec.image is not None:
+        yield from _text(("image",), spec.image, CONTROL)
+    for key, value in spec.parameters.items():
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            path: FieldPath = (
+                ("parameters", key, i) if isinstance(value, list) else ("parameters", key)
+            )
+            if not isinstance(item, str):
+                continue
+            yield from _text(path, item, CONTROL_IN_TEXT)
+            if item.startswith("-") and not NUMBER.fullmatch(item):
+                yield path, f"value {_short(item)} starts with '-': a value cannot start a new flag"
+    reserved = rules.reserved_env | (frozenset() if rules.needs_image else LISTEN_ENV_FLOOR)
+    reserved_upper = {name.upper() for name in reserved}
+    for name, value in spec.env.items():
+        if not ENV_NAME.fullmatch(name):  # the schema's `$` lets a final newline through
+            yield ("env", name), not_env_name(name)
+        elif name.upper() in reserved_upper:
+            why = "where engines listen is the host's setting and the port the planner's"
+            yield (
+                ("env", name),
+                f"{spec.framework} reads '{name}' as its listen address or port: {why}",
+            )
+        yield from _text(("env", name), value, CONTROL_IN_TEXT)
+
+
+def _text(
+    path: FieldPath, value: str, forbidden: re.Pattern[str]
+) -> Iterator[tuple[FieldPath, str]]:
+    found = forbidden.search(value)
+    if found:
+        char = found.group()
+        what = "a NUL character" if char == "\x00" else f"the control character {char!r}"
+        yield path, f"contains {what}: it cannot reach an engine's arguments or environment"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ARG_BYTES:
+        yield path, f"is {size} bytes long; at most {MAX_ARG_BYTES} reach an engine"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def unusable_values(data: Any) -> Iterator[tuple[FieldPath, str]]:
+    """Numbers no engine or tool parses, and NUL anywhere in a document, with their fields.
+
+    Run before the schema: its messages repr a value, and the repr of an int of more than
+    4300 digits raises.
+    """
+    for path, value in _leaves(data, ()):
+        message = None
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            message = f"{_integer(value)} is out of range: engines parse {INT64[0]}..{INT64[1]}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            message = f"{value} is not a finite number"
+        elif isinstance(value, str) and "\x00" in value:
+            message = "contains a NUL character"
+        if message:
+            yield path, message
+
+
+def _integer(value: int) -> str:
+    if value.bit_length() <= 256:
+        return str(value)
+    # str() of an int over 4300 digits raises, and a page of digits helps nobody
+    digits = int(value.bit_length() * 0.30103) + 1  # log10(2)
+    return f"an integer of about {digits} digits"
+
+
+def _leaves(value: Any, path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                yield (*path, key), key
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, (*path, i))
+    else:
+        yield path, value
+
+
+def not_env_name(name: str) -> str:
+    return (
+        f"{name!r} is not an environment variable name "
+        "(letters, digits and '_', not starting with a digit)"
+    )

@@ -1,0 +1,185 @@
+"""The diff between what runs and the schedule: the ordered actions and each model's outcome.
+
+Order: stops, then preemptions (each lowest priority first, ties by id), then starts and restarts,
+highest priority first (ties by id)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.plan.model import Action, ActionKind, Outcome, gpu_names
+from reconciler.core.schedule import Demand, Placement, Running, Schedule
+from reconciler.core.spec import ModelSpec
+
+
+class Diff:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        observed: Mapping[str, ObservedModel],
+        hashes: Mapping[str, str],
+        demands: Mapping[str, Demand],
+        running: Mapping[str, Running],
+        result: Schedule,
+    ) -> None:
+        self.specs, self.observed, self.hashes = specs, observed, hashes
+        self.demands, self.running = demands, running
+        self.placements = result.placements
+        self.preempted = result.preempted
+        self.unschedulable = result.unschedulable
+        self.fixed = {s.port: s.id for s in specs.values() if s.port is not None}
+        self.fallbacks = {s.fallback for s in specs.values() if s.fallback is not None}
+        self.port_owner = {p.port: p.id for p in self.placements.values() if p.port is not None}
+
+    def actions(self) -> tuple[Action, ...]:
+        stops: list[tuple[tuple, Action]] = []
+        preempts: list[tuple[tuple, Action]] = []
+        starts: list[tuple[tuple, Action]] = []
+        for mid in sorted(set(self.running) | set(self.placements)):
+            placed = self.placements.get(mid)
+            obs = self.observed[mid] if mid in self.running else None
+            low_first = (self._priority(mid), mid)
+            high_first = (-placed.priority, mid) if placed else ()
+            if obs is None:
+                starts.append((high_first, _start(placed, self._start_reason(mid, placed))))
+            elif mid in self.preempted:
+                preempts.append((low_first, _stop(obs, "preempt", self._preempt_reason(mid))))
+                if placed:
+                    reason = f"moved after preemption by {self.preempted[mid]}"
+                    starts.append((high_first, _start(placed, reason)))
+            elif placed is None:
+                stops.append((low_first, _stop(obs, "stop", self._stop_reason(mid))))
+            elif self._unchanged(mid, obs, placed):
+                continue
+            elif tuple(sorted(obs.gpus)) == placed.gpus and not self._port_taken(mid, obs):
+                why = self._why(mid, obs, placed)
+                restart = Action("restart", mid, placed.gpus, placed.memory_mb, placed.port, why)
+                starts.append((high_first, restart))
+            else:
+                why = self._why(mid, obs, placed)
+                if tuple(sorted(obs.gpus)) == placed.gpus:  # only its port moves
+                    moving = f"frees port {obs.port} for {self.port_owner[obs.port]}: {why}"
+                    moved = f"restarted on port {placed.port}: {why}"
+                else:
+                    moving = f"moving to {gpu_names(placed.gpus)}: {why}"
+                    moved = f"moved from {gpu_names(obs.gpus)}: {why}"
+                stops.append((low_first, _stop(obs, "stop", moving)))
+                starts.append((high_first, _start(placed, moved)))
+        ordered = [*_in_order(stops), *_in_order(preempts), *_in_order(starts)]
+        return tuple(action for _, action in ordered)
+
+    def outcomes(self) -> dict[str, Outcome]:
+        return {mid: self._outcome(mid) for mid in sorted(set(self.specs) | set(self.observed))}
+
+    def _outcome(self, mid: str) -> Outcome:
+        placed, spec, obs = self.placements.get(mid), self.specs.get(mid), self.observed.get(mid)
+        priority = spec.priority if spec else None
+        if placed is not None:
+            reason = f"fallback for {placed.fallback_for}" if placed.fallback_for else None
+            return Outcome(
+                mid,
+                Status.running,
+                placed.gpus,
+                placed.memory_mb,
+                placed.port,
+                placed.priority,
+                self.hashes[mid],
+                placed.fallback_for,
+                reason,
+            )
+        if mid in self.preempted:
+            return Outcome(
+                mid, Status.preempted, priority=priority, reason=self._preempt_reason(mid)
+            )
+        if spec is None:
+            return Outcome(mid, Status.stopped, reason="removed from desired state")
+        demand = self.demands[mid]
+        if demand.blocked:
+            h = obs.spec_hash if obs else None
+            return Outcome(mid, Status.error, priority=priority, spec_hash=h, reason=demand.blocked)
+        if mid in self.unschedulable:
+            waiting = obs is not None and obs.status is Status.preempted
+            status = Status.preempted if waiting else Status.stopped
+            return Outcome(mid, status, priority=priority, reason=self.unschedulable[mid])
+        return Outcome(mid, Status.stopped, priority=priority, reason=self._stop_reason(mid))
+
+    def _unchanged(self, mid: str, obs: ObservedModel, placed: Placement) -> bool:
+        same = tuple(sorted(obs.gpus)) == placed.gpus and obs.port == placed.port
+        return same and self.running[mid].reusable
+
+    def _port_taken(self, mid: str, obs: ObservedModel) -> bool:
+        """Another model starts on the port this engine leaves: it stops with the stops, before
+        anything starts, instead of restarting in turn."""
+        return self.port_owner.get(obs.port, mid) != mid if obs.port is not None else False
+
+    def _priority(self, mid: str) -> int:
+        spec = self.specs.get(mid)
+        return spec.priority if spec else 0
+
+    def _stop_reason(self, mid: str) -> str:
+        spec = self.specs.get(mid)
+        if spec is None:
+            return "removed from desired state"
+        if mid in self.unschedulable:
+            return f"cannot be placed: {self.unschedulable[mid]}"
+        if not spec.enabled and mid in self.fallbacks:
+            return "disabled and no longer needed as a fallback"
+        return "disabled (enabled: false)"
+
+    def _preempt_reason(self, mid: str) -> str:
+        by = self.preempted[mid]
+        placed = self.placements.get(by)
+        at = f" (priority {placed.priority})" if placed else ""
+        return f"preempted by {by}{at}"
+
+    def _start_reason(self, mid: str, placed: Placement) -> str:
+        if placed.fallback_for:
+            primary = placed.fallback_for
+            why = self.unschedulable.get(primary)
+            if why is None and primary in self.preempted:
+                why = self._preempt_reason(primary)
+            return f"fallback for {primary} ({why})" if why else f"fallback for {primary}"
+        obs = self.observed.get(mid)
+        if obs is None:
+            return "not running yet"
+        if obs.status is Status.preempted:
+            return "room returned after preemption"
+        if obs.status is Status.error:
+            if obs.given_up:
+                return "spec changed after giving up"
+            return f"restart after error: {obs.last_error or 'no error recorded'}"
+        return "not running"
+
+    def _why(self, mid: str, obs: ObservedModel, placed: Placement) -> str:
+        """Why a running engine restarts or moves."""
+        spec = self.specs[mid]
+        causes = []
+        if obs.status is Status.stopping:
+            causes.append("it was stopping")
+        if obs.spec_hash not in (None, self.hashes[mid]):
+            causes.append("spec changed")
+        count = spec.resource_requirements.gpu_count
+        if spec.gpu_devices and set(spec.gpu_devices) != set(obs.gpus):
+            causes.append(f"pinned to {gpu_names(sorted(spec.gpu_devices))}")
+        elif len(obs.gpus) != count:
+            causes.append(f"needs {count} GPU(s), runs on {len(obs.gpus)}")
+        if obs.port != placed.port:
+            owner = self.fixed.get(obs.port) if obs.port is not None else None
+            if owner is not None and owner != mid:
+                causes.append(f"port {obs.port} is fixed for {owner}")
+            else:
+                causes.append(f"port {obs.port} -> {placed.port}")
+        return "; ".join(causes) or "it no longer fits where it runs"
+
+
+def _in_order(keyed: list[tuple[tuple, Action]]) -> list[tuple[tuple, Action]]:
+    return sorted(keyed, key=lambda item: item[0])
+
+
+def _start(placed: Placement, reason: str) -> Action:
+    return Action("start", placed.id, placed.gpus, placed.memory_mb, placed.port, reason)
+
+
+def _stop(obs: ObservedModel, kind: ActionKind, reason: str) -> Action:
+    return Action(kind, obs.id, tuple(sorted(obs.gpus)), obs.memory_mb, obs.port, reason)

@@ -1,0 +1,132 @@
+"""The plan for people and programs: JSON (byte-stable), terminal text, and markdown."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from reconciler.core.plan.model import Action, Plan, gpu_names
+
+
+def render_json(plan: Plan) -> str:
+    """The plan as JSON: stable keys and order, byte-identical for the same plan."""
+    document = {
+        "revision": plan.revision,
+        "valid": plan.valid,
+        "problems": [p.to_dict() for p in plan.problems],
+        "actions": [
+            {
+                "action": a.action,
+                "model": a.model,
+                "gpus": list(a.gpus),
+                "memory_mb": a.memory_mb,
+                "port": a.port,
+                "reason": a.reason,
+            }
+            for a in plan.actions
+        ],
+        "unschedulable": [{"model": m, "reason": r} for m, r in plan.unschedulable],
+        "gpus": [
+            {"index": g.index, "memory_mb": g.memory_mb, "used_mb_after": g.used_mb_after}
+            for g in plan.gpus
+        ],
+    }
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def render_text(plan: Plan) -> str:
+    """The plan for a terminal."""
+    revision = plan.revision or "the working tree"
+    if not plan.valid:
+        lines = [
+            f"Desired state at {revision} is invalid: nothing changes "
+            "(the last valid desired state stays in force).",
+        ]
+        return "\n".join([*lines, *(f"  {p}" for p in plan.problems)])
+    lines = [f"Plan for {revision}: {plan.summary()}"]
+    if not plan.actions:
+        lines.append("  nothing to do: what runs matches the desired state")
+    width = max((len(a.model) for a in plan.actions), default=0)
+    for i, a in enumerate(plan.actions, 1):
+        where = f"{gpu_names(a.gpus)}, {a.memory_mb} MiB" if a.gpus else "the CPU"
+        port = f", port {a.port}" if a.port is not None else ""
+        lines.append(f"  {i}. {a.action:<8} {a.model:<{width}}  [{where}{port}]  {a.reason}")
+    if plan.unschedulable:
+        lines.append("Unschedulable:")
+        lines.extend(f"  {m}: {r}" for m, r in plan.unschedulable)
+    if plan.gpus:
+        lines.append("GPU memory (MiB, before -> after, of capacity):")
+        lines.extend(
+            f"  GPU {g.index}: {g.used_mb_before} -> {g.used_mb_after} of {g.memory_mb}"
+            for g in plan.gpus
+        )
+    if plan.problems:
+        lines.append("Problems:")
+        lines.extend(f"  {p}" for p in plan.problems)
+    return "\n".join(lines)
+
+
+def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
+    """The plan as a pull-request comment."""
+    revision = f"`{plan.revision}`" if plan.revision else "the working tree"
+    out = [f"### Reconciler plan for {revision}", ""]
+    if not plan.valid:
+        out += [
+            "**Invalid desired state: nothing changes** (the last valid state stays in force).",
+            "",
+        ]
+    else:
+        out += [f"**{plan.summary()}**", ""]
+        out += _markdown_actions(plan.actions)
+        if plan.unschedulable:
+            out += ["#### Unschedulable", "", "| Model | Reason |", "|---|---|"]
+            out += [f"| `{m}` | {_cell(r)} |" for m, r in plan.unschedulable] + [""]
+        if plan.gpus:
+            out += [
+                "#### GPU memory",
+                "",
+                "| GPU | Capacity | Before | After |",
+                "|--:|--:|--:|--:|",
+            ]
+            out += [
+                f"| {g.index} | {g.memory_mb} MiB | {g.used_mb_before} MiB "
+                f"| {g.used_mb_after} MiB |"
+                for g in plan.gpus
+            ] + [""]
+    if plan.problems:
+        out += ["#### Validation problems", ""]
+        out += [
+            f"- `{p.location()}` {p.severity}"
+            + (f" `{p.field}`" if p.field else "")
+            + f": {_cell(p.message)}"
+            for p in plan.problems
+        ] + [""]
+    if spec_diff:
+        fence = "```"
+        while fence in spec_diff:
+            fence += "`"
+        out += ["<details><summary>Spec diff</summary>", "", f"{fence}diff", spec_diff.rstrip("\n")]
+        out += [fence, "", "</details>", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _markdown_actions(actions: Sequence[Action]) -> list[str]:
+    if not actions:
+        return ["Nothing to do: what runs matches the desired state.", ""]
+    rows = [
+        "| # | Action | Model | GPUs | Memory | Port | Reason |",
+        "|--:|---|---|---|--:|--:|---|",
+    ]
+    for i, a in enumerate(actions, 1):
+        gpus = ", ".join(map(str, a.gpus)) or "CPU"
+        memory = f"{a.memory_mb} MiB" if a.gpus else ""
+        port = "" if a.port is None else str(a.port)
+        rows.append(
+            f"| {i} | {a.action} | `{a.model}` | {gpus} | {memory} | {port} | {_cell(a.reason)} |"
+        )
+    return [*rows, ""]
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,194 @@
+"""Victim choice: which lower-priority models to preempt so that a model fits.
+
+The order minimised: the highest victim priority, then the number of victims, then the memory
+freed beyond need, then the victims' ids. Exact for models on one GPU, and for pinned or
+multi-GPU models when the candidates are few (a server); otherwise the cheapest GPUs are chosen
+one by one, which can miss the joint optimum."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from reconciler.core.schedule.board import Board, Entry, Ranked
+from reconciler.core.schedule.model import (
+    AFTER_PREEMPTING,
+    EXACT_VICTIM_SUBSETS,
+    LOOKAHEAD_OPTIONS,
+    Demand,
+    names,
+)
+
+
+class Victims(Board):
+    def _make_room(
+        self, d: Demand, count: int, memory: int, power: int
+    ) -> tuple[list[int], list[Entry], None] | tuple[None, list[Entry], str]:
+        """Victims of priority below `power`, or the reason there is no room even so."""
+        if not any(self.pending_count[:power]):  # nobody may be preempted for d
+            return None, [], self._no_room(d, count, memory, self.ranked, "")
+        if not self._feasible(self._view(power), d, count, memory):
+            return None, [], self._no_room(d, count, memory, self._view(power), AFTER_PREEMPTING)
+        # the lowest level that makes room minimises the highest victim priority (level L may
+        # preempt priorities below L)
+        level = next(
+            L
+            for L in range(2, power + 1)
+            if any(self.pending_count[:L]) and self._feasible(self._view(L), d, count, memory)
+        )
+        gpus, victims = self._victims(d, count, memory, level)
+        return gpus, victims, None
+
+    def _feasible(self, view: Ranked, d: Demand, count: int, memory: int) -> bool:
+        if d.pinned:
+            return all(view.value[g] >= memory for g in d.pinned)
+        return view.count_at_least(memory) >= count
+
+    def _no_room(self, d: Demand, count: int, memory: int, view: Ranked, suffix: str) -> str:
+        if d.pinned:
+            short = min(g for g in d.pinned if view.value[g] < memory)
+            pins = names(sorted(d.pinned))
+            return (
+                f"needs {memory} MiB on pinned GPU {pins}; GPU {short} has "
+                f"{view.value[short]} MiB free{suffix}"
+            )
+        if count == 1:
+            most, index = view.most()
+            return f"needs {memory} MiB on 1 GPU; most free is {most} MiB on GPU {index}{suffix}"
+        n = view.count_at_least(memory)
+        have = "GPU has" if n == 1 else "GPUs have"
+        return f"needs {memory} MiB on each of {count} GPUs; {n} {have} that much free{suffix}"
+
+    def _view(self, level: int) -> Ranked:
+        """GPUs ranked by free memory plus what models of priority below `level` hold; brought up
+        to date lazily, from the GPUs touched since the last look."""
+        cached = self.views.get(level)
+        if cached is None:
+            view = Ranked({g: self._potential(g, level) for g in self.free})
+        else:
+            view, seen = cached
+            for g in sorted(set(self.touched[seen:])):
+                view.set(g, self._potential(g, level))
+        self.views[level] = (view, len(self.touched))
+        return view
+
+    def _potential(self, g: int, level: int) -> int:
+        return self.free[g] + sum(self.evictable[g][:level])
+
+    def _victims(
+        self, d: Demand, count: int, memory: int, level: int
+    ) -> tuple[list[int], list[Entry]]:
+        if d.pinned:
+            return list(d.pinned), self._joint_victims(d.pinned, memory, level)
+        candidates = self._view(level).at_least(memory)
+        if count > 1 and math.comb(len(candidates), count) <= LOOKAHEAD_OPTIONS:
+            return self._victims_jointly(candidates, count, memory, level)
+        # the fewest victims first (cheap: prefix sums), then the exact search on those GPUs only
+        counts = [(self._victim_count(g, memory, level), g) for g in candidates]
+        counts.sort()
+        options = []
+        for n, g in counts:
+            if len(options) >= count and n > options[count - 1][0][0]:
+                break
+            cost, victims = self._gpu_victims(g, memory, level)
+            rank = -self.free[g] if self.policy == "spread" else self.free[g]
+            options.append((cost, rank, g, victims))
+        options.sort(key=lambda o: o[:3])
+        chosen = options[:count]
+        union = {v.id: v for *_, victims in chosen for v in victims}
+        return [g for _, _, g, _ in chosen], [union[v] for v in sorted(union)]
+
+    def _victims_jointly(
+        self, candidates: list[int], count: int, memory: int, level: int
+    ) -> tuple[list[int], list[Entry]]:
+        """Multi-GPU model, few GPUs: every combination, each with its best victims."""
+        best = None
+        for gpus in itertools.combinations(sorted(candidates), count):
+            victims = self._joint_victims(gpus, memory, level)
+            need = sum(max(0, memory - self.free[g]) for g in gpus)
+            ids = tuple(v.id for v in victims)
+            rank = sorted(-self.free[g] if self.policy == "spread" else self.free[g] for g in gpus)
+            key = (len(victims), _excess(victims, need), ids, rank, gpus)
+            if best is None or key < best[0]:
+                best = (key, list(gpus), victims)
+        assert best is not None  # the view promised room on `count` GPUs
+        return best[1], best[2]
+
+    def _pool(self, gpus: Iterable[int], level: int) -> list[Entry]:
+        found = {e.id: e for g in gpus for e in self.pending_on[g].values() if e.priority < level}
+        return sorted(found.values(), key=lambda e: (-e.memory_mb, e.id))
+
+    def _gpu_pool(self, g: int, level: int) -> tuple[list[Entry], list[int]]:
+        """One GPU's possible victims below `level`, largest first, and their running sums;
+        cached until a reservation on that GPU changes."""
+        cached = self.pools.get((g, level))
+        if cached is None or cached[0] != self.pool_version[g]:
+            pool = self._pool([g], level)
+            cached = (
+                self.pool_version[g],
+                pool,
+                list(itertools.accumulate(e.memory_mb for e in pool)),
+            )
+            self.pools[(g, level)] = cached
+        return cached[1], cached[2]
+
+    def _victim_count(self, g: int, memory: int, level: int) -> int:
+        """The fewest victims that make room on GPU g: the largest ones first."""
+        need = memory - self.free[g]
+        return 0 if need <= 0 else bisect_left(self._gpu_pool(g, level)[1], need) + 1
+
+    def _gpu_victims(
+        self, g: int, memory: int, level: int
+    ) -> tuple[tuple[int, int, tuple[str, ...]], list[Entry]]:
+        """The best victims on one GPU: (count, excess, ids) and the entries."""
+        need = memory - self.free[g]
+        if need <= 0:
+            return (0, 0, ()), []
+        pool = self._gpu_pool(g, level)[0]
+        count = self._victim_count(g, memory, level)
+        if count == 1:  # the common case, without building combinations
+            (excess, _), victim = min(
+                ((e.memory_mb * len(e.gpus) - need, e.id), e) for e in pool if e.memory_mb >= need
+            )
+            return (1, excess, (victim.id,)), [victim]
+        if math.comb(len(pool), count) <= EXACT_VICTIM_SUBSETS:
+            combos: Iterable[tuple[Entry, ...]] = itertools.combinations(pool, count)
+        else:  # too many: the count-1 largest and the smallest one that completes them
+            head, short = pool[: count - 1], need - sum(e.memory_mb for e in pool[: count - 1])
+            last = min(
+                (e for e in pool[count - 1 :] if e.memory_mb >= short),
+                key=lambda e: (e.memory_mb * len(e.gpus), e.id),
+            )
+            combos = [(*head, last)]
+        key, best = min(
+            ((_excess(c, need), tuple(sorted(e.id for e in c))), c)
+            for c in combos
+            if sum(e.memory_mb for e in c) >= need
+        )
+        return (count, *key), list(best)
+
+    def _joint_victims(self, pinned: tuple[int, ...], memory: int, level: int) -> list[Entry]:
+        """Fewest victims (then least excess, then ids) that make room on every pinned GPU."""
+        needs = {g: memory - self.free[g] for g in pinned if self.free[g] < memory}
+        pool = self._pool(needs, level)
+        budget = 0
+        for size in range(1, len(pool) + 1):
+            budget += math.comb(len(pool), size)
+            if budget > EXACT_VICTIM_SUBSETS:
+                break
+            fitting = [
+                ((_excess(c, sum(needs.values())), tuple(sorted(e.id for e in c))), c)
+                for c in itertools.combinations(pool, size)
+                if all(sum(e.memory_mb for e in c if g in e.gpus) >= n for g, n in needs.items())
+            ]
+            if fitting:
+                return sorted(min(fitting, key=lambda f: f[0])[1], key=lambda e: e.id)
+        union = {v.id: v for g in sorted(needs) for v in self._gpu_victims(g, memory, level)[1]}
+        return [union[v] for v in sorted(union)]
+
+
+def _excess(victims: Iterable[Entry], need: int) -> int:
+    """Memory the victims free beyond need, counting every GPU a victim holds."""
+    return sum(e.memory_mb * len(e.gpus) for e in victims) - need

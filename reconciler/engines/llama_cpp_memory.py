@@ -1,0 +1,169 @@
+"""llama.cpp's GPU memory: weights + KV cache + compute buffer + CUDA context, from GGUF facts.
+
+The estimate hook of the llama_cpp descriptor. Pure arithmetic; the shared parts (facts,
+CUDA context, parameter parsing) are reconciler.core.estimate's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from reconciler.core.estimate import (
+    CUDA_CONTEXT_MB,
+    F32_BYTES,
+    CannotEstimate,
+    Estimate,
+    GGUFFacts,
+    ModelFacts,
+    check_gpu_count,
+    int_param,
+    mib,
+    mismatched_facts,
+)
+from reconciler.core.spec import ModelSpec
+
+DEFAULT_CTX = 4096
+"""Context assumed when the spec sets no ctx-size. Not the training context: that is 32k-128k
+for recent models and would reserve many GiB of KV cache the engine does not allocate by
+default. 4096 is llama.cpp's long-standing common default (llama-cpp-python's is 2048; recent
+llama-server builds read the model's). Engines should pass ctx-size explicitly so that engine
+and estimate agree."""
+
+LLAMA_UBATCH = 512
+"""llama.cpp's default physical batch (n_ubatch = 512, logged as `n_ubatch`); the compute
+buffer is reserved for a batch of this many tokens."""
+
+ACTIVATION_WIDTHS = 4
+"""Hidden-state-wide f32 tensors alive next to the largest one in llama.cpp's graph (residual,
+norm output, attention output, FFN input)."""
+
+# Bytes per element of llama.cpp's KV cache types (ggml block size / elements per block):
+# q8_0 is 32 int8 + one f16 scale = 34 bytes per 32 values, q4_0 16 + 2 = 18, and so on.
+CACHE_TYPE_BYTES: dict[str, float] = {
+    "f32": 4,
+    "f16": 2,
+    "bf16": 2,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+    "iq4_nl": 18 / 32,
+}
+
+
+def llama_cpp_estimate(
+    facts: GGUFFacts, parameters: Mapping[str, object], gpu_count: int = 1
+) -> Estimate:
+    """Weights + KV cache + compute buffer + CUDA context, per GPU, for llama.cpp.
+
+    - n-gpu-layers unset means every layer on the GPU (why the spec asks for GPUs). With fewer
+      layers, only that share of the block weights and of the KV cache is on the GPU; the
+      output layer goes there only when n-gpu-layers exceeds the block count (llama.cpp's rule).
+    - n-gpu-layers 0 still reserves the compute buffer and the CUDA context: a CUDA build of
+      llama.cpp initialises every visible GPU and offloads large prompt batches to it.
+    - Over several GPUs (llama.cpp's default split-mode layer), blocks and their KV cache are
+      split evenly, the output layer sits on the last GPU, and every GPU reserves a compute
+      buffer (each runs its layers' graph).
+    - Models with sliding-window layers (Gemma 2/3...) are counted with a full-size cache on
+      every layer: what llama-cpp-python allocates, an upper bound for llama-server.
+    """
+    check_gpu_count(gpu_count)
+    try:
+        n_ctx = _llama_ctx(facts, parameters)
+        bytes_k = _cache_type_bytes(parameters, "cache-type-k")
+        bytes_v = _cache_type_bytes(parameters, "cache-type-v")
+        gpu_layers, output_on_gpu = _gpu_layers(facts, parameters)
+        ubatch = min(int_param(parameters, "ubatch-size") or LLAMA_UBATCH, n_ctx)
+    except CannotEstimate as exc:
+        return Estimate(None, {}, str(exc), gpu_count)
+
+    # Blocks are spread evenly; the output layer is whole on the last GPU, and the reservation
+    # is the same on every GPU, so each one is sized like that last one.
+    weights = facts.layer_weights_bytes * gpu_layers / facts.n_layer / gpu_count
+    if output_on_gpu:
+        weights += facts.output_weights_bytes
+    kv_per_token_layer = facts.n_head_kv * (facts.head_dim_k * bytes_k + facts.head_dim_v * bytes_v)
+    kv_cache = gpu_layers * n_ctx * kv_per_token_layer
+    compute = _llama_compute_bytes(facts, n_ctx, ubatch, _flash_attention(parameters))
+
+    breakdown = {
+        "weights": mib(weights),
+        "kv_cache": mib(kv_cache / gpu_count),
+        "compute_buffer": mib(compute),
+        "runtime_overhead": CUDA_CONTEXT_MB,
+    }
+    note = (
+        f"llama.cpp: {gpu_layers}/{facts.n_layer} layers on GPU, ctx {n_ctx}, "
+        f"KV cache k={_cache_name(parameters, 'cache-type-k')} "
+        f"v={_cache_name(parameters, 'cache-type-v')}"
+    )
+    if gpu_count > 1:
+        note += f", split over {gpu_count} GPUs"
+    return Estimate(sum(breakdown.values()), breakdown, note, gpu_count)
+
+
+def _llama_compute_bytes(facts: GGUFFacts, n_ctx: int, ubatch: int, flash_attn: bool) -> int:
+    """llama.cpp's compute buffer: the largest tensors of the graph for one ubatch.
+
+    ggml reuses memory between tensors that are not alive together, so the buffer is about
+    the largest of the logits (ubatch x n_vocab, f32) and one layer's attention scores
+    (ubatch x n_ctx x n_head, f32; not materialised with flash attention), plus a few
+    hidden-state-wide activations. Checked against llama.cpp's own `compute buffer size` log:
+    Gemma 3 270M at ctx 2048 logs 514.5 MiB, this gives 517 MiB.
+    """
+    logits = ubatch * facts.n_vocab * F32_BYTES
+    scores = 0 if flash_attn else ubatch * n_ctx * facts.n_head * F32_BYTES
+    activations = ubatch * facts.n_embd * F32_BYTES * ACTIVATION_WIDTHS
+    return max(logits, scores) + activations
+
+
+def _llama_ctx(facts: GGUFFacts, parameters: Mapping[str, object]) -> int:
+    ctx = int_param(parameters, "ctx-size")
+    if ctx is not None and ctx < 0:
+        raise CannotEstimate(f"ctx-size {ctx} is negative")
+    if ctx:
+        return ctx
+    if ctx == 0:  # llama.cpp: 0 = the model's training context
+        if facts.n_ctx_train is None:
+            raise CannotEstimate("ctx-size 0 means the model's context, which the file lacks")
+        return facts.n_ctx_train
+    return min(facts.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+
+
+def _gpu_layers(facts: GGUFFacts, parameters: Mapping[str, object]) -> tuple[int, bool]:
+    """(blocks on the GPU, whether the output layer is too)."""
+    raw = parameters.get("n-gpu-layers")
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("all", "auto")):
+        return facts.n_layer, True
+    requested = int_param(parameters, "n-gpu-layers") or 0
+    if requested < 0:  # llama.cpp: -1 = all layers
+        return facts.n_layer, True
+    return min(requested, facts.n_layer), requested > facts.n_layer
+
+
+def _cache_type_bytes(parameters: Mapping[str, object], key: str) -> float:
+    name = _cache_name(parameters, key)
+    if name not in CACHE_TYPE_BYTES:
+        known = ", ".join(CACHE_TYPE_BYTES)
+        raise CannotEstimate(f"unknown {key} '{name}' (llama.cpp knows {known})")
+    return CACHE_TYPE_BYTES[name]
+
+
+def _cache_name(parameters: Mapping[str, object], key: str) -> str:
+    return str(parameters.get(key, "f16")).strip().lower()
+
+
+def _flash_attention(parameters: Mapping[str, object]) -> bool:
+    """Only an explicit on counts: `auto` may fall back to the path that needs the scores."""
+    value = parameters.get("flash-attn", False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("on", "true", "1", "yes")
+    return value is True
+
+
+def estimate_hook(spec: ModelSpec, facts: ModelFacts, gpu_total_mb: int | None) -> Estimate:
+    """The llama_cpp descriptor's hook: a GGUF file, the spec's parameters and GPU count."""
+    if not isinstance(facts, GGUFFacts):
+        return mismatched_facts(spec, facts)
+    return llama_cpp_estimate(facts, spec.parameters, spec.resource_requirements.gpu_count)

@@ -1,0 +1,145 @@
+"""llama-cpp-python's server (`python -m llama_cpp.server`): spec parameters in its spelling.
+
+Spec parameters use llama-server's long names. llama_cpp.server spells them differently and
+takes every boolean as a value (`--use_mlock True`), so they are translated here. A parameter
+llama_cpp.server cannot express (parallel, cont-batching, ...) is left out of the argv, and the
+engine refuses the spec before starting (see llama_cpp.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from reconciler.core.flags import check_value
+from reconciler.core.spec import ParameterValue
+
+# ggml.h `enum ggml_type`: the KV cache types llama-server accepts by name, as the integers
+# llama_cpp.server's --type_k/--type_v take.
+GGML_TYPES: dict[str, int] = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
+# llama.h `enum llama_split_mode` and `enum llama_rope_scaling_type`.
+SPLIT_MODES: dict[str, int] = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+ROPE_SCALING: dict[str, int] = {"none": 0, "linear": 1, "yarn": 2, "longrope": 3}
+
+Converter = Callable[[ParameterValue], list[str] | None]
+"""A value -> the words after the flag; [] = leave the flag out; None = cannot be expressed."""
+
+
+def _plain(value: ParameterValue) -> list[str] | None:
+    if isinstance(value, list | bool):
+        return None
+    return [str(value)]
+
+
+def _on_off(value: ParameterValue) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _boolean(value: ParameterValue) -> list[str] | None:
+    return [str(value)] if isinstance(value, bool) else None
+
+
+def _inverted(value: ParameterValue) -> list[str] | None:
+    """llama-server `--no-mmap: true` is llama_cpp.server `--use_mmap False`."""
+    if not isinstance(value, bool):
+        return None
+    return ["False"] if value else []
+
+
+def _flash_attn(value: ParameterValue) -> list[str] | None:
+    # llama_cpp.server's flash_attn is a plain boolean: "auto" (llama-server's default) has no
+    # equivalent, and leaving the flag out keeps llama-cpp-python's own default
+    text = _on_off(value).lower() if isinstance(value, bool | str) else ""
+    return {"on": ["True"], "off": ["False"], "auto": []}.get(text)
+
+
+def _numbers(value: ParameterValue) -> list[str] | None:
+    """llama-server `3,1` or [3, 1] -> llama_cpp.server nargs `3 1`."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    words = [str(v).strip() for v in items]
+    return words if all(words) else None
+
+
+def _named(table: Mapping[str, int]) -> Converter:
+    def convert(value: ParameterValue) -> list[str] | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [str(value)]
+        code = table.get(str(value).lower()) if isinstance(value, str) else None
+        return None if code is None else [str(code)]
+
+    return convert
+
+
+# llama-server name -> (llama_cpp.server name, converter). Keys absent here cannot be expressed.
+PYTHON_SERVER_FLAGS: dict[str, tuple[str, Converter]] = {
+    "ctx-size": ("n_ctx", _plain),
+    "n-gpu-layers": ("n_gpu_layers", _plain),
+    "threads": ("n_threads", _plain),
+    "threads-batch": ("n_threads_batch", _plain),
+    "batch-size": ("n_batch", _plain),
+    "ubatch-size": ("n_ubatch", _plain),
+    "cache-type-k": ("type_k", _named(GGML_TYPES)),
+    "cache-type-v": ("type_v", _named(GGML_TYPES)),
+    "flash-attn": ("flash_attn", _flash_attn),
+    "main-gpu": ("main_gpu", _plain),
+    "split-mode": ("split_mode", _named(SPLIT_MODES)),
+    "tensor-split": ("tensor_split", _numbers),
+    "rope-scaling": ("rope_scaling_type", _named(ROPE_SCALING)),
+    "rope-freq-base": ("rope_freq_base", _plain),
+    "rope-freq-scale": ("rope_freq_scale", _plain),
+    "mlock": ("use_mlock", _boolean),
+    "no-mmap": ("use_mmap", _inverted),
+    "no-kv-offload": ("offload_kqv", _inverted),
+    "seed": ("seed", _plain),
+    "alias": ("model_alias", _plain),
+    "embedding": ("embedding", _boolean),
+    "api-key": ("api_key", _plain),
+    "lora": ("lora_path", _plain),
+    "mmproj": ("clip_model_path", _plain),
+    "verbose": ("verbose", _boolean),
+}
+
+# llama-cpp-python mlocks the model by default where it can; llama-server only with --mlock.
+# Spec parameters mean what they mean to llama-server, defaults included.
+PYTHON_SERVER_DEFAULTS: dict[str, str] = {"use_mlock": "False"}
+
+
+def python_server_args(parameters: Mapping[str, ParameterValue]) -> list[str]:
+    """Pure: spec parameters as llama_cpp.server flags; inexpressible ones are left out."""
+    words: dict[str, list[str]] = {k: [v] for k, v in PYTHON_SERVER_DEFAULTS.items()}
+    for key in sorted(parameters):
+        check_value(key, parameters[key])
+        translated = _python_server_flag(key, parameters[key])
+        if translated is not None:
+            name, values = translated
+            words[name] = values
+    args: list[str] = []
+    for name, values in words.items():
+        if values:
+            args += [f"--{name}", *values]
+    return args
+
+
+def python_server_unsupported(parameters: Mapping[str, ParameterValue]) -> list[str]:
+    """The parameters llama_cpp.server cannot express, sorted."""
+    return sorted(k for k in parameters if _python_server_flag(k, parameters[k]) is None)
+
+
+def _python_server_flag(key: str, value: ParameterValue) -> tuple[str, list[str]] | None:
+    entry = PYTHON_SERVER_FLAGS.get(key)
+    if entry is None:
+        return None
+    name, convert = entry
+    values = convert(value)
+    return None if values is None else (name, values)

@@ -1,0 +1,200 @@
+"""The routing table: what the daemon tells the gateway process, as one JSON file.
+
+The daemon builds it after every pass with `build_routes` (pure: desired state + the state file's
+model records in, plain data out) and writes it with `write_routes` (atomic: the gateway reads the
+old table or the new one, never half). The gateway polls the file's stat and reloads on change.
+
+Gateway status of a model, which decides what a request for it gets:
+  running        ready instances: forwarded (least outstanding requests)
+  starting       starting, stopping for a restart, retrying after a crash, or enabled and about
+                 to start: the request waits in the model's queue
+  preempted, unschedulable, error (retries given up):
+                 the running fallback answers, else 503 + Retry-After
+  disabled       404 saying so
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from reconciler.core.desired import DesiredState
+from reconciler.core.observed import Status
+from reconciler.core.spec import ModelSpec
+from reconciler.state.files import atomic_write
+from reconciler.state.statefile import ModelState
+
+ROUTES_FILE = "routes.json"
+ROUTES_VERSION = 1
+ENGINE_HOST = "127.0.0.1"
+"""Engines listen on the loopback of the reconciler's host."""
+
+UNAVAILABLE = frozenset({"preempted", "unschedulable", "error"})
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    """shown in metrics and logs"""
+    key_env: str
+    """environment variable of the gateway process that holds the key (never the key itself)"""
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    queue_timeout_s: float = 300.0
+    """a request for a starting model waits this long, then 503 + Retry-After"""
+    max_queue: int = 256
+    """waiting requests per model; one more gets 429"""
+    drain_timeout_s: float = 30.0
+    """how long the daemon waits for in-flight requests before it stops an engine"""
+    max_body_bytes: int = 16 * 1024 * 1024
+    retry_after_s: int = 10
+    api_keys: tuple[ApiKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteInstance:
+    url: str
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class RouteModel:
+    id: str
+    status: str
+    enabled: bool = True
+    aliases: tuple[str, ...] = ()
+    fallback: str | None = None
+    served_name: str | None = None
+    """the `model` the engine expects in a request body (None = the id)"""
+    instances: tuple[RouteInstance, ...] = ()
+    """ready instances only"""
+
+
+@dataclass(frozen=True)
+class Routes:
+    models: dict[str, RouteModel] = field(default_factory=dict)
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    generation: int = 0
+    """raised by the daemon on every write: /internal/inflight reports the one loaded"""
+
+    def to_json(self) -> str:
+        models = {
+            m.id: {
+                "status": m.status,
+                "enabled": m.enabled,
+                "aliases": list(m.aliases),
+                "fallback": m.fallback,
+                "served_name": m.served_name,
+                "instances": [asdict(i) for i in m.instances],
+            }
+            for m in sorted(self.models.values(), key=lambda m: m.id)
+        }
+        settings = asdict(self.settings)
+        return json.dumps(
+            {
+                "version": ROUTES_VERSION,
+                "generation": self.generation,
+                "settings": settings,
+                "models": models,
+            },
+            indent=1,
+        )
+
+
+def gateway_status(spec: ModelSpec, record: ModelState | None, unschedulable: bool) -> str:
+    """What a request for this model gets (see the module docstring)."""
+    if not spec.enabled:
+        return "disabled"
+    status = record.status if record is not None else Status.stopped
+    if status == Status.running and record is not None and record.port is not None:
+        return "running"
+    if status == Status.preempted:
+        return "preempted"
+    if unschedulable:
+        return "unschedulable"
+    if status == Status.error and (record is None or record.given_up):
+        return "error"
+    return "starting"
+
+
+def served_name(spec: ModelSpec) -> str | None:
+    """vLLM answers to its --served-model-name, by default the model path; others to anything."""
+    if spec.framework != "vllm":
+        return None
+    name = spec.parameters.get("served-model-name")
+    if isinstance(name, list):
+        name = name[0] if name else None
+    return str(name) if name is not None else spec.model_path
+
+
+def build_routes(
+    desired: DesiredState,
+    records: Mapping[str, ModelState],
+    settings: GatewaySettings | None = None,
+    *,
+    unschedulable: Collection[str] = (),
+    draining: Collection[str] = (),
+    generation: int = 0,
+) -> Routes:
+    """The table for the gateway: every desired model, its status and its ready instances.
+
+    `records` are the state file's models; `draining` holds instance URLs that get no new
+    requests (the daemon is about to stop them); `unschedulable` the plan's unschedulable ids.
+    """
+    models: dict[str, RouteModel] = {}
+    for model_id, spec in sorted(desired.models.items()):
+        record = records.get(model_id)
+        status = gateway_status(spec, record, model_id in unschedulable)
+        instances: tuple[RouteInstance, ...] = ()
+        if status == "running" and record is not None:
+            url = f"http://{ENGINE_HOST}:{record.port}"
+            instances = (RouteInstance(url, draining=url in draining),)
+        models[model_id] = RouteModel(
+            id=model_id,
+            status=status,
+            enabled=spec.enabled,
+            # the spec field arrives with the planner work; until then no model has aliases
+            aliases=tuple(getattr(spec, "aliases", None) or ()),
+            fallback=spec.fallback,
+            served_name=served_name(spec),
+            instances=instances,
+        )
+    return Routes(models, settings or GatewaySettings(), generation)
+
+
+def write_routes(path: str | os.PathLike[str], routes: Routes) -> None:
+    atomic_write(path, routes.to_json() + "\n")
+
+
+class RoutesError(ValueError):
+    """The routes file is not a table this gateway understands."""
+
+
+def parse_routes(text: str) -> Routes:
+    """The inverse of Routes.to_json; a malformed file raises RoutesError (the old table stays)."""
+    try:
+        data = json.loads(text)
+        if data.get("version") != ROUTES_VERSION:
+            raise RoutesError(f"unsupported routes version {data.get('version')!r}")
+        raw_settings: dict[str, Any] = dict(data.get("settings") or {})
+        keys = tuple(ApiKey(**k) for k in raw_settings.pop("api_keys", ()))
+        settings = GatewaySettings(**raw_settings, api_keys=keys)
+        models = {}
+        for model_id, m in (data.get("models") or {}).items():
+            models[model_id] = RouteModel(
+                id=model_id,
+                status=str(m["status"]),
+                enabled=bool(m.get("enabled", True)),
+                aliases=tuple(m.get("aliases") or ()),
+                fallback=m.get("fallback"),
+                served_name=m.get("served_name"),
+                instances=tuple(RouteInstance(**i) for i in m.get("instances") or ()),
+            )
+        return Routes(models, settings, int(data.get("generation", 0)))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise RoutesError(f"bad routes file: {exc}") from exc

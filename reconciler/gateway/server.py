@@ -1,0 +1,354 @@
+"""The gateway's HTTP server: aiohttp's server, the lean client of upstream.py, one event loop.
+
+Measured on this project's 2-core host (tests/bench/gateway.py, CPU time of the gateway process
+per request under wrk): aiohttp server + aiohttp client ~260 us per non-streaming request,
+aiohttp server + upstream.Pool ~160 us; uvicorn+starlette+httpx is heavier than both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from aiohttp import web
+
+from reconciler.gateway import errors
+from reconciler.gateway.errors import MODEL_HEADER, Refusal
+from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics
+from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
+from reconciler.gateway.routes import parse_routes as parse_routes_text
+from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
+from reconciler.gateway.upstream import Pool, Response, UpstreamError
+
+log = logging.getLogger("reconciler.gateway")
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+FORWARDED_HEADERS = ("Content-Type", "Accept")
+RETRY_STATUSES = frozenset({502, 503})
+USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
+
+
+class Gateway:
+    def __init__(
+        self, routes_path: Path, *, poll_s: float = 0.1, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.routes_path = routes_path
+        self.poll_s = poll_s
+        self.environ = os.environ if environ is None else environ
+        self.table = Table()
+        self.metrics = GatewayMetrics()
+        self.keys: list[tuple[str, bytes]] = []
+        self.pool = Pool()
+        self._stat: tuple[int, int, int] | None = None
+
+    @property
+    def settings(self) -> GatewaySettings:
+        return self.table.routes.settings
+
+    # -- the routing table ---------------------------------------------------------------
+
+    def reload_if_changed(self) -> bool:
+        try:
+            st = self.routes_path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stat:
+            return False
+        self._stat = stamp
+        try:
+            routes = parse_routes_text(self.routes_path.read_text(encoding="utf-8"))
+        except (OSError, RoutesError) as exc:
+            log.warning("keeping the previous routing table: %s", exc)
+            return False
+        self.load(routes)
+        return True
+
+    def load(self, routes: Routes) -> None:
+        for model, seconds in self.table.load(routes):
+            self.metrics.cold_started(model, seconds)
+        keys = []
+        for key in routes.settings.api_keys:
+            value = self.environ.get(key.key_env, "")
+            if value:
+                keys.append((key.name, value.encode()))
+            else:
+                log.warning(
+                    "API key %s: $%s is not set; that key is refused", key.name, key.key_env
+                )
+        self.keys = keys
+
+    async def watch_routes(self) -> None:
+        while True:
+            self.reload_if_changed()
+            await asyncio.sleep(self.poll_s)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def authorize(self, request: web.Request) -> None:
+        if not self.settings.api_keys:
+            return
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+        name = None
+        for key_name, key in self.keys:  # every key compared: timing does not tell which
+            if hmac.compare_digest(given, key) and name is None:
+                name = key_name
+        if name is None:
+            raise errors.unauthorized()
+        self.metrics.key_used(name)
+
+    async def read_json(self, request: web.Request) -> tuple[bytes, dict]:
+        limit = self.settings.max_body_bytes
+        too_big = errors.too_big(limit)
+        if request.content_length is not None and request.content_length > limit:
+            raise too_big
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise too_big
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise errors.bad_json(exc) from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
+            raise errors.missing_model()
+        return bytes(body), payload
+
+    async def handle_post(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        label, shown = UNKNOWN_MODEL, ""
+        try:
+            self.authorize(request)
+            body, payload = await self.read_json(request)
+            shown = payload["model"]
+            entry = self.table.resolve(shown)
+            if entry is None:
+                raise errors.unknown_model(shown)
+            label = shown = entry.id
+            if entry.status == "disabled":
+                raise errors.disabled(entry.id)
+            target = await self.wait_for_target(entry)
+            label = shown = target.id
+            response = await self.forward(request, entry, target, body, payload, started)
+            code = response.status
+        except Refusal as refusal:
+            response, code = refusal.response(shown), refusal.status
+        self.metrics.request_done(label, code, time.perf_counter() - started)
+        return response
+
+    async def wait_for_target(self, entry: Entry) -> Entry:
+        """The model itself when ready, its running fallback when it cannot run, or wait."""
+        settings = self.settings
+        deadline = None
+        queued = False
+        try:
+            while True:
+                entry = self.table.entries.get(entry.id, entry)
+                if entry.ready():
+                    return entry
+                if entry.status == "disabled":
+                    raise errors.disabled(entry.id)
+                if entry.status in UNAVAILABLE or entry.id not in self.table.entries:
+                    fallback = self.table.fallback_of(entry)
+                    if fallback is not None:
+                        return fallback
+                    raise errors.unavailable(entry.id, entry.status, settings.retry_after_s)
+                now = time.monotonic()
+                if not queued:
+                    if entry.waiting >= settings.max_queue:
+                        raise errors.queue_full(entry.id, settings.max_queue)
+                    queued, deadline = True, now + settings.queue_timeout_s
+                    entry.waiting += 1
+                    if entry.waiting_since is None:
+                        entry.waiting_since = now
+                    self.metrics.queue_add(entry.id, 1)
+                changed = self.table.changed
+                try:
+                    await asyncio.wait_for(changed.wait(), max(0.0, deadline - now))
+                except TimeoutError:
+                    raise errors.queue_timeout(
+                        entry.id, settings.queue_timeout_s, settings.retry_after_s
+                    ) from None
+        finally:
+            if queued:
+                current = self.table.entries.get(entry.id, entry)
+                current.waiting -= 1
+                if current.waiting == 0:
+                    current.waiting_since = None
+                self.metrics.queue_add(entry.id, -1)
+
+    async def forward(
+        self,
+        request: web.Request,
+        entry: Entry,
+        target: Entry,
+        body: bytes,
+        payload: dict,
+        started: float,
+    ) -> web.StreamResponse:
+        """Try instances until one answers (failover before the first byte), then relay."""
+        tried: set[str] = set()
+        last_problem = "no instance is ready"
+        while True:
+            instance = self.table.pick(target, tried)
+            if instance is None:
+                fallback = self.table.fallback_of(entry) if target.id == entry.id else None
+                if fallback is None or fallback.id == target.id:
+                    raise errors.no_upstream(target.id, last_problem, self.settings.retry_after_s)
+                self.metrics.failover(entry.id, "fallback")
+                target, tried = fallback, set()
+                continue
+            tried.add(instance.url)
+            result = await self.attempt(request, instance, target, body, payload, started)
+            if isinstance(result, web.StreamResponse):
+                return result
+            last_problem = result
+            self.metrics.failover(target.id, result.split(":")[0])
+
+    async def attempt(
+        self,
+        request: web.Request,
+        instance: Instance,
+        target: Entry,
+        body: bytes,
+        payload: dict,
+        started: float,
+    ) -> web.StreamResponse | str:
+        """One try on one instance: a response, or why to try elsewhere."""
+        served_name = target.route.served_name or target.id
+        if payload["model"] != served_name:
+            body = json.dumps({**payload, "model": served_name}).encode()
+        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        instance.inflight += 1
+        self.metrics.inflight_add(target.id, 1)
+        upstream = None
+        try:
+            try:
+                upstream = await self.pool.post(instance.url, request.path_qs, body, headers)
+                if upstream.status in RETRY_STATUSES:
+                    return f"http_{upstream.status}: the engine answered {upstream.status}"
+                content_type = upstream.headers.get("content-type", "application/json")
+                if not content_type.startswith("text/event-stream"):
+                    data = await upstream.read()
+            except UpstreamError as exc:
+                instance.down_until = time.monotonic() + DOWN_FOR_S
+                return f"connection: {type(exc).__name__} {exc}"
+            instance.served += 1
+            out_headers = {MODEL_HEADER: target.id, "Content-Type": content_type}
+            if content_type.startswith("text/event-stream"):
+                return await self.relay_stream(request, upstream, target.id, out_headers, started)
+            self.metrics.first_byte(target.id, time.perf_counter() - started)
+            if upstream.status == 200 and b'"usage"' in data:
+                self.record_usage(target.id, data)
+            return web.Response(body=data, status=upstream.status, headers=out_headers)
+        finally:
+            if upstream is not None:
+                upstream.close()  # a stream the client left is cut here, which stops the engine
+            instance.inflight -= 1
+            self.metrics.inflight_add(target.id, -1)
+            self.table.retire_if_idle(instance)
+
+    async def relay_stream(
+        self,
+        request: web.Request,
+        upstream: Response,
+        model: str,
+        headers: dict[str, str],
+        started: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response.headers["Cache-Control"] = "no-cache"
+        await response.prepare(request)
+        first = True
+        usage = b""
+        try:
+            async for chunk in upstream.iter_chunks():
+                await response.write(chunk)
+                if first:
+                    self.metrics.first_byte(model, time.perf_counter() - started)
+                    first = False
+                if b'"usage"' in chunk:
+                    usage = chunk  # engines that repeat usage send running totals: keep the last
+        except UpstreamError as exc:
+            # what the client saw cannot be taken back: end the stream with an error event
+            error = {
+                "error": {
+                    "message": f"the engine failed mid-stream: {exc}",
+                    "type": "service_unavailable",
+                    "code": "upstream_failed",
+                }
+            }
+            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+        await response.write_eof()
+        if usage:
+            self.record_usage(model, usage)
+        return response
+
+    def record_usage(self, model: str, data: bytes) -> None:
+        # a regular expression, not a second JSON parse of every answer: this is the hot path
+        for kind, value in USAGE_FIELD.findall(data, data.rfind(b'"usage"')):
+            self.metrics.tokens_add(model, kind.decode(), int(value))
+
+    async def handle_models(self, request: web.Request) -> web.Response:
+        try:
+            self.authorize(request)
+        except Refusal as refusal:
+            return refusal.response("")
+        data = []
+        for entry in self.table.entries.values():
+            if not entry.route.enabled:
+                continue
+            for name in (entry.id, *entry.route.aliases):
+                data.append(
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "reconciler",
+                        "root": entry.id,
+                        "status": entry.status,
+                    }
+                )
+        return web.json_response({"object": "list", "data": data}, headers={MODEL_HEADER: ""})
+
+    async def handle_inflight(self, request: web.Request) -> web.Response:
+        if request.remote not in LOOPBACK:
+            return errors.forbidden().response("")
+        return web.json_response(self.table.inflight_report(), headers={MODEL_HEADER: ""})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.metrics.exposition(), headers={MODEL_HEADER: ""})
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    async def handle_unknown(self, request: web.Request) -> web.Response:
+        return errors.not_found(request.method, request.path).response("")
+
+    # -- the application -------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=2**62)  # read_json applies the table's limit
+        app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_post("/v1/{tail:.+}", self.handle_post)
+        app.router.add_get("/internal/inflight", self.handle_inflight)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_route("*", "/{tail:.*}", self.handle_unknown)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        self.reload_if_changed()
+        self._watcher = asyncio.ensure_future(self.watch_routes())
+
+    async def _cleanup(self, app: web.Application) -> None:
+        self._watcher.cancel()
+        self.pool.close()

@@ -1,0 +1,222 @@
+"""GatewayService: how the daemon owns the gateway process (start, watch, drain, stop).
+
+The gateway runs in a process of its own so that its traffic never competes with the reconcile
+loop for the interpreter. The daemon feeds it through the routes file (routes.write_routes) and
+reads back in-flight counts from its loopback-only GET /internal/inflight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from reconciler.core.desired import DesiredState
+from reconciler.gateway.routes import (
+    GatewaySettings,
+    Routes,
+    build_routes,
+    parse_routes,
+    write_routes,
+)
+from reconciler.state.statefile import ModelState
+
+
+class GatewayError(Exception):
+    """The gateway process did not start or does not answer."""
+
+
+class GatewayService:
+    def __init__(
+        self,
+        listen: str,
+        routes_path: str | os.PathLike[str],
+        *,
+        log_path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        python: str | None = None,
+        poll_interval_s: float = 0.1,
+        settings: GatewaySettings | None = None,
+    ) -> None:
+        self.listen = listen
+        self.routes_path = Path(routes_path)
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.env = dict(os.environ if env is None else env)
+        self.python = python or sys.executable
+        self.poll_interval_s = poll_interval_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.restarts = 0
+        self.settings = settings or GatewaySettings()
+        self.generation = _generation_on_disk(self.routes_path)
+        self.draining: set[str] = set()
+        self._last: tuple[DesiredState, dict[str, ModelState], tuple[str, ...]] | None = None
+        self._last_table: Routes | None = None
+
+    @property
+    def base(self) -> str:
+        host, _, port = self.listen.rpartition(":")
+        return f"http://{host or '127.0.0.1'}:{port}"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL clients use."""
+        return f"{self.base}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            self.python,
+            "-m",
+            "reconciler.gateway",
+            "--listen",
+            self.listen,
+            "--routes",
+            str(self.routes_path),
+            "--poll-interval",
+            str(self.poll_interval_s),
+        ]
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the process and return once it answers; GatewayError if it does not."""
+        if self.alive():
+            return
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - held for the process's life
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,  # a Ctrl-C on the daemon's terminal reaches the daemon only
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self._close_log()
+                raise GatewayError(f"the gateway exited with status {code} ({self.log_path})")
+            try:
+                self.inflight(timeout_s=0.5)
+                return
+            except GatewayError:
+                time.sleep(0.05)
+        self.stop()
+        raise GatewayError(f"the gateway did not answer on {self.base} within {timeout_s:g} s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ensure_running(self) -> bool:
+        """Restart a gateway that died (call once per pass); True when it was restarted."""
+        if self.process is None or self.alive():
+            return False
+        self._close_log()
+        self.restarts += 1
+        self.start()
+        return True
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._close_log()
+
+    def inflight(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """GET /internal/inflight: {generation, instances: {url: {model, inflight, draining,
+        ...}}, models: {id: {status, inflight, queued}}}."""
+        try:
+            with urllib.request.urlopen(f"{self.base}/internal/inflight", timeout=timeout_s) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            raise GatewayError(f"the gateway on {self.base} does not answer: {exc}") from exc
+
+    def wait_drained(
+        self, urls: Collection[str], generation: int, timeout_s: float, poll_s: float = 0.1
+    ) -> bool:
+        """Wait until the gateway has loaded table `generation` (in which `urls` are draining or
+        gone) and no request is in flight to them; False when `timeout_s` ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                report = self.inflight()
+                loaded = report["generation"] >= generation
+                busy = sum(report["instances"].get(url, {}).get("inflight", 0) for url in urls)
+                if loaded and busy == 0:
+                    return True
+            except GatewayError:
+                if not self.alive():
+                    return True  # nothing can be in flight through a gateway that is gone
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+
+    # -- feeding the table ---------------------------------------------------------------
+
+    def publish(
+        self,
+        desired: DesiredState | None,
+        records: Mapping[str, ModelState],
+        unschedulable: Collection[str] = (),
+    ) -> int:
+        """Write the routing table for what the last pass left (call after every pass); a table
+        equal to the last one is not rewritten. Returns the generation the gateway will load."""
+        if desired is None:
+            return self.generation
+        self._last = (desired, dict(records), tuple(unschedulable))
+        return self._write()
+
+    def drain(self, urls: Collection[str], timeout_s: float | None = None) -> bool:
+        """Send no new requests to `urls` and wait (at most drain_timeout_s) until their
+        in-flight requests end; call before stopping their engines. True when drained."""
+        self.draining |= set(urls)
+        generation = self._write()
+        if not self.alive():
+            return True
+        timeout = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+        return self.wait_drained(urls, generation, timeout)
+
+    def _write(self) -> int:
+        if self._last is None:
+            return self.generation
+        desired, records, unschedulable = self._last
+        table = build_routes(
+            desired, records, self.settings, unschedulable=unschedulable, draining=self.draining
+        )
+        ready = {i.url for m in table.models.values() for i in m.instances}
+        self.draining &= ready  # a stopped engine's mark goes: restarted, it takes requests again
+        last = self._last_table
+        if last is not None and (table.models, table.settings) == (last.models, last.settings):
+            return self.generation
+        self.generation += 1
+        table = Routes(table.models, table.settings, self.generation)
+        write_routes(self.routes_path, table)
+        self._last_table = table
+        return self.generation
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _generation_on_disk(path: Path) -> int:
+    """Continue after the table already there, so a running gateway never sees a step back."""
+    try:
+        return parse_routes(path.read_text(encoding="utf-8")).generation
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,170 @@
+"""The gateway's live view of the routing table: names, instances, counters, the balancer.
+
+One event loop owns it, so nothing here locks. Instances are keyed by URL and survive reloads,
+so their in-flight counts stay right when the daemon rewrites the table mid-request; an instance
+that left the table stays listed (not routable) until its last request ends, so that the daemon
+can wait for it to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from reconciler.gateway.routes import RouteModel, Routes
+
+DOWN_FOR_S = 1.0
+"""after a connection error an instance is tried last for this long (the daemon may not have
+noticed yet that it died)"""
+
+
+@dataclass(eq=False)
+class Instance:
+    url: str
+    model: str
+    inflight: int = 0
+    served: int = 0
+    draining: bool = False
+    listed: bool = True
+    down_until: float = 0.0
+
+    @property
+    def routable(self) -> bool:
+        return self.listed and not self.draining
+
+
+@dataclass(eq=False)
+class Entry:
+    route: RouteModel
+    instances: list[Instance] = field(default_factory=list)
+    next_index: int = 0
+    """round-robin position among ties"""
+    waiting: int = 0
+    waiting_since: float | None = None
+    """monotonic time the oldest waiting request started to wait (for cold-start seconds)"""
+
+    @property
+    def id(self) -> str:
+        return self.route.id
+
+    @property
+    def status(self) -> str:
+        return self.route.status
+
+    def ready(self) -> bool:
+        return self.route.status == "running" and any(i.routable for i in self.instances)
+
+
+class Table:
+    def __init__(self) -> None:
+        self.routes = Routes()
+        self.entries: dict[str, Entry] = {}
+        self.names: dict[str, Entry] = {}
+        """model ids and aliases"""
+        self.instances: dict[str, Instance] = {}
+        self.changed = asyncio.Event()
+        """set (and replaced) on every reload: queued requests look again"""
+
+    def load(self, routes: Routes) -> list[tuple[str, float]]:
+        """Swap in a new table; returns (model, seconds) for models that became ready while
+        requests waited for them (their cold start as clients felt it)."""
+        now = time.monotonic()
+        old_entries = self.entries
+        entries: dict[str, Entry] = {}
+        listed: set[str] = set()
+        cold_starts = []
+        for model_id, route in routes.models.items():
+            previous = old_entries.get(model_id)
+            entry = Entry(route)
+            if previous is not None:
+                entry.next_index = previous.next_index
+                entry.waiting = previous.waiting
+                entry.waiting_since = previous.waiting_since
+            for spec in route.instances:
+                instance = self.instances.get(spec.url)
+                if instance is None or instance.model != model_id:
+                    instance = Instance(spec.url, model_id)
+                    self.instances[spec.url] = instance
+                instance.draining = spec.draining
+                instance.listed = True
+                entry.instances.append(instance)
+                listed.add(spec.url)
+            entries[model_id] = entry
+            if entry.waiting_since is not None and entry.ready():
+                cold_starts.append((model_id, now - entry.waiting_since))
+                entry.waiting_since = None
+        for url, instance in list(self.instances.items()):
+            if url not in listed:
+                instance.listed = False
+                if instance.inflight == 0:
+                    del self.instances[url]
+        names: dict[str, Entry] = {}
+        for entry in entries.values():
+            for alias in entry.route.aliases:
+                names.setdefault(alias, entry)
+        for model_id, entry in entries.items():
+            names[model_id] = entry  # an id wins over an alias (validation forbids the clash)
+        self.routes, self.entries, self.names = routes, entries, names
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+        return cold_starts
+
+    def resolve(self, name: str) -> Entry | None:
+        return self.names.get(name)
+
+    def fallback_of(self, entry: Entry) -> Entry | None:
+        """The model's fallback when that is ready to answer now."""
+        fallback = self.entries.get(entry.route.fallback or "")
+        return fallback if fallback is not None and fallback.ready() else None
+
+    @staticmethod
+    def pick(entry: Entry, exclude: set[str]) -> Instance | None:
+        """Least outstanding requests; ties go round-robin; recently failed instances last."""
+        candidates = entry.instances
+        count = len(candidates)
+        if count == 0:
+            return None
+        now = time.monotonic()
+        best: Instance | None = None
+        best_key: tuple[bool, int] = (True, 0)
+        best_index = 0
+        start = entry.next_index % count
+        for step in range(count):
+            index = (start + step) % count
+            instance = candidates[index]
+            if not instance.routable or instance.url in exclude:
+                continue
+            key = (instance.down_until > now, instance.inflight)
+            if best is None or key < best_key:
+                best, best_key, best_index = instance, key, index
+        if best is not None:
+            entry.next_index = best_index + 1
+        return best
+
+    def retire_if_idle(self, instance: Instance) -> None:
+        if not instance.listed and instance.inflight == 0:
+            self.instances.pop(instance.url, None)
+
+    def inflight_report(self) -> dict:
+        return {
+            "generation": self.routes.generation,
+            "instances": {
+                url: {
+                    "model": i.model,
+                    "inflight": i.inflight,
+                    "served": i.served,
+                    "draining": i.draining,
+                    "listed": i.listed,
+                }
+                for url, i in sorted(self.instances.items())
+            },
+            "models": {
+                model_id: {
+                    "status": e.status,
+                    "inflight": sum(i.inflight for i in e.instances),
+                    "queued": e.waiting,
+                }
+                for model_id, e in sorted(self.entries.items())
+            },
+        }

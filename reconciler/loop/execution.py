@@ -1,0 +1,187 @@
+"""Carrying out a plan: stops first (so that memory and ports are free), then starts.
+
+Each action is one model's business: whatever a stop or a start raises (an EngineError, a
+ValueError from an environment the OS refuses, an OSError, anything) is recorded as that model's
+`error` with the reason, and the rest of the plan goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+
+from reconciler.core.desired import DesiredState
+from reconciler.core.events import EventKind
+from reconciler.core.observed import Status
+from reconciler.core.plan import Action, Plan
+from reconciler.core.retry import Failure, waiting
+from reconciler.core.spec import ModelSpec
+from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
+from reconciler.loop.records import Records, retry_of, state_from_handle
+from reconciler.loop.supervision import Supervisor, describe
+from reconciler.state.statefile import ModelState
+
+log = logging.getLogger("reconciler.loop.execution")
+
+STOPS = ("stop", "preempt", "restart")
+STARTS = ("start", "restart")
+
+FINAL_START_ERRORS: tuple[type[BaseException], ...] = (
+    EngineError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+"""A start that raised one of these fails the same way next time (a missing executable, a port
+in use, an environment or argv the OS refuses): `error` at once, no retries. Anything else (an
+OSError such as too many open files) is retried with backoff."""
+
+
+class Executor:
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        records: Records,
+        supervisor: Supervisor,
+        *,
+        host: str,
+        stop_grace_s: float,
+    ) -> None:
+        self.engines = engines
+        self.records = records
+        self.supervisor = supervisor
+        self.host = host
+        self.stop_grace_s = stop_grace_s
+
+    def mark_stopping(self, plan: Plan, states: dict[str, ModelState], now: float) -> bool:
+        """Record `stopping` (`preempted`) before stopping anything: if this process dies
+        mid-stop, the next pass sees an engine that was being stopped, not one that crashed.
+        True when anything is to be stopped (the caller writes the state file first)."""
+        stopping = [a for a in plan.actions if a.action in STOPS]
+        for action in stopping:
+            status = Status.preempted if action.action == "preempt" else Status.stopping
+            state = states.get(action.model) or ModelState(id=action.model)
+            states[action.model] = replace(state, status=status, last_transition=now)
+        return bool(stopping)
+
+    def execute(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        handles: Mapping[str, list[Handle]],
+        states: dict[str, ModelState],
+        now: float,
+    ) -> list[str]:
+        """Carry out the plan; one human line per action done (or failed)."""
+        executed: list[str] = []
+        failed: set[str] = set()
+        for action in plan.actions:
+            if action.action in STOPS:
+                line = self._stop(action, handles.get(action.model, []), states, now)
+                if line.startswith("error "):
+                    failed.add(action.model)
+                if line:
+                    executed.append(line)
+        for action in plan.actions:
+            if action.action in STARTS and action.model not in failed:
+                line = self._start(action, desired.models[action.model], states, now)
+                if line:
+                    executed.append(line)
+        return executed
+
+    def set_aside(
+        self,
+        broken: Mapping[str, str],
+        handles: Mapping[str, list[Handle]],
+        states: dict[str, ModelState],
+        now: float,
+    ) -> list[str]:
+        """Models whose spec cannot be used: `error` with the reason, their engines stopped. Not
+        "given up": the planner never sees them, and a fixed spec starts at once."""
+        lines = []
+        for model_id, reason in sorted(broken.items()):
+            state = states.get(model_id) or ModelState(id=model_id)
+            running = [h for h in handles.get(model_id, []) if h.alive]
+            try:
+                for handle in handles.get(model_id, []):  # an exited one: drops its record
+                    grace = self.stop_grace_s if handle.alive else 0
+                    self.engines[handle.framework].stop(handle, grace)
+            except Exception as exc:
+                reason = f"{reason}; could not stop its engine: {describe(exc)}"
+            if not running and (state.status, state.last_error) == (Status.error, reason):
+                continue  # said already
+            self.records.event(EventKind.error, model_id, reason)
+            lines.append(f"error {model_id}: {reason}")
+            states[model_id] = replace(
+                state,
+                status=Status.error,
+                pid=None,
+                container_id=None,
+                last_error=reason,
+                given_up=False,
+                next_retry_at=None,
+                probe_failures=0,
+                last_transition=now,
+            )
+        return lines
+
+    def _stop(
+        self, action: Action, handles: list[Handle], states: dict[str, ModelState], now: float
+    ) -> str:
+        state = states.get(action.model) or ModelState(id=action.model)
+        try:
+            for handle in handles:
+                if handle.alive:
+                    self.engines[handle.framework].stop(handle, self.stop_grace_s)
+        except Exception as exc:
+            log.exception("stopping %s failed", action.model)
+            message = f"could not stop its engine: {describe(exc)}"
+            states[action.model] = self.supervisor.errored(state, message, now)
+            return f"error {action.model}: {message}"
+        status = Status.preempted if action.action == "preempt" else Status.stopped
+        states[action.model] = replace(
+            state, status=status, pid=None, container_id=None, last_transition=now
+        )
+        if action.action == "restart":
+            return ""  # the start below says it
+        self.records.event(EventKind(action.action), action.model, action.reason)
+        return f"{action.action} {action.model}: {action.reason}"
+
+    def _start(
+        self, action: Action, spec: ModelSpec, states: dict[str, ModelState], now: float
+    ) -> str:
+        state = states.get(spec.id) or ModelState(id=spec.id)
+        if waiting(retry_of(state), now):
+            return ""
+        placement = EnginePlacement(
+            tuple(action.gpus), action.port, action.memory_mb or 0, host=self.host
+        )
+        engine = self.engines.get(spec.framework)
+        try:
+            if engine is None:
+                raise EngineError(f"no {spec.framework} engine on this host")
+            handle = engine.start(spec, placement)
+        except FINAL_START_ERRORS as exc:
+            if not isinstance(exc, EngineError):
+                log.warning("starting %s failed", spec.id, exc_info=True)
+            message = describe(exc)
+            state = replace(
+                self.supervisor.errored(state, message, now), spec_hash=spec.spec_hash()
+            )
+            states[spec.id] = state
+            return f"error {spec.id}: {message}"
+        except Exception as exc:
+            log.exception("starting %s failed", spec.id)
+            failure = Failure(f"could not start: {describe(exc)}")
+            states[spec.id] = self.supervisor.fail(state, spec, failure, now)
+            return f"error {spec.id}: {failure.message}"
+        self.records.event(EventKind(action.action), spec.id, action.reason)
+        states[spec.id] = replace(
+            state_from_handle(state, handle),
+            status=Status.starting,
+            last_transition=now,
+            next_retry_at=None,
+            probe_failures=0,
+        )
+        return f"{action.action} {spec.id}: {action.reason}"

@@ -1,0 +1,165 @@
+"""Repositories and revisions: the git helpers every part of the source package shares.
+
+GitPython is imported inside the functions that need it: `import git` costs about 0.1 s, and
+`reconciler validate DIR` on a working tree (the common, timed path) never needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.core.problems import Problem
+from reconciler.source.redact import redact_text
+
+if TYPE_CHECKING:
+    import git
+
+
+class SourceError(Exception):
+    """A repository or revision cannot be used; the message is meant for an operator."""
+
+
+class NotFound(SourceError):
+    """A repository, revision or directory that does not exist (a usage error, exit 2)."""
+
+
+class InvalidRevision(SourceError):
+    """The desired state at a revision does not validate."""
+
+    def __init__(self, rev: str, problems: list[Problem], consequence: str = "") -> None:
+        errors = [p for p in problems if p.is_error]
+        message = f"desired state at {rev} is invalid ({len(errors)} error(s))"
+        super().__init__(f"{message}: {consequence}" if consequence else message)
+        self.rev = rev
+        self.problems = problems
+
+
+class NothingToRollBack(SourceError):
+    """The directory already equals the target revision's."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A commit as the reconciler reports it."""
+
+    sha: str
+    dirty: bool = False
+    """uncommitted edits under the desired-state directory are part of what is applied"""
+    dirty_summary: str = ""
+    message: str = ""
+    author: str = ""
+    time: datetime | None = None
+    """author time, in the author's time zone"""
+
+    @property
+    def short(self) -> str:
+        return self.sha[:12]
+
+    @property
+    def subject(self) -> str:
+        return self.message.splitlines()[0] if self.message else ""
+
+    def label(self) -> str:
+        """`abc123def456` or `abc123def456+dirty`: what status pages show."""
+        return self.short + ("+dirty" if self.dirty else "")
+
+
+def open_repo(path: str | os.PathLike[str]) -> git.Repo | None:
+    """The repository holding `path` (searching upwards), or None outside any repository."""
+    import git
+
+    start = Path(path)
+    while not start.exists() and start != start.parent:
+        start = start.parent  # a directory not created yet still belongs to its repository
+    try:
+        return git.Repo(start, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+
+
+def require_repo(path: str | os.PathLike[str]) -> git.Repo:
+    repo = open_repo(path)
+    if repo is None:
+        raise NotFound(f"{path}: not inside a git repository")
+    return repo
+
+
+def relative_dir(repo: git.Repo, path: str | os.PathLike[str]) -> str:
+    """`path` relative to the working tree's top, POSIX style ("." for the top itself)."""
+    if repo.working_tree_dir is None:
+        raise NotFound(f"{repo.git_dir}: a bare repository has no working tree")
+    top = Path(repo.working_tree_dir).resolve()
+    try:
+        return Path(path).resolve().relative_to(top).as_posix()
+    except ValueError as exc:
+        raise NotFound(f"{path}: not inside the working tree {top}") from exc
+
+
+def head_commit(repo: git.Repo) -> git.Commit | None:
+    """HEAD's commit; None in a repository without commits."""
+    try:
+        return repo.head.commit
+    except ValueError:  # an unborn branch
+        return None
+
+
+def resolve(repo: git.Repo, rev: str) -> git.Commit:
+    import git
+
+    try:
+        commit = repo.commit(rev)
+        commit.tree  # noqa: B018 - reading the tree is what proves the commit exists
+    except (git.BadName, git.BadObject, ValueError) as exc:
+        raise NotFound(f"{rev}: unknown revision") from exc
+    return commit
+
+
+def ref_sha(repo: git.Repo, ref: str = "HEAD") -> str | None:
+    """A ref's sha read from the ref files alone: no git process, safe to poll from a thread."""
+    from git.refs.symbolic import SymbolicReference
+
+    with contextlib.suppress(ValueError, OSError):  # no commit yet, or no such ref
+        return SymbolicReference.dereference_recursive(repo, ref)
+    return None
+
+
+def sha_of(commit: git.Commit | None) -> str | None:
+    return commit.hexsha if commit is not None else None
+
+
+def subtree(commit: git.Commit, rel: str) -> Any:
+    """The tree (or blob) at `rel` in a commit; None when nothing is there."""
+    if rel == ".":
+        return commit.tree
+    try:
+        return commit.tree / rel
+    except KeyError:
+        return None
+
+
+def revision_of(commit: git.Commit, dirty: bool = False, dirty_summary: str = "") -> Revision:
+    author = f"{commit.author.name} <{commit.author.email}>"
+    message = str(commit.message).strip()
+    return Revision(commit.hexsha, dirty, dirty_summary, message, author, commit.authored_datetime)
+
+
+def uncommitted(repo: git.Repo, rel: str) -> list[str]:
+    """Paths under `rel` (relative to it) that differ from HEAD: staged, unstaged or untracked."""
+    text = repo.git.status(
+        "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--", rel
+    )
+    prefix = "" if rel == "." else rel + "/"
+    paths = [entry[3:] for entry in text.split("\0") if len(entry) > 3]
+    return sorted(p[len(prefix) :] for p in paths if p.startswith(prefix))
+
+
+def git_stderr(exc: Any, one_line: bool = True) -> str:
+    """What git said (a GitCommandError's stderr), without credentials."""
+    text = str(getattr(exc, "stderr", "") or exc).strip()
+    text = text.removeprefix("stderr:").strip().strip("'").strip()
+    return redact_text(" ".join(text.split()) if one_line else text)

@@ -1,0 +1,244 @@
+"""The gateway's cost, side by side: one fast upstream reached directly, through the reconciler's
+gateway, and through LiteLLM's proxy, at concurrency 1, 16 and 64, streaming and not.
+
+The load comes from `wrk` (a Python client tops out at a few hundred requests/s here); the
+upstream is tests/bench/gateway_upstream.py. LiteLLM runs from a bench-only virtualenv
+(`python3 -m venv .bench-venv && .bench-venv/bin/pip install 'litellm[proxy]'`), one worker,
+LITELLM_MASTER_KEY set, configured with the same upstream; without it its rows are skipped.
+
+Goals: added latency p50 <= 1 ms and p99 <= 5 ms at concurrency 1; >= 2,000 req/s non-streaming;
+>= 50x LiteLLM's throughput.
+
+    .venv/bin/python tests/bench/gateway.py [--seconds 5] [--litellm .bench-venv/bin/litellm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+from reconciler.gateway.routes import (  # noqa: E402
+    GatewaySettings,
+    RouteInstance,
+    RouteModel,
+    Routes,
+    write_routes,
+)
+from reconciler.gateway.service import GatewayService  # noqa: E402
+
+MASTER_KEY = "sk-bench-master-key"
+CONCURRENCY = (1, 16, 64)
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+LUA = """wrk.method = "POST"
+wrk.body = '{"model": "m", "messages": [{"role": "user", "content": "hi"}]%s}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+@dataclass
+class Row:
+    target: str
+    stream: bool
+    concurrency: int
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+    cpu_us: float
+    """CPU time of the serving processes per request: the ceiling on one free core is 1e6 / it"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout_s: float, **headers: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args} exited with {process.returncode}")
+        try:
+            if httpx.get(url, headers=headers, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer in {timeout_s} s")
+
+
+def seconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * UNITS[unit]
+
+
+def cpu_seconds(pid: int) -> float:
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in (process, *process.children(recursive=True)):
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def wrk(url: str, stream: bool, c: int, duration: float, scripts: Path, pid: int) -> tuple:
+    script = scripts / f"post-{stream}.lua"
+    script.write_text(LUA % (', "stream": true' if stream else "", MASTER_KEY))
+    argv = ["wrk", "-t1", f"-c{c}", f"-d{duration:g}s", "--latency", "-s", str(script)]
+    before = cpu_seconds(pid)
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - before
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = seconds(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = seconds(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return rps, p50, p99, errors, cpu / max(done, 1) * 1e6
+
+
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def litellm_proxy(binary: str, upstream: str, work: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    config = work / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/m\n"
+        f"      api_base: {upstream}/v1\n      api_key: unused\n"
+        "litellm_settings:\n  telemetry: false\n"
+    )
+    env = {**os.environ, "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    argv = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    process = start([*argv, "--num_workers", "1"], work / "litellm.log", env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health/liveliness", process, 180, Authorization=f"Bearer {MASTER_KEY}")
+    return process, url
+
+
+def report(rows: list[Row]) -> None:
+    header = ("target", "stream", "c", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req")
+    print("{:<9} {:<6} {:>3} {:>9} {:>8} {:>8} {:>6} {:>10}".format(*header))
+    for r in rows:
+        print(
+            f"{r.target:<9} {'yes' if r.stream else 'no':<6} {r.concurrency:>3} {r.rps:>9.0f} "
+            f"{r.p50 * 1e3:>8.3f} {r.p99 * 1e3:>8.3f} {r.errors:>6} {r.cpu_us:>10.0f}"
+        )
+    by = {(r.target, r.stream, r.concurrency): r for r in rows}
+    print("\ngoals:")
+    for stream in (False, True):
+        direct, gateway = by[("direct", stream, 1)], by[("gateway", stream, 1)]
+        added50, added99 = gateway.p50 - direct.p50, gateway.p99 - direct.p99
+        kind = "streaming" if stream else "non-streaming"
+        print(
+            f"  {kind}, c=1: added p50 {added50 * 1e3:.3f} ms (goal <= 1): "
+            f"{'ok' if added50 <= 1e-3 else 'MISSED'}; added p99 {added99 * 1e3:.3f} ms "
+            f"(goal <= 5): {'ok' if added99 <= 5e-3 else 'MISSED'}"
+        )
+    best = max(r.rps for r in rows if r.target == "gateway" and not r.stream)
+    print(
+        f"  gateway ceiling, non-streaming: {best:.0f} req/s (goal >= 2000): "
+        f"{'ok' if best >= 2000 else 'MISSED'}"
+    )
+    for stream in (False, True):
+        cpu = min(r.cpu_us for r in rows if r.target == "gateway" and r.stream == stream)
+        print(
+            f"  gateway CPU per {'streaming' if stream else 'non-streaming'} request: "
+            f"{cpu:.0f} us = {1e6 / cpu:.0f} req/s on one free core (the host's other load "
+            "does not change this figure much)"
+        )
+    for stream in (False, True):
+        lite = [r.rps for r in rows if r.target == "litellm" and r.stream == stream]
+        if lite:
+            gw = max(r.rps for r in rows if r.target == "gateway" and r.stream == stream)
+            ratio = gw / max(max(lite), 1e-9)
+            print(
+                f"  vs LiteLLM ({'streaming' if stream else 'non-streaming'}, best of each): "
+                f"{ratio:.0f}x (goal >= 50x): {'ok' if ratio >= 50 else 'MISSED'}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--litellm", default=str(REPO / ".bench-venv" / "bin" / "litellm"))
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    processes: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        service = None
+        try:
+            port = free_port()
+            upstream_argv = [sys.executable, str(HERE / "gateway_upstream.py"), "--port", str(port)]
+            processes.append(start(upstream_argv, work / "upstream.log"))
+            upstream = f"http://127.0.0.1:{port}"
+            wait_http(f"{upstream}/health", processes[-1], 15)
+            routes = Routes(
+                {"m": RouteModel("m", "running", instances=(RouteInstance(upstream),))},
+                GatewaySettings(),
+                1,
+            )
+            write_routes(work / "routes.json", routes)
+            service = GatewayService(
+                f"127.0.0.1:{free_port()}", work / "routes.json", log_path=work / "gateway.log"
+            )
+            service.start()
+            assert service.process is not None
+            targets = {
+                "direct": (upstream, processes[0].pid),
+                "gateway": (service.base, service.process.pid),
+            }
+            if Path(args.litellm).exists():
+                process, lite_url = litellm_proxy(args.litellm, upstream, work)
+                targets["litellm"] = (lite_url, process.pid)
+                processes.append(process)
+            else:
+                print(f"no LiteLLM at {args.litellm}: its rows are skipped")
+            rows = []
+            for name, (base, pid) in targets.items():
+                for stream in (False, True):
+                    for c in CONCURRENCY:
+                        url = f"{base}/v1/chat/completions"
+                        measured = wrk(url, stream, c, args.seconds, work, pid)
+                        rows.append(Row(name, stream, c, *measured))
+                        print(
+                            f"  {name} stream={stream} c={c}: {rows[-1].rps:.0f} req/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            report(rows)
+        finally:
+            if service is not None:
+                service.stop()
+            for process in processes:
+                process.terminate()
+                process.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
