@@ -159,6 +159,8 @@ class EngineDescriptor:
     """The parameter that sets the context length (`reconciler estimate --ctx`)."""
     extra_env: Callable[[ModelSpec, EnginePlacement], dict[str, str]] | None = None
     """Pure: variables the engine needs besides the spec's env (a container's PORT...)."""
+    served_name: Callable[[ModelSpec], str | None] | None = None
+    """Pure: the name the engine answers to in a request's `model`; None: it answers to any."""
 
     def rules(self) -> FrameworkRules:
         """What validation needs to know of this framework."""

@@ -68,7 +68,16 @@ def _numbers(value: ParameterValue) -> list[str] | None:
     """llama-server `3,1` or [3, 1] -> llama_cpp.server nargs `3 1`."""
     items = value if isinstance(value, list) else str(value).split(",")
     words = [str(v).strip() for v in items]
-    return words if all(words) else None
+    # numbers only: "1,--host=0.0.0.0" must not become a word of its own after the split
+    return words if all(_is_number(w) for w in words) else None
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def _named(table: Mapping[str, int]) -> Converter:

@@ -19,23 +19,12 @@ config.json and safetensors headers).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
 from collections.abc import Mapping
 
-from reconciler.core.estimate import (
-    CannotEstimate,
-    Estimate,
-    HFFacts,
-    HFServing,
-    ModelFacts,
-    float_param,
-    hf_max_len,
-    hf_serving_estimate,
-    int_param,
-    mismatched_facts,
-)
 from reconciler.core.flags import FlagStyle, render_flags
 from reconciler.core.spec import ModelSpec, ParameterValue
 from reconciler.engines.base import (
@@ -44,8 +33,15 @@ from reconciler.engines.base import (
     EnginePlacement,
     KubernetesContainer,
 )
+from reconciler.engines.hf import (
+    HFFlags,
+    check_local_model,
+    hf_estimate,
+    hf_hook,
+    placement_args,
+    served_name,
+)
 from reconciler.engines.process import ProcessEngine, find_executable
-from reconciler.engines.vllm import check_local_model, model_argument, tensor_parallel_size
 
 ENV_SGLANG = "RECONCILER_SGLANG"
 MODULE = "sglang.launch_server"
@@ -132,16 +128,23 @@ STYLE = FlagStyle(
 
 RESERVED_ENV = frozenset({"SGLANG_HOST_IP", "SGLANG_PORT"})
 
-DEFAULT_MEM_FRACTION_STATIC = 0.9
-"""SGLang's documented default share of each GPU for weights + KV cache pool (recent versions
-size it from the GPU; 0.9 is the documented upper value)."""
-
-CHUNKED_PREFILL_SIZE = 8192
-"""Tokens of one prefill chunk on data-centre GPUs (SGLang's default for large GPUs): the
-activation peak of a forward pass."""
-
-MAX_RUNNING_REQUESTS = 256
-"""Sequences sampled at once when the spec does not bound max-running-requests."""
+FLAGS = HFFlags(
+    engine="SGLang",
+    max_len="context-length",
+    pipeline="pipeline-parallel-size",
+    # tokens of one prefill chunk on data-centre GPUs (SGLang's default for large GPUs; -1
+    # disables chunking): the activation peak of a forward pass
+    batched_tokens="chunked-prefill-size",
+    batched_tokens_default=8192,
+    # sequences sampled at once when the spec does not bound them
+    seqs="max-running-requests",
+    seqs_default=256,
+    eager="disable-cuda-graph",
+    # SGLang's documented share of each GPU for weights + KV cache pool (recent versions size it
+    # from the GPU; 0.9 is the documented upper value)
+    fraction="mem-fraction-static",
+    fraction_default=0.9,
+)
 
 
 def find_launcher(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -160,53 +163,12 @@ def sglang_argv(
     spec: ModelSpec, placement: EnginePlacement, launcher: tuple[str, ...]
 ) -> list[str]:
     """Pure: the descriptor's argv builder."""
-    return [
-        *launcher,
-        "--model-path",
-        model_argument(spec),
-        "--host",
-        placement.host,
-        "--port",
-        str(placement.port),
-        "--tp-size",
-        str(tensor_parallel_size(len(placement.gpus), spec.parameters)),
-        *sglang_args(spec.parameters),
-    ]
+    where = placement_args(spec, placement, model_flag="--model-path", tp_flag="--tp-size")
+    return [*launcher, *where, *sglang_args(spec.parameters)]
 
 
-def sglang_estimate(
-    facts: HFFacts,
-    parameters: Mapping[str, object],
-    gpu_count: int = 1,
-    gpu_total_mb: int | None = None,
-) -> Estimate:
-    """SGLang: mem-fraction-static x the GPU, or the minimum it needs to start."""
-    try:
-        serving = HFServing(
-            engine="SGLang",
-            max_len=hf_max_len(facts, int_param(parameters, "context-length"), "context-length"),
-            max_len_flag="context-length",
-            dtype=str(parameters.get("dtype", "auto")),
-            kv_cache_dtype=str(parameters.get("kv-cache-dtype", "auto")),
-            pipeline=int_param(parameters, "pipeline-parallel-size") or 1,
-            batched_tokens=max(0, int_param(parameters, "chunked-prefill-size") or 0)
-            or CHUNKED_PREFILL_SIZE,
-            seqs=int_param(parameters, "max-running-requests") or MAX_RUNNING_REQUESTS,
-            eager=parameters.get("disable-cuda-graph") in (True, "true", "True"),
-            fraction=float_param(parameters, "mem-fraction-static"),
-            fraction_flag="mem-fraction-static",
-            default_fraction=DEFAULT_MEM_FRACTION_STATIC,
-        )
-    except CannotEstimate as exc:
-        return Estimate(None, {}, str(exc), gpu_count)
-    return hf_serving_estimate(facts, serving, gpu_count, gpu_total_mb)
-
-
-def _estimate_hook(spec: ModelSpec, facts: ModelFacts, gpu_total_mb: int | None) -> Estimate:
-    if not isinstance(facts, HFFacts):
-        return mismatched_facts(spec, facts)
-    count = spec.resource_requirements.gpu_count
-    return sglang_estimate(facts, spec.parameters, count, gpu_total_mb)
+sglang_estimate = functools.partial(hf_estimate, FLAGS)
+"""SGLang: mem-fraction-static x the GPU, or the minimum it needs to start."""
 
 
 class SglangEngine(ProcessEngine):
@@ -251,7 +213,7 @@ DESCRIPTOR = EngineDescriptor(
     framework="sglang",
     parameters=PARAMETERS,
     argv=sglang_argv,
-    estimate=_estimate_hook,
+    estimate=hf_hook(FLAGS),
     model_files="hf",
     kubernetes=KubernetesContainer(
         image="lmsysorg/sglang:latest",
@@ -262,5 +224,6 @@ DESCRIPTOR = EngineDescriptor(
     reserved_env=RESERVED_ENV,
     context_parameter="context-length",
     hub_ids=True,
+    served_name=served_name,
 )
 SglangEngine.descriptor = DESCRIPTOR

@@ -12,23 +12,11 @@ spec may not set them.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Mapping
-from pathlib import Path
 
-from reconciler.core.estimate import (
-    CannotEstimate,
-    Estimate,
-    HFFacts,
-    HFServing,
-    ModelFacts,
-    float_param,
-    hf_max_len,
-    hf_serving_estimate,
-    int_param,
-    mismatched_facts,
-)
 from reconciler.core.flags import FlagStyle, render_flags
 from reconciler.core.spec import ModelSpec, ParameterValue
 from reconciler.engines.base import (
@@ -37,9 +25,15 @@ from reconciler.engines.base import (
     EnginePlacement,
     KubernetesContainer,
 )
+from reconciler.engines.hf import (
+    HFFlags,
+    check_local_model,
+    hf_estimate,
+    hf_hook,
+    placement_args,
+    served_name,
+)
 from reconciler.engines.process import ProcessEngine, find_executable
-from reconciler.models import files as modelfiles
-from reconciler.models.files import is_local_path
 
 ENV_VLLM = "RECONCILER_VLLM"
 
@@ -110,15 +104,22 @@ STYLE = FlagStyle(
 
 RESERVED_ENV = frozenset({"VLLM_HOST_IP", "VLLM_PORT"})
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
-"""vLLM's default --gpu-memory-utilization: without it, vLLM claims 90% of each GPU."""
-
-MAX_NUM_BATCHED_TOKENS = 8192
-"""Tokens of vLLM's start-up profiling forward pass (V1's default max_num_batched_tokens for
-`vllm serve` on data-centre GPUs; older versions used 2048): sets the activation peak."""
-
-MAX_NUM_SEQS = 256
-"""vLLM's default max_num_seqs: one row of f32 logits per sequence in the sampler."""
+FLAGS = HFFlags(
+    engine="vLLM",
+    max_len="max-model-len",
+    pipeline="pipeline-parallel-size",
+    # Tokens of vLLM's start-up profiling forward pass (V1's default max_num_batched_tokens for
+    # `vllm serve` on data-centre GPUs; older versions used 2048): sets the activation peak.
+    batched_tokens="max-num-batched-tokens",
+    batched_tokens_default=8192,
+    # vLLM's default max_num_seqs: one row of f32 logits per sequence in the sampler
+    seqs="max-num-seqs",
+    seqs_default=256,
+    eager="enforce-eager",
+    # without gpu-memory-utilization, vLLM claims 90% of each GPU
+    fraction="gpu-memory-utilization",
+    fraction_default=0.9,
+)
 
 
 def find_vllm(environ: Mapping[str, str] | None = None) -> str:
@@ -132,77 +133,14 @@ def vllm_args(parameters: Mapping[str, ParameterValue]) -> list[str]:
     return render_flags(parameters, STYLE)
 
 
-def tensor_parallel_size(
-    gpu_count: int, parameters: Mapping[str, ParameterValue], key: str = "pipeline-parallel-size"
-) -> int:
-    """Placed GPUs / pipeline stages, at least 1."""
-    stages = parameters.get(key, 1)
-    try:
-        pipeline = max(1, int(stages))  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        pipeline = 1  # the engine itself rejects the value; the command stays total
-    return max(1, gpu_count // pipeline)
-
-
-def model_argument(spec: ModelSpec) -> str:
-    """Pure: the model the engine is given: a hub id as written, a local path expanded."""
-    if not is_local_path(spec.model_path):
-        return spec.model_path
-    try:
-        return str(modelfiles.resolve(spec.model_path, assemble=False))
-    except modelfiles.ModelFileError:
-        return spec.model_path  # start() reports the problem; command() stays total
-
-
 def vllm_argv(spec: ModelSpec, placement: EnginePlacement, launcher: tuple[str, ...]) -> list[str]:
     """Pure: the descriptor's argv builder."""
-    return [
-        *launcher,
-        "serve",
-        model_argument(spec),
-        "--host",
-        placement.host,
-        "--port",
-        str(placement.port),
-        "--tensor-parallel-size",
-        str(tensor_parallel_size(len(placement.gpus), spec.parameters)),
-        *vllm_args(spec.parameters),
-    ]
+    where = placement_args(spec, placement, model_flag=None, tp_flag="--tensor-parallel-size")
+    return [*launcher, "serve", *where, *vllm_args(spec.parameters)]
 
 
-def vllm_estimate(
-    facts: HFFacts,
-    parameters: Mapping[str, object],
-    gpu_count: int = 1,
-    gpu_total_mb: int | None = None,
-) -> Estimate:
-    """vLLM: gpu-memory-utilization x the GPU, or the minimum it needs to start."""
-    try:
-        serving = HFServing(
-            engine="vLLM",
-            max_len=hf_max_len(facts, int_param(parameters, "max-model-len"), "max-model-len"),
-            max_len_flag="max-model-len",
-            dtype=str(parameters.get("dtype", "auto")),
-            kv_cache_dtype=str(parameters.get("kv-cache-dtype", "auto")),
-            pipeline=int_param(parameters, "pipeline-parallel-size") or 1,
-            batched_tokens=int_param(parameters, "max-num-batched-tokens")
-            or MAX_NUM_BATCHED_TOKENS,
-            seqs=int_param(parameters, "max-num-seqs") or MAX_NUM_SEQS,
-            eager=parameters.get("enforce-eager") in (True, "true", "True"),
-            fraction=float_param(parameters, "gpu-memory-utilization"),
-            fraction_flag="gpu-memory-utilization",
-            default_fraction=DEFAULT_GPU_MEMORY_UTILIZATION,
-        )
-    except CannotEstimate as exc:
-        return Estimate(None, {}, str(exc), gpu_count)
-    return hf_serving_estimate(facts, serving, gpu_count, gpu_total_mb)
-
-
-def _estimate_hook(spec: ModelSpec, facts: ModelFacts, gpu_total_mb: int | None) -> Estimate:
-    if not isinstance(facts, HFFacts):
-        return mismatched_facts(spec, facts)
-    count = spec.resource_requirements.gpu_count
-    return vllm_estimate(facts, spec.parameters, count, gpu_total_mb)
+vllm_estimate = functools.partial(hf_estimate, FLAGS)
+"""vLLM: gpu-memory-utilization x the GPU, or the minimum it needs to start."""
 
 
 class VllmEngine(ProcessEngine):
@@ -237,18 +175,6 @@ class VllmEngine(ProcessEngine):
         check_local_model(spec)
 
 
-def check_local_model(spec: ModelSpec) -> None:
-    """EngineError when a local model path (or packaged model) is not there."""
-    if not is_local_path(spec.model_path):
-        return
-    try:
-        path = modelfiles.resolve(spec.model_path)
-    except modelfiles.ModelFileError as exc:
-        raise EngineError(str(exc)) from exc
-    if not Path(path).exists():
-        raise EngineError(f"model path not found: {path}")
-
-
 def _create(state_dir: str | os.PathLike[str], namespace: str) -> VllmEngine:
     return VllmEngine(state_dir, namespace)
 
@@ -257,7 +183,7 @@ DESCRIPTOR = EngineDescriptor(
     framework="vllm",
     parameters=PARAMETERS,
     argv=vllm_argv,
-    estimate=_estimate_hook,
+    estimate=hf_hook(FLAGS),
     model_files="hf",
     kubernetes=KubernetesContainer(
         image="vllm/vllm-openai:latest", launcher=("vllm",), shared_memory=True
@@ -266,5 +192,6 @@ DESCRIPTOR = EngineDescriptor(
     reserved_env=RESERVED_ENV,
     context_parameter="max-model-len",
     hub_ids=True,
+    served_name=served_name,
 )
 VllmEngine.descriptor = DESCRIPTOR

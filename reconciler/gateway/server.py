@@ -277,6 +277,8 @@ class Gateway:
                     first = False
                 if b'"usage"' in chunk:
                     usage = chunk  # engines that repeat usage send running totals: keep the last
+        except ConnectionResetError:
+            return response  # the client left; closing the upstream (attempt) stops the engine
         except UpstreamError as exc:
             # what the client saw cannot be taken back: end the stream with an error event
             error = {

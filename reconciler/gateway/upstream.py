@@ -20,6 +20,30 @@ class UpstreamError(Exception):
     """The engine's connection failed or broke before its answer was complete."""
 
 
+def take_chunks(buffer: bytearray) -> tuple[bytes, bool]:
+    """Decode (and remove) the complete chunks of a chunked body at the start of `buffer`, all
+    at once: a relay then writes what arrived together in one go. True once the body ended."""
+    parts, pos, size_of = [], 0, len(buffer)
+    while (eol := buffer.find(b"\r\n", pos)) >= 0:
+        try:
+            size = int(bytes(buffer[pos:eol]).split(b";")[0], 16)
+        except ValueError as exc:
+            raise UpstreamError(f"bad chunk size from the engine: {exc}") from exc
+        if size == 0:  # the last chunk; engines send no trailers, so an empty line follows
+            end = buffer.find(b"\r\n", eol + 2)
+            if end < 0:
+                break
+            del buffer[: end + 2]
+            return b"".join(parts), True
+        start = eol + 2
+        if size_of < start + size + 2:
+            break
+        parts.append(bytes(buffer[start : start + size]))
+        pos = start + size + 2
+    del buffer[:pos]
+    return b"".join(parts), False
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -62,13 +86,6 @@ class _Connection(asyncio.Protocol):
             await self._more()
         data = bytes(self.buffer[:end])
         del self.buffer[: end + len(marker)]
-        return data
-
-    async def read_exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            await self._more()
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
         return data
 
     async def read_upto(self, size: int) -> bytes:
@@ -127,12 +144,13 @@ class Response:
                 yield data
         elif self._chunked:
             while True:
-                size = int((await conn.read_until(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await conn.read_until(b"\r\n")  # no trailers from engines: the empty line
+                data, finished = take_chunks(conn.buffer)
+                if data:
+                    yield data
+                if finished:
                     break
-                yield await conn.read_exactly(size)
-                await conn.read_exactly(2)
+                if not data:
+                    await conn._more()
         else:
             while data := await conn.read_some():
                 yield data

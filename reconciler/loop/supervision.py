@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import httpx
 
+from reconciler.core import health
 from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
-from reconciler.core.health import ProbeResult, judge, probe_due, probe_timeout_s
 from reconciler.core.observed import Status
 from reconciler.core.retry import Failure, cleared, record_failure, record_permanent, record_ready
 from reconciler.core.spec import ModelSpec
@@ -132,14 +132,14 @@ class Supervisor:
         check = spec.health_check
         ready = state.status == Status.running
         last = self.last_probe.get(spec.id)
-        if not probe_due(check, ready=ready, last_probe_at=last and last[0], now=now):
+        if not health.probe_due(check, ready=ready, last_probe_at=last and last[0], now=now):
             return state
         self.last_probe[spec.id] = (now, check.interval_s)
         url = self.url(spec, handle)
-        result = probe(url, probe_timeout_s(check), client=self.http())
+        result = probe(url, health.probe_timeout_s(check), client=self.http())
         if not result.ok:
-            result = ProbeResult(False, f"GET {self.path(spec, handle)}: {result.error}")
-        verdict = judge(
+            result = health.ProbeResult(False, f"GET {self.path(spec, handle)}: {result.error}")
+        verdict = health.judge(
             check,
             result,
             ready=ready,
@@ -202,7 +202,7 @@ class Supervisor:
             alive = [h for h in handles.get(model_id, []) if h.alive]
             if spec is None or len(alive) != 1 or self.listen_violation(alive[0]) is not None:
                 return False
-            timeout = probe_timeout_s(spec.health_check)
+            timeout = health.probe_timeout_s(spec.health_check)
             if not probe(self.url(spec, alive[0]), timeout, client=self.http()):
                 return False
             recorded = states.get(model_id)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from reconciler.state.files import atomic_write
 
 CLIENT_HOOKS = ("pre-commit", "post-merge", "post-checkout")
 SERVER_HOOKS = ("pre-receive",)
@@ -96,14 +97,5 @@ def _done_action(planned: str) -> str:
 
 
 def _copy_executable(source: Path, target: Path) -> None:
-    """Write beside the target, then rename: git never runs a half-written hook."""
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(source.read_bytes())
-            os.fchmod(out.fileno(), EXECUTABLE)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    """Written beside the target, then renamed: git never runs a half-written hook."""
+    atomic_write(target, source.read_bytes(), mode=EXECUTABLE)

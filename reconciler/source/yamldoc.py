@@ -57,10 +57,10 @@ def _yaml() -> YAML:
 
 
 # Where YAML 1.1 (libyaml) and 1.2 (ruamel) read the same text differently: line breaks, BOM,
-# control characters and tabs; anchors or aliases holding a colon (allowed by 1.2 only).
-# A text holding any of them takes ruamel's path alone.
+# control characters and tabs; anchors or aliases holding a colon (allowed by 1.2 only); a
+# block scalar header touching a comment (`|#`). A text holding any of them takes ruamel's path.
 _NOT_FOR_LIBYAML = re.compile(
-    "[\\x00-\\x08\\t\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ufeff]|[&*][^\\s,\\[\\]{}]*:"
+    "[\\x00-\\x08\\t\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ufeff]|[&*][^\\s,\\[\\]{}]*:|[|>][-+0-9]*#"
 )
 
 

@@ -8,25 +8,35 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 NEW_FILE_MODE = 0o644
+_CHUNK = 1 << 20
 
 
-def atomic_write(path: str | os.PathLike[str], data: str | bytes, mode: int | None = None) -> None:
-    """Replace `path` with `data`; on any error the old file is left as it was.
+def atomic_write(
+    path: str | os.PathLike[str], data: str | bytes | BinaryIO, mode: int | None = None
+) -> None:
+    """Replace `path` with `data` (text, bytes, or a binary file read from where it stands);
+    on any error the old file is left as it was.
 
     `mode` defaults to the existing file's mode (0644 for a new file).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), mode if mode is not None else _mode_of(target))
-            out.write(payload)
+            if isinstance(data, str):
+                out.write(data.encode("utf-8"))
+            elif isinstance(data, bytes | bytearray | memoryview):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, _CHUNK)  # an archive need not fit in memory
             out.flush()
             os.fsync(out.fileno())  # the data is on disk before the name points at it
         os.replace(temp, target)

@@ -35,6 +35,7 @@ import socket, sys, time
 s = socket.socket()
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen()
+print("listening", flush=True)
 time.sleep(3600)
 """
 
@@ -69,7 +70,11 @@ def main(argv: list[str]) -> int:
         held.append(listen(os.environ["FAKE_ROGUE_EXTRA"]))  # bound before it serves
     if os.environ.get("FAKE_ROGUE_CHILD"):
         child_host, _, child_port = os.environ["FAKE_ROGUE_CHILD"].rpartition(":")
-        subprocess.Popen([sys.executable, "-c", CHILD, child_host, child_port])
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, child_host, child_port], stdout=subprocess.PIPE
+        )
+        assert child.stdout is not None
+        child.stdout.readline()  # it listens before the parent answers: no race in tests
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

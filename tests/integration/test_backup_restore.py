@@ -4,6 +4,7 @@ the state directory's records; a restored host converges to the same plan as the
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -204,3 +205,143 @@ def test_damaged_archive_is_rejected(host, tmp_path: Path) -> None:
     junk.write_bytes(b"not an archive")
     with pytest.raises(BackupError, match="not a reconciler backup"):
         read_manifest(junk)
+
+
+# ---- hostile archives: restore trusts nothing but the known file names ------------------------
+
+
+def backup_of(host, tmp_path: Path) -> Path:
+    repo, state_dir = host
+    archive = tmp_path / "host.tar.gz"
+    desired = Path(repo.working_tree_dir) / "deploy" / "desired-state"
+    reconciler("backup", str(archive), str(desired), "--state-dir", str(state_dir), cwd=tmp_path)
+    return archive
+
+
+def rewrite(
+    archive: Path,
+    out: Path,
+    manifest: dict | None = None,
+    extra: list[tuple[tarfile.TarInfo, bytes]] = (),
+    replace: dict[str, bytes] | None = None,
+) -> Path:
+    """A copy of `archive` with another manifest, replaced member data and extra members."""
+    with tarfile.open(archive) as src, tarfile.open(out, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == MANIFEST and manifest is not None:
+                data = json.dumps(manifest).encode()
+            elif replace and member.name in replace:
+                data = replace[member.name]
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+        for info, data in extra:
+            dst.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return out
+
+
+def manifest_of(archive: Path) -> dict:
+    with tarfile.open(archive) as tar:
+        return json.loads(tar.extractfile(MANIFEST).read())
+
+
+def restore_cli(archive: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return reconciler(
+        "restore",
+        str(archive),
+        "--into",
+        str(tmp_path / "restored"),
+        "--state-dir",
+        str(tmp_path / "area" / "state"),
+        cwd=tmp_path,
+    )
+
+
+def nothing_restored(tmp_path: Path) -> None:
+    assert not (tmp_path / "restored").exists()
+    assert not (tmp_path / "area" / "state").exists()
+    assert not list(tmp_path.glob(".restored.restore-*"))  # no temp clone left behind
+
+
+@pytest.mark.parametrize(
+    "name", ["state/../../escaped.yaml", "/tmp/absolute-escape.yaml", "state/notes.txt"]
+)
+def test_manifest_entries_outside_the_known_files_are_refused(host, tmp_path, name) -> None:
+    archive = backup_of(host, tmp_path)
+    manifest = manifest_of(archive)
+    manifest["files"][name] = manifest["files"]["state/state.yaml"]
+    info = tarfile.TarInfo(name)
+    data = (tmp_path / "original" / "state" / "state.yaml").read_bytes()
+    info.size = len(data)
+    crafted = rewrite(archive, tmp_path / "crafted.tar.gz", manifest, [(info, data)])
+    proc = restore_cli(crafted, tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "refusing the archive" in proc.stderr and "outside the known files" in proc.stderr
+    assert (
+        not (tmp_path / "escaped.yaml").exists() and not Path("/tmp/absolute-escape.yaml").exists()
+    )
+    nothing_restored(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("symlink", "a link"),
+        ("hardlink", "a link"),
+        ("fifo", "not a regular file"),
+        ("dotdot", "'..'"),
+        ("absolute", "an absolute path"),
+    ],
+)
+def test_tar_members_that_are_not_plain_known_files_are_refused(
+    host, tmp_path, kind, expected
+) -> None:
+    archive = backup_of(host, tmp_path)
+    info = tarfile.TarInfo(
+        {"dotdot": "state/../../x", "absolute": "/etc/x"}.get(kind, "state/extra")
+    )
+    if kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    elif kind == "hardlink":
+        info.type, info.linkname = tarfile.LNKTYPE, "repo.bundle"
+    elif kind == "fifo":
+        info.type = tarfile.FIFOTYPE
+    else:
+        info.size = 1
+    extra = [(info, b"x")]
+    crafted = rewrite(archive, tmp_path / "crafted.tar.gz", extra=extra)
+    proc = restore_cli(crafted, tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "refusing the archive" in proc.stderr and expected in proc.stderr
+    nothing_restored(tmp_path)
+
+
+def test_manifest_fields_that_would_steer_git_or_paths_are_refused(host, tmp_path) -> None:
+    archive = backup_of(host, tmp_path)
+    manifest = manifest_of(archive)
+    for field, value, words in [
+        ("branch", "--upload-pack=touch /tmp/x", "branch"),
+        ("repo_name", "../outside", "repository name"),
+        ("desired_dir", "../../etc", "desired_dir"),
+        ("head", "HEAD --all", "head"),
+    ]:
+        crafted = rewrite(archive, tmp_path / "crafted.tar.gz", {**manifest, field: value})
+        with pytest.raises(BackupError, match=words):
+            restore_backup(crafted, tmp_path / "restored", tmp_path / "area" / "state")
+        nothing_restored(tmp_path)
+
+
+def test_a_bundle_without_the_head_is_a_clear_error_and_restores_nothing(host, tmp_path) -> None:
+    repo, _ = host
+    archive = backup_of(host, tmp_path)
+    # a bundle of the older branch only: the backed-up head is not in it
+    partial = tmp_path / "partial.bundle"
+    repo.git.bundle("create", str(partial), "staging")
+    data = partial.read_bytes()
+    manifest = manifest_of(archive)
+    manifest["files"]["repo.bundle"] = hashlib.sha256(data).hexdigest()
+    crafted = rewrite(archive, tmp_path / "crafted.tar.gz", manifest, replace={"repo.bundle": data})
+    proc = restore_cli(crafted, tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "does not hold the backed-up head" in proc.stderr
+    nothing_restored(tmp_path)

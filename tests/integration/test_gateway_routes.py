@@ -13,6 +13,7 @@ from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
 from reconciler.core.spec import ClusterSpec, ModelSpec
 from reconciler.gateway.routes import build_routes, parse_routes
+from reconciler.gateway.upstream import take_chunks
 from reconciler.state.statefile import ModelState
 
 
@@ -97,3 +98,15 @@ def test_published_table_is_served_and_drained_before_a_stop(tmp_path: Path) -> 
         records = {"m": ModelState("m", Status.starting, port=slow.port)}
         gw.service.publish(state, records)
         assert not gw.service.draining  # the stopped engine's mark went with it
+
+
+def test_chunked_bodies_decode_the_same_however_the_bytes_arrive() -> None:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"data: a\n\n", b"x" * 300, b"z"))
+    wire = body + b"0\r\n\r\n"
+    for step in (1, 2, 7, 64, len(wire)):
+        buffer, out, finished = bytearray(), b"", False
+        for i in range(0, len(wire), step):
+            buffer += wire[i : i + step]
+            data, finished = take_chunks(buffer)
+            out += data
+        assert (out, finished, bytes(buffer)) == (b"data: a\n\n" + b"x" * 300 + b"z", True, b"")

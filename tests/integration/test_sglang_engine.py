@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import kubernetes_validate
 import psutil
 import pytest
 import yaml
-from apply_support import REPO, Host, managed_host, running, stand_in, wait_gone
+from apply_support import REPO, Host, managed_host, running, stand_in, vllm_wrapper, wait_gone
 
 from reconciler.core.validate import validate
 from reconciler.engines.base import EnginePlacement
@@ -32,13 +31,7 @@ FAKE_SGLANG = REPO / "tests" / "fakes" / "fake_sglang.py"
 
 def sglang_launcher(directory: Path) -> Path:
     """An executable that runs the stand-in with this interpreter (what RECONCILER_SGLANG names)."""
-    wrapper = directory / "sglang-launch"
-    if not wrapper.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        run = f"runpy.run_path({str(FAKE_SGLANG)!r}, run_name='__main__')"
-        wrapper.write_text(f"#!{sys.executable}\nimport runpy\n{run}\n")
-        wrapper.chmod(0o755)
-    return wrapper
+    return vllm_wrapper(directory / "sglang", FAKE_SGLANG)  # any name: only its path is used
 
 
 def sglang_model(model_id: str, **fields: object) -> dict:

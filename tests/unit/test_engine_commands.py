@@ -22,6 +22,7 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
+from reconciler.engines.hf import tensor_parallel_size
 from reconciler.engines.llama_cpp import (
     LlamaBackend,
     LlamaCppEngine,
@@ -38,7 +39,7 @@ from reconciler.engines.logs import masked_argv
 from reconciler.engines.process import MARKER_FRAMEWORK, default_namespace
 from reconciler.engines.records import identity_from_env
 from reconciler.engines.registry import engines
-from reconciler.engines.vllm import VllmEngine, find_vllm, tensor_parallel_size, vllm_args
+from reconciler.engines.vllm import VllmEngine, find_vllm, vllm_args
 
 LLAMA_HINT = "make llama (builds llama-cpp-python[server] into the venv)"
 
@@ -467,6 +468,7 @@ def test_registry_shares_one_namespace(tmp_path: Path) -> None:
     [
         {"alias": "--host=0.0.0.0"},
         {"tensor-split": [1, "--host=0.0.0.0"]},
+        {"tensor-split": "1,--host=0.0.0.0"},
         {"chat-template": "-x"},
         {"alias": "a\nb"},
         {"alias": "a\x00b"},
@@ -474,8 +476,16 @@ def test_registry_shares_one_namespace(tmp_path: Path) -> None:
 )
 def test_a_value_that_would_start_a_flag_is_refused(tmp_path: Path, parameters: dict) -> None:
     for backend in (SERVER, PYTHON):
-        with pytest.raises(FlagValueError, match="parameter"):
-            llama(tmp_path, backend).command(spec(parameters=parameters), PLACED)
+        engine = llama(tmp_path, backend)
+        try:
+            argv = engine.command(spec(parameters=parameters), PLACED).argv
+        except FlagValueError as refused:
+            assert "parameter" in str(refused)
+            continue
+        # not refused: then the value is one word, never a flag of its own
+        assert "--host=0.0.0.0" not in argv and argv.count("--host") == 1, argv
+        if backend is PYTHON:  # and the python server, which would split it, refuses to start
+            assert python_server_unsupported(parameters) == ["tensor-split"]
     with pytest.raises(FlagValueError):
         vllm_args({"served-model-name": ["a", "--host"]})
 

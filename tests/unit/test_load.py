@@ -7,7 +7,10 @@ look at, and what is wrong; nothing may raise except a location that cannot be r
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import git
@@ -20,6 +23,7 @@ from reconciler.source.load import (
     LoadError,
     load_directory,
     load_revision,
+    load_staged,
     parse_document,
 )
 
@@ -556,3 +560,106 @@ def test_outside_a_repository_raises_load_error(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(LoadError, match="not inside a git repository"):
         load_revision(tmp_path / "plain", "HEAD")
+
+
+# ---- files nobody should have to read: devices, FIFOs, links out, huge specs -------------------
+
+
+def only_problem(raw_problems: list[Problem], path: Path) -> Problem:
+    [problem] = raw_problems
+    assert (problem.file, problem.line, problem.severity) == (shown(path), 1, "error")
+    return problem
+
+
+def load_within(root: Path, seconds: float = 10.0):
+    """load_directory on a thread: a read that blocks shows as a timeout, not a hung suite."""
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(load_directory(root)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"load_directory blocked for more than {seconds} s"
+    return result[0]
+
+
+def test_a_symlink_to_dev_zero_is_refused_without_reading_it(tmp_path: Path) -> None:
+    root = write(tmp_path / "repo", {"models/a.yaml": MODEL_A})
+    (root / "models/zero.yaml").symlink_to("/dev/zero")
+    raw = load_within(root)
+    assert [d.data["id"] for d in raw.models] == ["a"]
+    problem = only_problem(raw.problems, root / "models/zero.yaml")
+    assert "outside the repository" in problem.message
+
+
+def test_a_fifo_named_like_a_spec_does_not_block(tmp_path: Path) -> None:
+    root = write(tmp_path, {"models/a.yaml": MODEL_A})
+    os.mkfifo(root / "models/x.yaml")
+    os.mkfifo(root / "cluster.yaml")
+    raw = load_within(root)
+    assert [d.data["id"] for d in raw.models] == ["a"]
+    messages = {p.file: p.message for p in raw.problems}
+    assert "a FIFO, not a regular file" in messages[shown(root / "models/x.yaml")]
+    assert "a FIFO, not a regular file" in messages[shown(root / "cluster.yaml")]
+
+
+def test_validate_command_returns_promptly_on_a_fifo(tmp_path: Path) -> None:
+    root = write(tmp_path, {"models/a.yaml": MODEL_A})
+    os.mkfifo(root / "models/x.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate", str(root), "--no-path-check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "models/x.yaml:1" in proc.stdout + proc.stderr
+    assert "FIFO" in proc.stdout + proc.stderr
+
+
+def test_a_spec_over_one_mib_is_refused(tmp_path: Path) -> None:
+    big = MODEL_A + "# " + "x" * (2 << 20) + "\n"
+    root = write(tmp_path, {"models/a.yaml": MODEL_A, "models/big.yaml": big})
+    raw = load_directory(root)
+    problem = only_problem(raw.problems, root / "models/big.yaml")
+    assert "at most 1048576 bytes (1 MiB)" in problem.message
+    assert [d.data["id"] for d in raw.models] == ["a"]
+
+
+def test_a_symlink_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "elsewhere" / "secret.yaml"
+    write(secret.parent, {"secret.yaml": MODEL_A})
+    root = tmp_path / "repo" / "ds"
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (root / "models").mkdir(parents=True)
+    (root / "models/s.yaml").symlink_to(secret)
+    problem = only_problem(load_directory(root).problems, root / "models/s.yaml")
+    assert "outside the repository" in problem.message and str(secret) in problem.message
+
+
+def test_a_symlink_to_a_file_inside_the_repository_is_read(tmp_path: Path) -> None:
+    root = write(tmp_path / "repo", {"shared/a.yaml": MODEL_A})
+    (tmp_path / "repo" / ".git").mkdir()
+    (root / "ds" / "models").mkdir(parents=True)
+    (root / "ds" / "models/a.yaml").symlink_to("../../shared/a.yaml")
+    raw = load_directory(root / "ds")
+    assert raw.problems == [] and [d.data["id"] for d in raw.models] == ["a"]
+
+
+def test_revisions_and_the_index_follow_the_same_rules(repo: git.Repo) -> None:
+    top = Path(repo.working_tree_dir or "")
+    big = MODEL_A + "# " + "x" * (2 << 20) + "\n"
+    (top / "ds" / "models").mkdir(parents=True)
+    (top / "shared.yaml").write_text(MODEL_A.replace("id: a", "id: linked"))
+    (top / "ds/models/in.yaml").symlink_to("../../shared.yaml")
+    (top / "ds/models/out.yaml").symlink_to("/etc/passwd")
+    (top / "ds/models/up.yaml").symlink_to("../../../outside.yaml")
+    write(top, {"ds/models/big.yaml": big})
+    repo.index.add(["shared.yaml", "ds/models/in.yaml", "ds/models/out.yaml", "ds/models/up.yaml"])
+    repo.index.add(["ds/models/big.yaml"])
+    for raw in (load_staged(top / "ds"), load_revision(top / "ds", commit(repo, {}, "links"))):
+        assert [d.data["id"] for d in raw.models] == ["linked"]
+        messages = {p.file: p.message for p in raw.problems}
+        assert "at most 1048576 bytes" in messages["ds/models/big.yaml"]
+        assert "not a file inside the repository" in messages["ds/models/out.yaml"]
+        assert "not a file inside the repository" in messages["ds/models/up.yaml"]
+        assert all(p.line == 1 for p in raw.problems)

@@ -9,6 +9,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from reconciler.core.schedule.index import VictimIndex
 from reconciler.core.schedule.model import (
     LOOKAHEAD_STEPS,
     MAX_PRIORITY,
@@ -101,6 +102,7 @@ class Board:
         self.pending_count = [0] * (MAX_PRIORITY + 1)
         self.pool_version = dict.fromkeys(self.free, 0)
         self.pools: dict[tuple[int, int], tuple[int, list[Entry], list[int]]] = {}
+        self.index = VictimIndex(self.free, self.pending_on, spread=policy == "spread")
         # GPUs whose free or evictable memory changed, in order: views catch up lazily
         self.touched: list[int] = []
         self.views: dict[int, tuple[Ranked, int]] = {}
@@ -144,6 +146,7 @@ class Board:
     def _unpend(self, e: Entry) -> None:
         if e.confirmed or not e.gpus or e.id not in self.pending_on[e.gpus[0]]:
             return
+        self.index.leave(e)
         for g in e.gpus:
             del self.pending_on[g][e.id]
             self.evictable[g][e.priority] -= e.memory_mb
@@ -155,3 +158,4 @@ class Board:
         self.free[g] = value
         self.ranked.set(g, value)
         self.touched.append(g)
+        self.index.touch(g)  # every reservation, pending or not, changes free memory here

@@ -82,6 +82,11 @@ class Victims(Board):
     ) -> tuple[list[int], list[Entry]]:
         if d.pinned:
             return list(d.pinned), self._joint_victims(d.pinned, memory, level)
+        if count == 1 and not self.ranked.count_at_least(memory):
+            # no GPU needs zero victims, so one victim, if any does, is the fewest there can be
+            single = self.index.best(memory, level)
+            if single is not None:
+                return [single[0]], [single[1]]
         candidates = self._view(level).at_least(memory)
         if count > 1 and math.comb(len(candidates), count) <= LOOKAHEAD_OPTIONS:
             return self._victims_jointly(candidates, count, memory, level)

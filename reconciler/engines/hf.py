@@ -1,0 +1,318 @@
+"""What servers of Hugging Face checkpoints share (vLLM, and engines like it): their memory
+arithmetic and the parts of their argv that follow the placement.
+
+These servers load config.json + safetensors (or download a hub id), shard the model over
+tensor-parallel ranks, and claim a share of each GPU for weights + KV cache. Each engine module
+names its own flags with an `HFFlags`; the arithmetic is the same. Pure, except
+check_local_model (a file check before a start).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.core.estimate import (
+    CUDA_CONTEXT_MB,
+    F32_BYTES,
+    CannotEstimate,
+    Estimate,
+    HFFacts,
+    Hook,
+    ModelFacts,
+    check_gpu_count,
+    float_param,
+    int_param,
+    mib,
+    mismatched_facts,
+)
+from reconciler.core.spec import ModelSpec, ParameterValue
+from reconciler.engines.base import EngineError, EnginePlacement
+from reconciler.models import files as modelfiles
+from reconciler.models.files import is_local_path
+
+# ---- argv ----------------------------------------------------------------------------------
+
+
+def tensor_parallel_size(
+    gpu_count: int, parameters: Mapping[str, ParameterValue], key: str = "pipeline-parallel-size"
+) -> int:
+    """Placed GPUs / pipeline stages, at least 1."""
+    stages = parameters.get(key, 1)
+    try:
+        pipeline = max(1, int(stages))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        pipeline = 1  # the engine itself rejects the value; the command stays total
+    return max(1, gpu_count // pipeline)
+
+
+def placement_args(
+    spec: ModelSpec, placement: EnginePlacement, *, model_flag: str | None, tp_flag: str
+) -> list[str]:
+    """Pure: the model (after `model_flag`, or positional), the listen address and port, and the
+    tensor-parallel size (`tp_flag`) that makes the server use exactly the placed GPUs."""
+    model = [model_argument(spec)] if model_flag is None else [model_flag, model_argument(spec)]
+    tp = str(tensor_parallel_size(len(placement.gpus), spec.parameters))
+    return [*model, "--host", placement.host, "--port", str(placement.port), tp_flag, tp]
+
+
+def served_name(spec: ModelSpec) -> str | None:
+    """The name these servers answer to: --served-model-name (its first value), by default the
+    model path as given."""
+    name = spec.parameters.get("served-model-name")
+    if isinstance(name, list):
+        name = name[0] if name else None
+    return str(name) if name is not None else spec.model_path
+
+
+def model_argument(spec: ModelSpec) -> str:
+    """Pure: the model the engine is given: a hub id as written, a local path expanded."""
+    if not is_local_path(spec.model_path):
+        return spec.model_path
+    try:
+        return str(modelfiles.resolve(spec.model_path, assemble=False))
+    except modelfiles.ModelFileError:
+        return spec.model_path  # start() reports the problem; command() stays total
+
+
+def check_local_model(spec: ModelSpec) -> None:
+    """EngineError when a local model path (or packaged model) is not there."""
+    if not is_local_path(spec.model_path):
+        return
+    try:
+        path = modelfiles.resolve(spec.model_path)
+    except modelfiles.ModelFileError as exc:
+        raise EngineError(str(exc)) from exc
+    if not Path(path).exists():
+        raise EngineError(f"model path not found: {path}")
+
+
+# ---- memory --------------------------------------------------------------------------------
+
+
+HF_CUDA_GRAPHS_MB = 512
+"""CUDA graphs captured at start-up: vLLM's log says `Graph capturing finished ... took`
+~0.3-1 GiB for 1-70B models at the default capture sizes (alike in similar servers); 0 when the
+engine runs eagerly."""
+
+# Bits per element of safetensors dtypes (F4/F6 are packed sub-byte formats).
+SAFETENSORS_BITS: dict[str, int] = {
+    **dict.fromkeys(("F64", "I64", "U64"), 64),
+    **dict.fromkeys(("F32", "I32", "U32"), 32),
+    **dict.fromkeys(("F16", "BF16", "I16", "U16"), 16),
+    **dict.fromkeys(("F8_E4M3", "F8_E5M2", "F8_E8M0", "E8M0", "I8", "U8", "BOOL"), 8),
+    **dict.fromkeys(("F6_E2M3", "F6_E3M2"), 6),
+    "F4": 4,
+}
+FLOAT_DTYPES = frozenset({"F32", "F16", "BF16"})
+"""Checkpoint dtypes the servers cast to the serving dtype on load; others are kept as stored."""
+
+# --dtype / torch_dtype / --kv-cache-dtype names -> bytes per element.
+TORCH_DTYPE_BYTES: dict[str, int] = {
+    **dict.fromkeys(("float32", "float"), 4),
+    **dict.fromkeys(("float16", "half", "bfloat16", "bf16"), 2),
+    **dict.fromkeys(
+        ("fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla"),
+        1,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class HFFlags:
+    """How one HF-checkpoint server names the settings its memory depends on, and its defaults."""
+
+    engine: str
+    """the engine's name in notes ("vLLM", ...)"""
+    max_len: str
+    pipeline: str
+    batched_tokens: str
+    batched_tokens_default: int
+    seqs: str
+    seqs_default: int
+    eager: str
+    """the switch that turns CUDA graphs off"""
+    fraction: str
+    """the share of each GPU the server claims"""
+    fraction_default: float
+
+
+@dataclass(frozen=True)
+class HFServing:
+    """The server's settings for one spec, read through its HFFlags."""
+
+    flags: HFFlags
+    max_len: int
+    dtype: str
+    kv_cache_dtype: str
+    pipeline: int
+    batched_tokens: int
+    seqs: int
+    eager: bool
+    fraction: float | None
+
+
+def hf_serving(facts: HFFacts, parameters: Mapping[str, object], flags: HFFlags) -> HFServing:
+    """CannotEstimate for a value the arithmetic cannot read."""
+    batched = int_param(parameters, flags.batched_tokens)
+    return HFServing(
+        flags=flags,
+        max_len=hf_max_len(facts, int_param(parameters, flags.max_len), flags.max_len),
+        dtype=str(parameters.get("dtype", "auto")),
+        kv_cache_dtype=str(parameters.get("kv-cache-dtype", "auto")),
+        pipeline=int_param(parameters, flags.pipeline) or 1,
+        batched_tokens=batched if batched and batched > 0 else flags.batched_tokens_default,
+        seqs=int_param(parameters, flags.seqs) or flags.seqs_default,
+        eager=parameters.get(flags.eager) in (True, "true", "True"),
+        fraction=float_param(parameters, flags.fraction),
+    )
+
+
+def hf_estimate(
+    flags: HFFlags,
+    facts: HFFacts,
+    parameters: Mapping[str, object],
+    gpu_count: int = 1,
+    gpu_total_mb: int | None = None,
+) -> Estimate:
+    """The server's share of the GPU, or the minimum it needs to start (see hf_serving_estimate)."""
+    try:
+        serving = hf_serving(facts, parameters, flags)
+    except CannotEstimate as exc:
+        return Estimate(None, {}, str(exc), gpu_count)
+    return hf_serving_estimate(facts, serving, gpu_count, gpu_total_mb)
+
+
+def hf_hook(flags: HFFlags) -> Hook:
+    """The estimate hook of an HF-checkpoint server named by `flags`."""
+
+    def hook(spec: ModelSpec, facts: ModelFacts, gpu_total_mb: int | None) -> Estimate:
+        if not isinstance(facts, HFFacts):
+            return mismatched_facts(spec, facts)
+        count = spec.resource_requirements.gpu_count
+        return hf_estimate(flags, facts, spec.parameters, count, gpu_total_mb)
+
+    return hook
+
+
+def hf_max_len(facts: HFFacts, length: int | None, flag: str) -> int:
+    """The context the KV cache must hold: the spec's flag, else the model's config."""
+    if length is not None and length > 0:
+        return length
+    if facts.max_position_embeddings is None:
+        raise CannotEstimate(f"config.json has no max_position_embeddings: set parameters.{flag}")
+    return facts.max_position_embeddings
+
+
+def hf_serving_estimate(
+    facts: HFFacts, serving: HFServing, gpu_count: int = 1, gpu_total_mb: int | None = None
+) -> Estimate:
+    """The fraction of the GPU the server is told to claim, or the minimum it needs to start.
+
+    These servers do not allocate what the model needs: they claim fraction x the GPU's memory
+    and fill what the weights leave with KV cache. With the fraction set, that claim is the
+    requirement (it needs the GPU's size). Without it, the figure is the minimum the server
+    starts with (weights, KV cache for one sequence of the maximum length, activations, CUDA
+    graphs): the engine must then be given reservation / GPU size, or it claims its default.
+    """
+    check_gpu_count(gpu_count)
+    try:
+        minimum = _hf_minimum(facts, serving, gpu_count)
+    except CannotEstimate as exc:
+        return Estimate(None, {}, str(exc), gpu_count)
+    needed = sum(minimum.values())
+    fraction, flag, engine = serving.fraction, serving.flags.fraction, serving.flags.engine
+    if fraction is None:
+        note = (
+            f"{engine} minimum at {serving.flags.max_len} {serving.max_len}; without {flag} "
+            f"{engine} claims {serving.flags.fraction_default:.0%} of each GPU, so the engine "
+            "must pass reservation / GPU size"
+        )
+        return Estimate(needed, minimum, note, gpu_count)
+    if not 0 < fraction <= 1:
+        return Estimate(None, minimum, f"{flag} {fraction} is not in (0, 1]", gpu_count)
+    if gpu_total_mb is None:
+        note = (
+            f"{flag} {fraction} is a share of the GPU: the requirement needs the GPU's memory "
+            f"size (the model alone needs at least {needed} MiB per GPU)"
+        )
+        return Estimate(None, minimum, note, gpu_count)
+    claimed = math.floor(fraction * gpu_total_mb)
+    if claimed < needed:
+        note = (
+            f"{flag} {fraction} of {gpu_total_mb} MiB = {claimed} MiB is less than the "
+            f"{needed} MiB the model needs per GPU: {engine} will fail to start"
+        )
+        return Estimate(claimed, minimum, note, gpu_count)
+    breakdown = {**minimum, "kv_cache_headroom": claimed - needed}
+    note = f"{engine} claims {flag} {fraction} of {gpu_total_mb} MiB"
+    return Estimate(claimed, breakdown, note, gpu_count)
+
+
+def _hf_minimum(facts: HFFacts, serving: HFServing, gpu_count: int) -> dict[str, int]:
+    """MiB per GPU with tensor parallelism over the model's GPUs (pipeline stages split layers)."""
+    pipeline = max(1, serving.pipeline)
+    tensor_parallel = max(1, gpu_count // pipeline)
+    act_bytes = _hf_dtype_bytes(serving)
+    weights = _hf_weight_bytes(facts, act_bytes) / (tensor_parallel * pipeline)
+    layers = math.ceil(facts.num_hidden_layers / pipeline)
+    kv_token_layer = _hf_kv_bytes_per_token_layer(facts, serving, tensor_parallel, act_bytes)
+    kv_cache = layers * serving.max_len * kv_token_layer
+    # The profiling pass's peak: MLP gate+up output and a few hidden-wide buffers per token
+    # (sharded by tensor parallelism), and the sampler's f32 logits for every sequence.
+    hidden_widths = (2 * facts.intermediate_size + 4 * facts.hidden_size) / tensor_parallel
+    activations = (
+        serving.batched_tokens * hidden_widths * act_bytes
+        + serving.seqs * facts.vocab_size * F32_BYTES
+    )
+    return {
+        "weights": mib(weights),
+        "kv_cache": mib(kv_cache),
+        "activations": mib(activations),
+        "cuda_graphs": 0 if serving.eager else HF_CUDA_GRAPHS_MB,
+        "runtime_overhead": CUDA_CONTEXT_MB,
+    }
+
+
+def _hf_dtype_bytes(serving: HFServing) -> int:
+    """Serving dtype: the flag, else `auto`, which serves every float checkpoint (f32 included)
+    in 16 bits: bf16 stays bf16, f32 and f16 become f16."""
+    name = serving.dtype.strip().lower()
+    if name == "auto":
+        return 2
+    if name not in TORCH_DTYPE_BYTES or TORCH_DTYPE_BYTES[name] < 2:
+        raise CannotEstimate(f"unknown {serving.flags.engine} dtype '{name}'")
+    return TORCH_DTYPE_BYTES[name]
+
+
+def _hf_weight_bytes(facts: HFFacts, float_bytes: int) -> float:
+    """Checkpoint bytes, with float tensors re-sized to the serving dtype."""
+    total = 0.0
+    for dtype, size in facts.tensor_bytes.items():
+        if dtype not in SAFETENSORS_BITS:
+            raise CannotEstimate(f"unknown safetensors dtype '{dtype}' in {facts.path}")
+        if dtype in FLOAT_DTYPES:
+            total += size / (SAFETENSORS_BITS[dtype] // 8) * float_bytes
+        else:
+            total += size
+    return total
+
+
+def _hf_kv_bytes_per_token_layer(
+    facts: HFFacts, serving: HFServing, tensor_parallel: int, act_bytes: int
+) -> float:
+    name = serving.kv_cache_dtype.strip().lower()
+    if name == "auto":
+        element = act_bytes
+    elif name in TORCH_DTYPE_BYTES:
+        element = TORCH_DTYPE_BYTES[name]
+    else:
+        raise CannotEstimate(f"unknown kv-cache-dtype '{name}'")
+    if facts.kv_lora_rank is not None:
+        # MLA caches one latent vector + rope key per token and layer, replicated per rank.
+        return (facts.kv_lora_rank + (facts.qk_rope_head_dim or 0)) * element
+    # KV heads are sharded over tensor-parallel ranks, replicated when there are fewer.
+    heads_per_rank = max(1, facts.num_key_value_heads // tensor_parallel)
+    return 2 * heads_per_rank * facts.head_dim * element
