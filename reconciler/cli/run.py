@@ -12,6 +12,9 @@ import typer
 from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer, split_listen
 from reconciler.api.views import ApiSettings
+from reconciler.gateway.attach import attach, is_loopback
+from reconciler.gateway.routes import ROUTES_FILE
+from reconciler.gateway.service import GatewayError, GatewayService
 from reconciler.loop.controller import LoopSettings
 from reconciler.loop.daemon import Daemon, DaemonOptions
 
@@ -41,6 +44,17 @@ def run_cmd(
         str, typer.Option("--listen", envvar="RECONCILER_LISTEN", help="API address host:port")
     ] = "127.0.0.1:8080",
     no_api: Annotated[bool, typer.Option("--no-api", help="do not serve the HTTP API")] = False,
+    gateway_listen: Annotated[
+        str,
+        typer.Option(
+            "--gateway-listen",
+            envvar="RECONCILER_GATEWAY_LISTEN",
+            help="OpenAI-compatible gateway address host:port",
+        ),
+    ] = "127.0.0.1:8000",
+    no_gateway: Annotated[
+        bool, typer.Option("--no-gateway", help="do not serve the OpenAI-compatible gateway")
+    ] = False,
     resync: Annotated[float, typer.Option("--resync", help="seconds between full resyncs")] = 60.0,
     poll: Annotated[float, typer.Option("--poll", help="remote: seconds between fetches")] = 30.0,
     stop_engines_on_exit: Annotated[
@@ -93,4 +107,22 @@ def run_cmd(
         out.print(f"  API         {api.url}/api/v1/models", markup=False)
         out.print(f"  metrics     {api.url}/metrics", markup=False)
         out.print(f"  dashboard   {api.url}/", markup=False)
-    daemon.serve_forever()
+    if not no_gateway:
+        try:
+            split_listen(gateway_listen)
+        except ValueError as exc:
+            raise usage_error(f"--gateway-listen {gateway_listen!r}: expected HOST:PORT") from exc
+        # beyond loopback the gateway refuses every request until cluster.yaml names keys
+        gateway = GatewayService(
+            gateway_listen,
+            where / ROUTES_FILE,
+            log_path=where / "logs" / "gateway.log",
+            require_keys=not is_loopback(gateway_listen),
+        )
+        attach(daemon, gateway)
+        out.print(f"  gateway     {gateway.url}", markup=False)
+    try:
+        daemon.serve_forever()
+    except GatewayError as exc:
+        out.print(f"reconciler run: {exc}", markup=False)
+        raise typer.Exit(1) from exc

@@ -112,6 +112,9 @@ PYTHON_SERVER_FLAGS: dict[str, tuple[str, Converter]] = {
     "no-kv-offload": ("offload_kqv", _inverted),
     "seed": ("seed", _plain),
     "alias": ("model_alias", _plain),
+    # llama-server's built-in template names (gemma, chatml, llama3, ...) are llama_cpp.server's
+    # chat formats of the same names; a base model without a template needs one to chat
+    "chat-template": ("chat_format", _plain),
     "embedding": ("embedding", _boolean),
     "api-key": ("api_key", _plain),
     "lora": ("lora_path", _plain),

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT")
     parser.add_argument("--routes", required=True, type=Path, help="the daemon's routes.json")
     parser.add_argument("--poll-interval", type=float, default=0.1, help="seconds between stats")
+    parser.add_argument(
+        "--require-keys", action="store_true", help="refuse every request until keys are set"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gateway: %(message)s")
     with contextlib.suppress(ImportError):
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     host, port = parse_listen(args.listen)
-    asyncio.run(serve(Gateway(args.routes, poll_s=args.poll_interval), host, port))
+    gateway = Gateway(args.routes, poll_s=args.poll_interval, require_keys=args.require_keys)
+    asyncio.run(serve(gateway, host, port))
     return 0
 
 

@@ -30,6 +30,16 @@ def unauthorized() -> Refusal:
     return Refusal(401, "a valid API key is required", "authentication_error", "invalid_api_key")
 
 
+def keys_required() -> Refusal:
+    return Refusal(
+        401,
+        "this gateway listens beyond loopback and no key is configured: "
+        "set gateway.api_keys in cluster.yaml",
+        "authentication_error",
+        "invalid_api_key",
+    )
+
+
 def too_big(limit: int) -> Refusal:
     return Refusal(413, f"the request body is over {limit} bytes", INVALID, "body_too_large")
 

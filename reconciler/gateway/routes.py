@@ -24,6 +24,7 @@ from typing import Any
 from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
 from reconciler.core.spec import ModelSpec
+from reconciler.engines.registry import descriptor
 from reconciler.state.files import atomic_write
 from reconciler.state.statefile import ModelState
 
@@ -123,13 +124,10 @@ def gateway_status(spec: ModelSpec, record: ModelState | None, unschedulable: bo
 
 
 def served_name(spec: ModelSpec) -> str | None:
-    """vLLM answers to its --served-model-name, by default the model path; others to anything."""
-    if spec.framework != "vllm":
-        return None
-    name = spec.parameters.get("served-model-name")
-    if isinstance(name, list):
-        name = name[0] if name else None
-    return str(name) if name is not None else spec.model_path
+    """The name the engine answers to in `model` (vLLM, SGLang: the served model name); None
+    when it answers to any name. The engine's descriptor knows."""
+    name_of = descriptor(spec.framework).served_name
+    return name_of(spec) if name_of is not None else None
 
 
 def build_routes(

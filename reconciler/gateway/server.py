@@ -36,9 +36,16 @@ USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
 
 class Gateway:
     def __init__(
-        self, routes_path: Path, *, poll_s: float = 0.1, environ: Mapping[str, str] | None = None
+        self,
+        routes_path: Path,
+        *,
+        poll_s: float = 0.1,
+        environ: Mapping[str, str] | None = None,
+        require_keys: bool = False,
     ) -> None:
         self.routes_path = routes_path
+        self.require_keys = require_keys
+        """listening beyond loopback: without configured keys every request is refused"""
         self.poll_s = poll_s
         self.environ = os.environ if environ is None else environ
         self.table = Table()
@@ -93,6 +100,8 @@ class Gateway:
 
     def authorize(self, request: web.Request) -> None:
         if not self.settings.api_keys:
+            if self.require_keys:
+                raise errors.keys_required()
             return
         header = request.headers.get("Authorization", "")
         given = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""

@@ -45,8 +45,10 @@ class GatewayService:
         python: str | None = None,
         poll_interval_s: float = 0.1,
         settings: GatewaySettings | None = None,
+        require_keys: bool = False,
     ) -> None:
         self.listen = listen
+        self.require_keys = require_keys
         self.routes_path = Path(routes_path)
         self.log_path = Path(log_path) if log_path is not None else None
         self.env = dict(os.environ if env is None else env)
@@ -82,6 +84,7 @@ class GatewayService:
             str(self.routes_path),
             "--poll-interval",
             str(self.poll_interval_s),
+            *(["--require-keys"] if self.require_keys else []),
         ]
 
     def start(self, timeout_s: float = 15.0) -> None:

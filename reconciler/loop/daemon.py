@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -63,6 +64,8 @@ class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
         self.services: list[Service] = []
+        self.pass_listeners: list[Callable[[PassResult], None]] = []
+        """Called on the loop thread after every pass that ran (the gateway's routing table)."""
         self.source = self._make_source()
         desired_dir = self._desired_dir()
         self.reconciler = Reconciler(Settings(desired_dir, options.state_dir, source=self.source))
@@ -150,6 +153,11 @@ class Daemon:
         cluster = self._cluster()
         if cluster is not None:
             self.notifier.configure(cluster.notifications)
+        for listener in self.pass_listeners:
+            try:
+                listener(result)
+            except Exception:  # a listener must never break the loop
+                log.exception("pass listener failed")
 
     # -- lifecycle -------------------------------------------------------------------------
 

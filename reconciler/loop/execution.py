@@ -8,7 +8,7 @@ ValueError from an environment the OS refuses, an OSError, anything) is recorded
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from reconciler.core.desired import DesiredState
@@ -53,6 +53,9 @@ class Executor:
         self.supervisor = supervisor
         self.host = host
         self.stop_grace_s = stop_grace_s
+        self.before_stop: list[Callable[[list[Handle]], None]] = []
+        """Called with the engines a plan is about to stop (preempt, restart, stop), before
+        they are stopped: the gateway drains their in-flight requests there (bounded)."""
 
     def mark_stopping(self, plan: Plan, states: dict[str, ModelState], now: float) -> bool:
         """Record `stopping` (`preempted`) before stopping anything: if this process dies
@@ -130,6 +133,7 @@ class Executor:
         self, action: Action, handles: list[Handle], states: dict[str, ModelState], now: float
     ) -> str:
         state = states.get(action.model) or ModelState(id=action.model)
+        self._drain([h for h in handles if h.alive])
         try:
             for handle in handles:
                 if handle.alive:
@@ -147,6 +151,15 @@ class Executor:
             return ""  # the start below says it
         self.records.event(EventKind(action.action), action.model, action.reason)
         return f"{action.action} {action.model}: {action.reason}"
+
+    def _drain(self, handles: list[Handle]) -> None:
+        if not handles:
+            return
+        for hook in self.before_stop:
+            try:
+                hook(handles)
+            except Exception:  # draining is a courtesy to clients; the stop goes on regardless
+                log.exception("draining before a stop failed")
 
     def _start(
         self, action: Action, spec: ModelSpec, states: dict[str, ModelState], now: float

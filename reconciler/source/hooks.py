@@ -35,7 +35,7 @@ class Installed:
 def source_dir() -> Path:
     """The hooks/ directory next to the package (a checkout or an editable install)."""
     override = os.environ.get("RECONCILER_HOOKS_SOURCE")
-    path = Path(override) if override else Path(__file__).resolve().parent.parent / "hooks"
+    path = Path(override) if override else Path(__file__).resolve().parents[2] / "hooks"
     if not (path / CLIENT_HOOKS[0]).is_file():
         raise HookError(
             f"{path}: the reconciler's hooks are not there (an installed wheel does not ship "

@@ -15,6 +15,7 @@ between 1k and 10k models; make_plan for 10,000 models on 1,000 GPUs under 0.5 s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -77,7 +78,7 @@ def next_revision(demands: list[Demand], rng: random.Random) -> tuple[list[Deman
     for d in demands:
         roll = rng.random()
         if roll < 0.10:
-            d = Demand(**{**d.__dict__, "priority": rng.randint(1, 10)})
+            d = dataclasses.replace(d, priority=rng.randint(1, 10))
         elif roll < 0.12:
             changed.add(d.id)
         out.append(d)

@@ -19,6 +19,7 @@ from reconciler.source.git import (
     validate_raw,
 )
 from reconciler.source.load import LoadError
+from reconciler.source.protocol import Source
 
 MODEL = (
     "id: {id}\nframework: vllm\nmodel_path: /models/{id}\npriority: {priority}\n"
@@ -84,6 +85,7 @@ def test_clean_working_tree_is_head(local: git.Repo) -> None:
     raw = source.load()
     assert raw.revision == revision.sha  # exactly a commit: say which
     assert [doc.data["id"] for doc in raw.models] == ["a"]
+    assert isinstance(source, Source)  # what the loop types against
 
 
 def test_uncommitted_spec_edit_is_marked_dirty_with_its_effect(local: git.Repo) -> None:
@@ -186,6 +188,7 @@ def model_ids(source: RemoteSource) -> list[str]:
 def test_first_sync_clones_under_the_state_directory(remote, tmp_path: Path) -> None:
     bare, work = remote
     source = follow(bare, tmp_path / "state")
+    assert isinstance(source, Source)
     assert source.head_sha() is None
     with pytest.raises(LoadError):
         source.load()  # nothing fetched yet
@@ -318,3 +321,13 @@ def test_load_revision_bare_reads_a_directory_of_a_bare_repository(remote) -> No
         load_revision_bare(bare.git_dir, "desired-state", "0" * 40)
     with pytest.raises(LoadError, match="not present"):
         load_revision_bare(bare.git_dir, "elsewhere", "main")
+
+
+def test_credentials_in_the_remote_url_never_reach_messages(tmp_path: Path) -> None:
+    url = "https://deploy:s3cret-token@127.0.0.1:1/ops/specs.git?access_token=t0ken"
+    source = RemoteSource(url, "main", state_dir=tmp_path / "state", timeout_s=10)
+    with pytest.raises(SourceError) as caught:
+        source.sync()  # nothing listens on port 1: git fails and says so, URL included
+    message = str(caught.value)
+    assert "s3cret" not in message and "t0ken" not in message and "deploy" not in message
+    assert "https://***@127.0.0.1:1/ops/specs.git" in message

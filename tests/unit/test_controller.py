@@ -86,6 +86,14 @@ class Loop:
         assert done, f"{count} passes expected within {HANG_S}s, saw {self.passes}"
         return list(self.passes)
 
+    def settled(self) -> list[list[str]]:
+        """The passes once none has come for QUIET_S."""
+        while True:
+            with self.changed:
+                count = len(self.passes)
+                if not self.changed.wait_for(lambda n=count: len(self.passes) > n, QUIET_S):
+                    return list(self.passes)
+
     def stays_at(self, count: int) -> list[list[str]]:
         """The passes after QUIET_S more, checking that no pass beyond `count` came."""
         with self.changed:
@@ -183,11 +191,16 @@ def test_a_burst_of_file_writes_makes_one_pass(tmp_path: Path) -> None:
         names = [f"m{i}.yaml" for i in range(12)]
         for name in names:  # an editor saving many files, a `git checkout`
             (models / name).write_text(f"id: {name[:-5]}\n")
-        first = loop.wait_passes(seen + 1)[seen]
-        assert len(first) == 1 and first[0].startswith("file change: "), first
-        listed = first[0].removeprefix("file change: ").split(", ")
-        assert listed == sorted(names)[:5], "the reason names the first 5 changed files"
-        loop.stays_at(seen + 1)
+        loop.wait_passes(seen + 1)
+        burst = loop.settled()[seen:]
+        # one pass; two only when the writer was descheduled longer than the watcher's quiet
+        # step mid-burst (a loaded machine). Without debouncing it would be one per file.
+        assert 1 <= len(burst) <= 2, f"{len(burst)} passes for {len(names)} files: {burst}"
+        for reasons in burst:
+            assert len(reasons) == 1 and reasons[0].startswith("file change: "), burst
+        listed = [r[0].removeprefix("file change: ").split(", ") for r in burst]
+        assert max(map(len, listed)) == 5, f"a reason names 5 of the changed files: {burst}"
+        assert {name for group in listed for name in group} <= set(names)
 
 
 def until_watching(loop: Loop, directory: Path) -> None:

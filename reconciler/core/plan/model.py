@@ -12,7 +12,7 @@ from reconciler.core.problems import Problem
 ActionKind = Literal["start", "stop", "restart", "preempt"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     action: ActionKind
     model: str
@@ -30,7 +30,7 @@ class Unschedulable(NamedTuple):
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuUsage:
     index: int
     memory_mb: int
@@ -39,7 +39,7 @@ class GpuUsage:
     used_mb_after: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """Where a model ends up once the plan is applied: what the state file records."""
 
@@ -54,7 +54,7 @@ class Outcome:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     revision: str | None
     valid: bool

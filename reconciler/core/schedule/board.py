@@ -130,12 +130,29 @@ class Board:
         for g in e.gpus:
             self._set_free(g, self.free[g] - e.memory_mb)
         if pending and e.gpus:
-            for g in e.gpus:
-                self.pending_on[g][e.id] = e
-                self.evictable[g][e.priority] += e.memory_mb
-                self.pool_version[g] += 1
-            self.pending_count[e.priority] += 1
+            self._pend(e)
         self.entries[e.id] = e
+
+    def _hold(self, entries: Iterable[Entry]) -> None:
+        """Reserve each of `entries` (pending), in order, where it still fits. The ranking is
+        sorted once at the end instead of at every step: this is most of the engines."""
+        for e in entries:
+            if all(self.free.get(g, -1) >= e.memory_mb for g in e.gpus):
+                for g in e.gpus:
+                    self.free[g] -= e.memory_mb
+                    self.index.touch(g)
+                self.touched.extend(e.gpus)
+                if e.gpus:
+                    self._pend(e)
+                self.entries[e.id] = e
+        self.ranked = Ranked(self.free)
+
+    def _pend(self, e: Entry) -> None:
+        for g in e.gpus:
+            self.pending_on[g][e.id] = e
+            self.evictable[g][e.priority] += e.memory_mb
+            self.pool_version[g] += 1
+        self.pending_count[e.priority] += 1
 
     def _remove(self, e: Entry) -> None:
         self._unpend(e)

@@ -26,7 +26,7 @@ MEMORY_UNKNOWN = "GPU memory requirement unknown: set resource_requirements.gpu_
 AFTER_PREEMPTING = " after preempting every lower priority"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Demand:
     """A model the desired state asks for (enabled) or may need as a fallback (disabled)."""
 
@@ -48,7 +48,7 @@ class Demand:
         return len(self.pinned) if self.pinned else self.gpu_count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Running:
     """An engine that holds GPUs and a port now."""
 
@@ -61,14 +61,14 @@ class Running:
     """The engine matches the current spec, pin and gpu_count: it may stay where it is."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuCapacity:
     index: int
     capacity_mb: int
     """Memory our engines may use: total - reserved - used by processes we do not manage."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     id: str
     gpus: tuple[int, ...]
@@ -79,7 +79,7 @@ class Placement:
     fallback_for: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Schedule:
     placements: dict[str, Placement]
     preempted: dict[str, str]

@@ -101,14 +101,14 @@ class Pass(Victims, LookAhead):
                 in_place.append((d.priority, r.id, d.memory_mb or 0, False))
             elif not d.enabled and reusable and r.id in holds:
                 kept.append((holds[r.id], r.id, r.memory_mb, True))
-        for group in (kept, in_place):
-            for priority, model, memory, standby in sorted(group, key=lambda w: (-w[0], w[1])):
-                gpus = tuple(sorted(self.running[model].gpus))
-                if len(set(gpus)) == len(gpus) and all(
-                    self.free.get(g, -1) >= memory for g in gpus
-                ):
-                    # its port is taken at its turn: an engine this pass stops may hold it
-                    self._occupy(Entry(model, gpus, memory, None, priority, standby), pending=True)
+        # a port is taken at its turn: an engine this pass stops may hold it
+        self._hold(
+            Entry(model, gpus, memory, None, priority, standby)
+            for group in (kept, in_place)
+            for priority, model, memory, standby in sorted(group, key=lambda w: (-w[0], w[1]))
+            for gpus in [tuple(sorted(self.running[model].gpus))]
+            if len(set(gpus)) == len(gpus)
+        )
 
     def _evaluate(
         self,

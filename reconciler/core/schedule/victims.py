@@ -32,12 +32,16 @@ class Victims(Board):
         if not self._feasible(self._view(power), d, count, memory):
             return None, [], self._no_room(d, count, memory, self._view(power), AFTER_PREEMPTING)
         # the lowest level that makes room minimises the highest victim priority (level L may
-        # preempt priorities below L)
-        level = next(
-            L
-            for L in range(2, power + 1)
-            if any(self.pending_count[:L]) and self._feasible(self._view(L), d, count, memory)
-        )
+        # preempt priorities below L); room only grows with the level, so bisect for it
+        low, level = 2, power
+        while low < level:
+            middle = (low + level) // 2
+            if any(self.pending_count[:middle]) and self._feasible(
+                self._view(middle), d, count, memory
+            ):
+                level = middle
+            else:
+                low = middle + 1
         gpus, victims = self._victims(d, count, memory, level)
         return gpus, victims, None
 
@@ -91,13 +95,17 @@ class Victims(Board):
         if count > 1 and math.comb(len(candidates), count) <= LOOKAHEAD_OPTIONS:
             return self._victims_jointly(candidates, count, memory, level)
         # the fewest victims first (cheap: prefix sums), then the exact search on those GPUs only
-        counts = [(self._victim_count(g, memory, level), g) for g in candidates]
+        counts = []
+        for g in candidates:
+            need = memory - self.free[g]
+            sums = self._gpu_pool(g, level)[1]
+            counts.append((0 if need <= 0 else bisect_left(sums, need) + 1, g))
         counts.sort()
         options = []
         for n, g in counts:
             if len(options) >= count and n > options[count - 1][0][0]:
                 break
-            cost, victims = self._gpu_victims(g, memory, level)
+            cost, victims = self._gpu_victims(g, memory, level, n)
             rank = -self.free[g] if self.policy == "spread" else self.free[g]
             options.append((cost, rank, g, victims))
         options.sort(key=lambda o: o[:3])
@@ -145,19 +153,23 @@ class Victims(Board):
         return 0 if need <= 0 else bisect_left(self._gpu_pool(g, level)[1], need) + 1
 
     def _gpu_victims(
-        self, g: int, memory: int, level: int
+        self, g: int, memory: int, level: int, count: int | None = None
     ) -> tuple[tuple[int, int, tuple[str, ...]], list[Entry]]:
-        """The best victims on one GPU: (count, excess, ids) and the entries."""
+        """The best victims on one GPU: (count, excess, ids) and the entries. `count`, when
+        given, is `_victim_count` for the same arguments."""
         need = memory - self.free[g]
         if need <= 0:
             return (0, 0, ()), []
         pool = self._gpu_pool(g, level)[0]
-        count = self._victim_count(g, memory, level)
+        if count is None:
+            count = self._victim_count(g, memory, level)
         if count == 1:  # the common case, without building combinations
             (excess, _), victim = min(
                 ((e.memory_mb * len(e.gpus) - need, e.id), e) for e in pool if e.memory_mb >= need
             )
             return (1, excess, (victim.id,)), [victim]
+        if count == 2 and len(pool) * (len(pool) - 1) // 2 <= EXACT_VICTIM_SUBSETS:
+            return _best_pair(pool, need)
         if math.comb(len(pool), count) <= EXACT_VICTIM_SUBSETS:
             combos: Iterable[tuple[Entry, ...]] = itertools.combinations(pool, count)
         else:  # too many: the count-1 largest and the smallest one that completes them
@@ -192,6 +204,30 @@ class Victims(Board):
                 return sorted(min(fitting, key=lambda f: f[0])[1], key=lambda e: e.id)
         union = {v.id: v for g in sorted(needs) for v in self._gpu_victims(g, memory, level)[1]}
         return [union[v] for v in sorted(union)]
+
+
+def _best_pair(
+    pool: list[Entry], need: int
+) -> tuple[tuple[int, int, tuple[str, ...]], list[Entry]]:
+    """Every pair of `pool` (largest first) that frees `need`, without building the others: the
+    second of a pair only shrinks along the pool, so the search stops where it falls short."""
+    best: tuple[tuple[int, str, str], Entry, Entry] | None = None
+    for i, first in enumerate(pool):
+        short = need - first.memory_mb
+        if i + 1 == len(pool) or pool[i + 1].memory_mb < short:
+            break  # every later first is no larger, and its partners no larger either
+        weight = first.memory_mb * len(first.gpus)
+        for j in range(i + 1, len(pool)):
+            second = pool[j]
+            if second.memory_mb < short:
+                break
+            low, high = sorted((first.id, second.id))
+            key = (weight + second.memory_mb * len(second.gpus) - need, low, high)
+            if best is None or key < best[0]:
+                best = (key, first, second)
+    assert best is not None  # the caller counted two victims that make room
+    (excess, low, high), first, second = best
+    return (2, excess, (low, high)), [first, second]
 
 
 def _excess(victims: Iterable[Entry], need: int) -> int:

@@ -19,8 +19,8 @@ import re
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -30,13 +30,33 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from reconciler.core.gpu import MIB, GPUInfo
-from reconciler.core.observed import OCCUPYING, Status
+from reconciler.core.events import EventKind
+from reconciler.core.gpu import GPUInfo
 from reconciler.core.plan import Plan
+from reconciler.metrics.families import (
+    DesiredSnapshot,
+    Families,
+    add_desired,
+    add_gpus,
+    add_models,
+    desired_snapshot,
+    models_of,
+    reserved_bytes_by_gpu,
+)
 from reconciler.state.statefile import State
+
+__all__ = [
+    "CONTENT_TYPE",
+    "EVENT_KINDS",
+    "PASS_RESULTS",
+    "DesiredSnapshot",
+    "ReconcilerMetrics",
+    "render",
+    "snapshot_from_plan",
+]
 
 log = logging.getLogger("reconciler.metrics")
 
@@ -49,23 +69,7 @@ PASS_RESULTS = ("ok", "invalid", "error")
 """ok: a valid desired state was applied; invalid: the desired state was rejected (the last valid
 one stayed in force); error: the pass raised."""
 
-EVENT_KINDS = (
-    "start",
-    "stop",
-    "preempt",
-    "restart",
-    "ready",
-    "crashed",
-    "gave-up",
-    "error",
-    "desired-invalid",
-    "applied",
-    "state-rebuilt",
-    "duplicate",
-    "restart-requested",
-    "unschedulable",
-    "recovered",
-)
+EVENT_KINDS = tuple(kind.value for kind in EventKind)
 """Known event kinds: exported at 0 from the start, so that increase() works on the first one."""
 
 # Engines take from a second (a small GGUF) to many minutes (a 70B model loading from disk).
@@ -75,19 +79,6 @@ PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 # The reconciler's own ready message, read when an event has no `seconds` field.
 _READY_MESSAGE = re.compile(r"ready after ([0-9]+(?:\.[0-9]+)?)s")
-
-
-class DesiredSnapshot(NamedTuple):
-    """What `desired()` returns (a plain 4-tuple in this order works as well)."""
-
-    valid: bool
-    """the desired state as last loaded is valid"""
-    revision: str | None
-    """the revision in force (the last valid one while the current one is invalid)"""
-    priorities: Mapping[str, int]
-    """model id -> priority, for every model of the desired state in force"""
-    unschedulable: int
-    """models that the last plan could not place"""
 
 
 def snapshot_from_plan(plan: Plan | None) -> DesiredSnapshot | None:
@@ -179,10 +170,10 @@ class ReconcilerMetrics:
         self._events.labels(kind).inc()
         if not isinstance(model, str):
             return
-        if kind == "preempt":
+        if kind == EventKind.preempt:
             with self._lock:
                 self._preemptions[model] += 1
-        elif kind == "ready":
+        elif kind == EventKind.ready:
             seconds = _ready_seconds(event)
             if seconds is not None:
                 self._ready.labels(model).observe(seconds)
@@ -245,21 +236,21 @@ class _LiveCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Names only: registering must not call the sources (the daemon may not be ready yet).
-        return _Families().all()
+        return Families().all()
 
     def collect(self) -> Iterable[Metric]:
         state: State | None = self._read("state", None)
         gpus: Sequence[GPUInfo] = self._read("gpus", [])
-        desired = _desired_snapshot(self._read("desired", None))
+        desired = desired_snapshot(self._read("desired", None))
         declared = bool(self._read("gpus_declared", False))
         notifications: Mapping[tuple[str, str], int] = self._read("notifications", {})
         preemptions, last_success, source_errors = self._metrics._counted()
-        families = _Families()
-        models = _models(state)
+        families = Families()
+        models = models_of(state)
         priorities = dict(desired.priorities) if desired else {}
-        _add_models(families, models, priorities, preemptions)
-        _add_gpus(families, gpus, _reserved_bytes_by_gpu(models), declared)
-        _add_desired(families, desired)
+        add_models(families, models, priorities, preemptions)
+        add_gpus(families, gpus, reserved_bytes_by_gpu(models), declared)
+        add_desired(families, desired)
         if last_success is not None:
             families.last_success.add_metric([], last_success)
         for (target, outcome), count in sorted(notifications.items()):
@@ -276,155 +267,3 @@ class _LiveCollector(Collector):
             log.warning("metrics: reading %s failed", source, exc_info=True)
             self._metrics._source_failed(source)
             return default
-
-
-class _Families:
-    """Fresh, empty metric families for one scrape (families are not reusable)."""
-
-    def __init__(self) -> None:
-        self.status = GaugeMetricFamily(
-            "reconciler_model_status",
-            "1 for the model's current status, 0 for the other statuses.",
-            labels=["model", "status"],
-        )
-        self.priority = GaugeMetricFamily(
-            "reconciler_model_priority",
-            "Priority of each desired model (1..10, 10 = most important).",
-            labels=["model"],
-        )
-        self.restarts = CounterMetricFamily(
-            "reconciler_model_restarts",
-            "Restarts of the model's engine after a crash or failed health checks (state file).",
-            labels=["model"],
-        )
-        self.preemptions = CounterMetricFamily(
-            "reconciler_model_preemptions",
-            "Times the model was stopped to make room for a higher-priority one.",
-            labels=["model"],
-        )
-        self.reserved = GaugeMetricFamily(
-            "reconciler_model_gpu_memory_reserved_bytes",
-            "GPU memory reserved for the model's engine, per GPU.",
-            labels=["model", "gpu"],
-        )
-        self.gpu_total = GaugeMetricFamily(
-            "reconciler_gpu_memory_total_bytes",
-            "Total memory of each GPU.",
-            labels=["gpu", "name"],
-        )
-        self.gpu_used = GaugeMetricFamily(
-            "reconciler_gpu_memory_used_bytes",
-            "Used memory of each GPU (NVML; for declared GPUs, the engines' reservations).",
-            labels=["gpu"],
-        )
-        self.gpu_utilization = GaugeMetricFamily(
-            "reconciler_gpu_utilization_ratio",
-            "GPU busy time over the last sample period, 0..1 (NVML only).",
-            labels=["gpu"],
-        )
-        self.gpu_temperature = GaugeMetricFamily(
-            "reconciler_gpu_temperature_celsius",
-            "GPU core temperature (NVML only).",
-            labels=["gpu"],
-        )
-        self.gpu_power = GaugeMetricFamily(
-            "reconciler_gpu_power_watts", "GPU power draw (NVML only).", labels=["gpu"]
-        )
-        self.valid = GaugeMetricFamily(
-            "reconciler_desired_state_valid",
-            "1 when the desired state as last loaded is valid, 0 when it was rejected.",
-        )
-        self.revision = GaugeMetricFamily(
-            "reconciler_desired_revision_info",
-            "The desired-state revision in force (value is always 1).",
-            labels=["revision"],
-        )
-        self.unschedulable = GaugeMetricFamily(
-            "reconciler_unschedulable_models",
-            "Enabled models the last plan could not place on any GPU.",
-        )
-        self.last_success = GaugeMetricFamily(
-            "reconciler_last_successful_reconcile_timestamp_seconds",
-            "Unix time at which the last pass that applied a valid desired state finished.",
-        )
-        self.notifications = CounterMetricFamily(
-            "reconciler_notifications",
-            "Notifications by target and outcome (sent, failed, dropped).",
-            labels=["target", "outcome"],
-        )
-        self.source_errors = CounterMetricFamily(
-            "reconciler_metrics_source_errors",
-            "Scrapes in which a metrics source (state, gpus, desired...) could not be read.",
-            labels=["source"],
-        )
-
-    def all(self) -> list[Metric]:
-        return list(vars(self).values())
-
-
-def _desired_snapshot(value: Any) -> DesiredSnapshot | None:
-    return None if value is None else DesiredSnapshot(*value)
-
-
-def _models(state: State | None) -> Mapping[str, Any]:
-    return state.models if state is not None else {}
-
-
-def _add_models(
-    families: _Families,
-    models: Mapping[str, Any],
-    priorities: Mapping[str, int],
-    preemptions: Mapping[str, int],
-) -> None:
-    # A desired model that has never run is absent from the state file: it is stopped. A model
-    # neither desired nor in the state file is gone: its series end (its preemptions with them).
-    for model_id in sorted(set(models) | set(priorities)):
-        model = models.get(model_id)
-        current = model.status if model is not None else Status.stopped
-        for status in Status:
-            families.status.add_metric([model_id, status.value], 1.0 if status == current else 0.0)
-        if model_id in priorities:
-            families.priority.add_metric([model_id], priorities[model_id])
-        families.restarts.add_metric([model_id], model.restarts_total if model else 0)
-        families.preemptions.add_metric([model_id], preemptions.get(model_id, 0))
-        if model is not None and model.status in OCCUPYING:
-            for gpu in model.gpus:
-                families.reserved.add_metric([model_id, str(gpu)], model.memory_mb * MIB)
-
-
-def _reserved_bytes_by_gpu(models: Mapping[str, Any]) -> dict[int, int]:
-    reserved: Tally[int] = Tally()
-    for model in models.values():
-        if model.status in OCCUPYING:
-            for gpu in model.gpus:
-                reserved[gpu] += model.memory_mb * MIB
-    return dict(reserved)
-
-
-def _add_gpus(
-    families: _Families, gpus: Sequence[GPUInfo], reserved: Mapping[int, int], declared: bool
-) -> None:
-    for gpu in sorted(gpus, key=lambda g: g.device_id):
-        index = str(gpu.device_id)
-        families.gpu_total.add_metric([index, gpu.name], gpu.memory_total * MIB)
-        # A declared GPU is simulated: the only memory known to be in use is what we reserved.
-        used = reserved.get(gpu.device_id, 0) if declared else gpu.memory_used * MIB
-        families.gpu_used.add_metric([index], used)
-        for family, value in _telemetry(families, gpu):
-            if value is not None:
-                family.add_metric([index], value)
-
-
-def _telemetry(families: _Families, gpu: GPUInfo) -> Iterator[tuple[Metric, float | None]]:
-    yield families.gpu_utilization, None if gpu.utilization is None else gpu.utilization / 100
-    yield families.gpu_temperature, gpu.temperature
-    yield families.gpu_power, gpu.power
-
-
-def _add_desired(families: _Families, desired: DesiredSnapshot | None) -> None:
-    if desired is None:  # not loaded yet: say nothing rather than "invalid"
-        return
-    families.valid.add_metric([], 1.0 if desired.valid else 0.0)
-    if desired.revision:
-        families.revision.add_metric([desired.revision], 1.0)
-    families.unschedulable.add_metric([], desired.unschedulable)

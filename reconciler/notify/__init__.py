@@ -14,81 +14,50 @@ lost than a loop slowed down or memory spent without bound.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
-import smtplib
 import socket
-import ssl
 import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
-
+from reconciler.core.events import EventKind
+from reconciler.core.retry import backoff_delay
 from reconciler.core.spec import NotificationTarget
+from reconciler.notify.delivery import (
+    DESIRED_STATE,
+    DeliveryError,
+    Notification,
+    _Delivery,
+    post_json,
+    send_email,
+)
+from reconciler.source.redact import redact_url
+
+__all__ = [
+    "DESIRED_STATE",
+    "OUTCOMES",
+    "DeliveryError",
+    "EventClassifier",
+    "Notification",
+    "Notifier",
+    "RetryPolicy",
+    "missing_secrets",
+    "post_json",
+    "recovered_message",
+    "redact_url",
+    "send_email",
+]
 
 log = logging.getLogger("reconciler.notify")
 
 OUTCOMES = ("sent", "failed", "dropped")
 """sent: delivered; failed: every attempt failed (or a permanent error); dropped: the target's
 queue was full, or the notifier closed before it could be sent."""
-
-DESIRED_STATE = "desired state"
-"""How notifications name the subject of an event that concerns no model."""
-
-# HTTP statuses worth another attempt: the receiver is overloaded or briefly broken.
-_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class Notification:
-    """One notification, as every target renders it."""
-
-    kind: str
-    """error | preempted | unschedulable | invalid | recovered"""
-    model: str | None
-    message: str
-    time: float
-    host: str
-    event: Mapping[str, Any] = field(default_factory=dict)
-    """the reconciler event it came from"""
-
-    @property
-    def subject(self) -> str:
-        return f"model {self.model}" if self.model else DESIRED_STATE
-
-    def title(self) -> str:
-        return f"[reconciler@{self.host}] {self.kind}: {self.subject}"
-
-    def text(self) -> str:
-        return f"{self.title()}\n{self.message}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": "reconciler",
-            "host": self.host,
-            "kind": self.kind,
-            "model": self.model,
-            "message": self.message,
-            "time": self.time,
-            "event": dict(self.event),
-        }
-
-
-class DeliveryError(Exception):
-    """One delivery attempt failed; `retryable` says whether another attempt may succeed."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 # ---- which events are worth a notification ---------------------------------------------------
@@ -112,25 +81,31 @@ class EventClassifier:
         kind, model = event.get("kind"), event.get("model")
         if not isinstance(model, str):  # None: the event is about the desired state
             model = None
-        if kind in ("error", "gave-up"):
+        if kind in (EventKind.error, EventKind.gave_up):
             self._trouble.add(model)
             return "error"
-        if kind == "crashed":
+        if kind == EventKind.crashed:
             first = model not in self._trouble
             self._trouble.add(model)
             return "error" if first else None
-        if kind == "preempt":
+        if kind == EventKind.preempt:
             return "preempted"
-        if kind == "unschedulable":
+        if kind == EventKind.unschedulable:
             first = model not in self._unschedulable
             self._unschedulable.add(model)
             return "unschedulable" if first else None
-        if kind in ("start", "stop"):  # placed, or no longer wanted: a new episode may follow
+        if kind in (
+            EventKind.start,
+            EventKind.stop,
+        ):  # placed, or no longer wanted: a new episode may follow
             self._unschedulable.discard(model)
-        if kind == "desired-invalid":
+        if kind == EventKind.desired_invalid:
             self._trouble.add(None)
             return "invalid"
-        if kind in ("ready", "recovered", "applied") and model in self._trouble:
+        if (
+            kind in (EventKind.ready, EventKind.recovered, EventKind.applied)
+            and model in self._trouble
+        ):
             self._trouble.discard(model)
             return "recovered"
         return None
@@ -299,7 +274,10 @@ class RetryPolicy:
 
     def delays(self) -> list[float]:
         """Waits before the 2nd, 3rd... attempt: doubling from backoff_s, capped."""
-        return [min(self.backoff_s * 2**i, self.max_backoff_s) for i in range(self.retries)]
+        return [
+            backoff_delay(self.backoff_s, attempt, self.max_backoff_s)
+            for attempt in range(1, self.retries + 1)
+        ]
 
 
 _FINISH = object()
@@ -385,119 +363,3 @@ class _Worker(threading.Thread):
             exc,
         )
         self._count(self.label, "failed")
-
-
-# ---- delivery ------------------------------------------------------------------------------
-
-
-class _Delivery:
-    """How one target sends: its HTTP client (connections reused between notifications) or
-    its SMTP settings."""
-
-    def __init__(self, target: NotificationTarget, environ: Mapping[str, str]) -> None:
-        self.target, self.environ = target, environ
-        self.client = None
-        if target.type != "email":
-            self.client = httpx.Client(timeout=target.timeout_s, follow_redirects=False)
-
-    def send(self, notification: Notification) -> None:
-        if self.client is None:
-            send_email(self.target, notification, self.environ)
-            return
-        url = _url(self.target, self.environ)
-        if self.target.type == "slack":
-            post_json(self.client, url, {"text": notification.text()})
-        else:
-            post_json(self.client, url, notification.to_json())
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-
-def _url(target: NotificationTarget, environ: Mapping[str, str]) -> str:
-    """The target's URL; read at delivery time, so a rotated secret is picked up."""
-    if target.url is not None:
-        return target.url
-    url = environ.get(target.url_env or "")
-    if not url:
-        raise DeliveryError(f"environment variable {target.url_env} is not set", retryable=False)
-    return url
-
-
-def post_json(client: httpx.Client, url: str, payload: Mapping[str, Any]) -> None:
-    """POST a JSON document. Messages name only the scheme and host: the path may be a secret
-    (a Slack webhook URL is its own credential)."""
-    where = redact_url(url)
-    body = json.dumps(payload, default=str).encode()  # event extras may not be JSON types
-    try:
-        response = client.post(url, content=body, headers={"Content-Type": "application/json"})
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:  # a bad setting, not a blip
-        raise DeliveryError(f"{where}: {type(exc).__name__}", retryable=False) from None
-    except httpx.TimeoutException:
-        raise DeliveryError(f"{where}: timed out", retryable=True) from None
-    except httpx.TransportError as exc:
-        raise DeliveryError(f"{where}: {type(exc).__name__}", retryable=True) from None
-    if response.is_success:
-        return
-    retryable = response.status_code in _RETRY_STATUSES
-    raise DeliveryError(f"{where}: HTTP {response.status_code}", retryable=retryable)
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-
-
-def send_email(
-    target: NotificationTarget, notification: Notification, environ: Mapping[str, str]
-) -> None:
-    """Send one e-mail: STARTTLS (certificate verified) unless `starttls: false`, and log in
-    when credentials are configured."""
-    starttls = target.starttls is not False
-    port = target.port or (587 if starttls else 25)
-    credentials = _smtp_credentials(target, environ)
-    message = _email(target, notification)
-    where = f"smtp://{target.host}:{port}"
-    try:
-        with smtplib.SMTP(target.host or "", port, timeout=target.timeout_s) as smtp:
-            if starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if credentials:
-                smtp.login(*credentials)
-            smtp.send_message(message)
-    except smtplib.SMTPRecipientsRefused as exc:
-        codes = [code for code, _ in exc.recipients.values()]
-        retryable = all(400 <= code < 500 for code in codes)
-        raise DeliveryError(f"{where}: recipients refused {codes}", retryable=retryable) from None
-    except smtplib.SMTPResponseException as exc:  # 4xx: try again later; 5xx: permanent
-        retryable = 400 <= exc.smtp_code < 500
-        raise DeliveryError(f"{where}: SMTP {exc.smtp_code}", retryable=retryable) from None
-    except (smtplib.SMTPNotSupportedError, ssl.SSLError) as exc:  # a setting to fix, not a blip
-        raise DeliveryError(f"{where}: {exc}", retryable=False) from None
-    except (OSError, smtplib.SMTPException) as exc:  # refused, reset, timed out, disconnected
-        raise DeliveryError(f"{where}: {exc or type(exc).__name__}", retryable=True) from None
-
-
-def _smtp_credentials(
-    target: NotificationTarget, environ: Mapping[str, str]
-) -> tuple[str, str] | None:
-    if not target.username_env or not target.password_env:
-        return None
-    user, password = environ.get(target.username_env), environ.get(target.password_env)
-    if not user or not password:
-        missing = target.username_env if not user else target.password_env
-        raise DeliveryError(f"environment variable {missing} is not set", retryable=False)
-    return user, password
-
-
-def _email(target: NotificationTarget, notification: Notification) -> EmailMessage:
-    message = EmailMessage()
-    message["Subject"] = notification.title()
-    message["From"] = target.from_ or ""
-    message["To"] = ", ".join(target.to)
-    message["Date"] = formatdate(notification.time, localtime=True)
-    message["Message-ID"] = make_msgid(domain=notification.host)
-    details = json.dumps(dict(notification.event), indent=2, sort_keys=True, default=str)
-    message.set_content(f"{notification.message}\n\nEvent:\n{details}\n")
-    return message
