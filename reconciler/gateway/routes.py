@@ -108,12 +108,16 @@ class Routes:
 
 
 def gateway_status(spec: ModelSpec, record: ModelState | None, unschedulable: bool) -> str:
-    """What a request for this model gets (see the module docstring)."""
-    if not spec.enabled:
-        return "disabled"
+    """What a request for this model gets (see the module docstring).
+
+    A disabled model can still run, as another model's fallback: it is "running" then (the
+    gateway sends that model's requests to it) while requests naming it get 404 (not enabled).
+    """
     status = record.status if record is not None else Status.stopped
     if status == Status.running and record is not None and record.port is not None:
         return "running"
+    if not spec.enabled:
+        return "disabled"
     if status == Status.preempted:
         return "preempted"
     if unschedulable:

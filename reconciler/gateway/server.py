@@ -142,7 +142,7 @@ class Gateway:
             if entry is None:
                 raise errors.unknown_model(shown)
             label = shown = entry.id
-            if entry.status == "disabled":
+            if not entry.route.enabled:  # asked by name; it may still run as a fallback
                 raise errors.disabled(entry.id)
             target = await self.wait_for_target(entry)
             label = shown = target.id
@@ -161,10 +161,10 @@ class Gateway:
         try:
             while True:
                 entry = self.table.entries.get(entry.id, entry)
+                if not entry.route.enabled:
+                    raise errors.disabled(entry.id)
                 if entry.ready():
                     return entry
-                if entry.status == "disabled":
-                    raise errors.disabled(entry.id)
                 if entry.status in UNAVAILABLE or entry.id not in self.table.entries:
                     fallback = self.table.fallback_of(entry)
                     if fallback is not None:

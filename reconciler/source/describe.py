@@ -10,6 +10,7 @@ from reconciler.core.catalog import Catalog
 from reconciler.core.desired import DesiredState, RawDesiredState, ValidationResult
 from reconciler.core.diff import diff_cluster, diff_desired, render_diff, summary
 from reconciler.core.validate import validate
+from reconciler.engines import registry
 from reconciler.source.load import LoadError, load_tree
 from reconciler.source.repo import InvalidRevision, NotFound, relative_dir, require_repo
 
@@ -20,10 +21,10 @@ if TYPE_CHECKING:
 def validate_raw(raw: RawDesiredState, catalog: Catalog | None = None) -> ValidationResult:
     """What the reconciler would say about `raw`, minus the host-only model-file check.
 
-    `catalog` (engines.registry.catalog(), passed in by the faces: the source package may not
-    import the engines) adds the check of parameters against each engine's flags.
+    `catalog`: what each engine takes; by default the registry's, so that history, rollback and
+    plan diffs check engine flags exactly as `validate` does.
     """
-    return validate(raw, catalog=catalog)
+    return validate(raw, catalog=catalog if catalog is not None else registry.catalog())
 
 
 def describe_change(base: DesiredState | None, head: DesiredState) -> str:

@@ -85,10 +85,16 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    gateway_port: int = field(default_factory=lambda: free_port())
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        """The OpenAI base URL of the daemon's gateway."""
+        return f"http://127.0.0.1:{self.gateway_port}/v1"
 
     @property
     def log_path(self) -> Path:
@@ -120,6 +126,8 @@ class Daemon:
             *self.host.command("run", str(self.host.desired)),
             "--listen",
             f"127.0.0.1:{self.port}",
+            "--gateway-listen",
+            f"127.0.0.1:{self.gateway_port}",
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -149,8 +150,10 @@ class RunProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"--- reconciler run {' '.join(self.args)}\n".encode())
             log.flush()
+            # every daemon's gateway on a port of its own: the default 8000 may be taken
+            gateway = ("--gateway-listen", f"127.0.0.1:{_free_port()}")
             self.process = subprocess.Popen(
-                self.host.command("run", *self.args),
+                [*self.host.command("run", *self.args), *gateway],
                 env=env,
                 cwd=self.host.root,
                 stdout=log,
@@ -385,3 +388,9 @@ def passes_during(host: Host, seconds: float) -> int:
 def kill_engine(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

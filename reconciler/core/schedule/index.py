@@ -39,7 +39,8 @@ class VictimIndex:
         self.pending_on = pending_on
         self.spread = spread
         self.by_priority: list[list[Key]] = [[] for _ in range(MAX_PRIORITY + 1)]
-        self.keys_on: dict[int, dict[str, tuple[int, Key]]] = {g: {} for g in free}
+        # the keys of each GPU's pairs, by victim: always the model's pairs in `by_priority`
+        self.keys_on: dict[int, dict[str, Key]] = {g: {} for g in free}
         self.dirty: set[int] = set(free)
 
     def touch(self, g: int) -> None:
@@ -49,9 +50,19 @@ class VictimIndex:
     def leave(self, e: Entry) -> None:
         """`e` may no longer be preempted."""
         for g in e.gpus:
-            found = self.keys_on[g].pop(e.id, None)
-            if found is not None:
-                self._drop(*found)
+            key = self.keys_on[g].pop(e.id, None)
+            if key is not None:
+                self._drop(e.priority, key)
+
+    def lowest_level(self, memory: int, power: int) -> int | None:
+        """The lowest level, at most `power`, at which one victim leaves `memory` free on some
+        GPU (level L may preempt priorities below L), or None."""
+        self._catch_up()
+        for priority in range(1, power):
+            keys = self.by_priority[priority]
+            if keys and keys[-1][0] >= memory:
+                return priority + 1
+        return None
 
     def best(self, memory: int, level: int) -> tuple[int, Entry] | None:
         """The GPU and the one model below `level` whose preemption leaves `memory` free on it,
@@ -66,7 +77,7 @@ class VictimIndex:
                 after, victim, rank, g, total = keys[i]
                 if best is not None and after > best[0]:
                     break
-                if best is None or (total, victim, rank, g) < best:
+                if best is None or (after, victim, rank, g) < best:
                     best = (total, victim, rank, g)
         if best is None:
             return None
@@ -83,14 +94,15 @@ class VictimIndex:
         for g in self.dirty:
             keys = self.keys_on[g]
             if not bulk:
-                for found in keys.values():
-                    self._drop(*found)
+                pending = self.pending_on[g]
+                for victim, key in keys.items():
+                    self._drop(pending[victim].priority, key)
             keys.clear()
             free = self.free[g]
             rank = -free if self.spread else free
             for e in self.pending_on[g].values():
                 key = (free + e.memory_mb, e.id, rank, g, free + e.memory_mb * len(e.gpus))
-                keys[e.id] = (e.priority, key)
+                keys[e.id] = key
                 if bulk:
                     self.by_priority[e.priority].append(key)
                 else:

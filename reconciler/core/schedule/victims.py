@@ -27,13 +27,19 @@ class Victims(Board):
         self, d: Demand, count: int, memory: int, power: int
     ) -> tuple[list[int], list[Entry], None] | tuple[None, list[Entry], str]:
         """Victims of priority below `power`, or the reason there is no room even so."""
-        if not any(self.pending_count[:power]):  # nobody may be preempted for d
-            return None, [], self._no_room(d, count, memory, self.ranked, "")
-        if not self._feasible(self._view(power), d, count, memory):
-            return None, [], self._no_room(d, count, memory, self._view(power), AFTER_PREEMPTING)
+        single = None
+        if count == 1 and not d.pinned and not self.ranked.count_at_least(memory):
+            single = self.index.lowest_level(memory, power)
+        if single is None:
+            if not any(self.pending_count[:power]):  # nobody may be preempted for d
+                return None, [], self._no_room(d, count, memory, self.ranked, "")
+            if not self._feasible(self._view(power), d, count, memory):
+                view = self._view(power)
+                return None, [], self._no_room(d, count, memory, view, AFTER_PREEMPTING)
         # the lowest level that makes room minimises the highest victim priority (level L may
-        # preempt priorities below L); room only grows with the level, so bisect for it
-        low, level = 2, power
+        # preempt priorities below L); room only grows with the level, so bisect for it, below
+        # the level where one victim makes room when there is one
+        low, level = 2, single or power
         while low < level:
             middle = (low + level) // 2
             if any(self.pending_count[:middle]) and self._feasible(
