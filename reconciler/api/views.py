@@ -20,7 +20,8 @@ from reconciler.core.spec import ClusterSpec, ModelSpec
 from reconciler.engines.base import Handle
 from reconciler.loop.controller import LoopStats
 from reconciler.loop.daemon import Daemon
-from reconciler.source import git as source
+from reconciler.source import history as git_history
+from reconciler.source import repo as git_repo
 from reconciler.state.paths import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 from reconciler.state.statefile import CorruptState, ModelState, State, read_state
 
@@ -157,16 +158,16 @@ class Views:
         out = RevisionOut(sha=sha, short=sha[:12] if sha else None)
         try:
             directory = self.reconciler.settings.desired_dir
-            repo = source.open_repo(directory)
+            repo = git_repo.open_repo(directory)
             if repo is None:
                 return out
             with contextlib.closing(repo):
-                commit = source.resolve(repo, sha) if sha else source.head_commit(repo)
+                commit = git_repo.resolve(repo, sha) if sha else git_repo.head_commit(repo)
                 if commit is None:
                     return out
-                rev = source.revision_of(commit)
+                rev = git_repo.revision_of(commit)
                 dirty = sha is None and bool(
-                    source.uncommitted(repo, source.relative_dir(repo, directory))
+                    git_repo.uncommitted(repo, git_repo.relative_dir(repo, directory))
                 )
         except Exception:  # not a commit of this repository (yet): show what we know
             return out
@@ -190,8 +191,8 @@ class Views:
 
     def _history(self, limit: int) -> list[dict[str, Any]]:
         try:
-            record = source.read_applied(self.state_dir)
-            entries = source.history(self.reconciler.settings.desired_dir, limit, record)
+            record = git_history.read_applied(self.state_dir)
+            entries = git_history.history(self.reconciler.settings.desired_dir, limit, record)
             return [e.to_dict() for e in entries]
         except Exception as exc:  # no repository, no history support yet: nothing to show
             log.debug("history unavailable: %s", exc)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from reconciler.source.backup import BackupError, create_backup, restore_backup
-from reconciler.source.git import SourceError
+from reconciler.source.repo import SourceError
 
 from . import command_app
 from .history import source_errors

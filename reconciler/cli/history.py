@@ -13,15 +13,9 @@ from typing import Annotated
 
 import typer
 
-from reconciler.source.git import (
-    InvalidRevision,
-    NotFound,
-    SourceError,
-    history,
-    read_applied,
-    render_history,
-    spec_diff,
-)
+from reconciler.source.describe import spec_diff
+from reconciler.source.history import history, read_applied, render_history
+from reconciler.source.repo import InvalidRevision, NotFound, SourceError
 
 from . import command_app
 from .options import DEFAULT_DIR, DirArg, StateDirOpt, err, out, resolve_state_dir, usage_error

@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from reconciler.source.git import load_revision_bare
 from reconciler.source.hooks import HookError, install_hooks
-from reconciler.source.load import LoadError
+from reconciler.source.load import LoadError, load_revision_bare
 
 from . import command_app
 from .desired import validate_here

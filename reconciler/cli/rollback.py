@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from reconciler.source.git import NothingToRollBack, SourceError, rollback
-from reconciler.source.git import push as push_branch
+from reconciler.source.repo import NothingToRollBack, SourceError
+from reconciler.source.rollback import push as push_branch
+from reconciler.source.rollback import rollback
 
 from . import command_app
 from .apply import apply_cmd

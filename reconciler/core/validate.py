@@ -50,6 +50,7 @@ def validate(
     (framework -> flags) is the older, smaller form of it. Without either, parameters are not
     checked against engine flags, but every check of hostile input still is.
     """
+    known_frameworks = catalog is not None  # else any framework name passes (no registry here)
     if catalog is None:
         catalog = _catalog_of(known_parameters or {})
     problems = list(raw.problems)
@@ -64,7 +65,7 @@ def validate(
         spec = _parse(doc, "model", ModelSpec, problems)
         if spec is not None:
             specs.append((doc, spec))
-            problems.extend(_check_model(doc, spec, catalog))
+            problems.extend(_check_model(doc, spec, catalog, known_frameworks))
             if path_check is not None:
                 try:
                     message = path_check(spec)
@@ -207,7 +208,9 @@ def _check_cluster(doc: SourceDoc, cluster: ClusterSpec) -> list[Problem]:
     return problems
 
 
-def _check_model(doc: SourceDoc, spec: ModelSpec, catalog: Catalog) -> list[Problem]:
+def _check_model(
+    doc: SourceDoc, spec: ModelSpec, catalog: Catalog, known_frameworks: bool
+) -> list[Problem]:
     problems = []
 
     def add(path: tuple, message: str, severity: str = "error") -> None:
@@ -219,8 +222,9 @@ def _check_model(doc: SourceDoc, spec: ModelSpec, catalog: Catalog) -> list[Prob
     count = spec.resource_requirements.gpu_count
     rules = catalog.get(spec.framework)
     if rules is None:
-        hint = _suggestion(spec.framework, sorted(catalog), "frameworks")
-        add(("framework",), f"unknown framework '{spec.framework}'{hint}")
+        if known_frameworks:
+            hint = _suggestion(spec.framework, sorted(catalog), "frameworks")
+            add(("framework",), f"unknown framework '{spec.framework}'{hint}")
         rules = FrameworkRules(spec.framework, None)
     if spec.gpu_devices and len(spec.gpu_devices) != count:
         add(
@@ -231,7 +235,7 @@ def _check_model(doc: SourceDoc, spec: ModelSpec, catalog: Catalog) -> list[Prob
         add(("gpu_devices",), "the same GPU is pinned twice")
     if rules.needs_image:
         if not spec.image:
-            add(("image",), "framework docker needs an image")
+            add(("image",), f"framework {spec.framework} needs an image")
         if count > 0 and spec.resource_requirements.gpu_memory_mb is None:
             add(
                 ("resource_requirements",),

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -28,7 +28,8 @@ from reconciler.loop.controller import Controller, LoopSettings
 from reconciler.loop.reconcile import PassResult, Reconciler, Settings
 from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, snapshot_from_plan
 from reconciler.notify import Notifier
-from reconciler.source.git import LocalSource, RemoteSource
+from reconciler.source.local import LocalSource
+from reconciler.source.remote import RemoteSource
 from reconciler.state.paths import STATE_FILE
 from reconciler.state.statefile import CorruptState, State, read_state
 

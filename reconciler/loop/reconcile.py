@@ -31,14 +31,17 @@ from reconciler.core.retry import JITTER, cleared
 from reconciler.core.validate import validate
 from reconciler.engines.base import Engine, Handle
 from reconciler.engines.health import wait_ready
+from reconciler.engines.registry import catalog, missing_message
 from reconciler.gpus import InventoryError
 from reconciler.loop.execution import Executor
 from reconciler.loop.isolation import plan_isolated, set_aside
 from reconciler.loop.planning import Requirements
 from reconciler.loop.records import Records, observed_of, retry_of, with_retry
 from reconciler.loop.supervision import Supervisor, describe
-from reconciler.source.git import SourceError
 from reconciler.source.load import LoadError, load_directory, load_revision
+from reconciler.source.local import LocalSource
+from reconciler.source.protocol import Source
+from reconciler.source.repo import Revision, SourceError
 from reconciler.state.paths import STATE_FILE, namespace_for
 from reconciler.state.statefile import ModelState, State, read_state_or_recover, write_state
 
@@ -50,9 +53,9 @@ class Settings:
     rev: str | None = None
     """read desired state from this git revision instead of the working tree"""
     stop_grace_s: float = 10.0
-    source: Any = None
-    """a git source (reconciler.source.git.LocalSource / RemoteSource): what to load, and the
-    revision to record; None = a LocalSource over desired_dir (works outside git too)"""
+    source: Source | None = None
+    """the git source (local or remote): what to load, and the revision to record; None = a
+    LocalSource over desired_dir (works outside git too)"""
     engine_host: str = "127.0.0.1"
     """where engines listen: a host setting, never a spec's. Each engine's sockets are checked
     against it and its assigned port."""
@@ -110,7 +113,7 @@ class Reconciler:
         )
         self.last_handles: dict[str, list[Handle]] = {}
         """what the last pass observed: the daemon watches these pids for exits"""
-        self.last_revision: Any = None
+        self.last_revision: Revision | None = None
         self.last_desired: DesiredState | None = None
         """the desired state in force after the last pass (the last valid one when invalid)"""
         self._unschedulable: set[str] = set()
@@ -125,8 +128,6 @@ class Reconciler:
 
     def load_desired(self) -> tuple[DesiredState | None, list[Problem]]:
         """The desired state to apply, and the problems found; None when invalid."""
-        from reconciler.engines.registry import catalog, missing_message
-
         directory = self.settings.desired_dir
         try:
             if self.settings.rev:
@@ -141,10 +142,8 @@ class Reconciler:
         result = validate(raw, path_check=missing_message, catalog=catalog())
         return result.desired, result.problems
 
-    def _source(self) -> Any:
+    def _source(self) -> Source | None:
         if self.settings.source is None:
-            from reconciler.source.git import LocalSource
-
             try:
                 self.settings.source = LocalSource(self.settings.desired_dir)
             except SourceError:
@@ -384,7 +383,7 @@ def converge(reconciler: Reconciler, timeout_s: float) -> list[PassResult]:
         )
 
 
-def _revision_of(source: Any) -> Any:
+def _revision_of(source: Source | None) -> Revision | None:
     """The source's revision (sha, dirty mark); None outside git or when git cannot tell."""
     if source is None:
         return None

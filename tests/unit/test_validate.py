@@ -444,6 +444,11 @@ def test_engine_parameters_are_not_checked_without_the_known_lists() -> None:
     assert validate(raw).problems == []
 
 
+def test_without_a_catalog_any_framework_name_passes() -> None:
+    raw = raw_state({path_of("a"): model("a", framework="tgi")})
+    assert validate(raw).problems == []
+
+
 def test_the_older_known_parameters_argument_still_checks_them() -> None:
     raw = raw_state({path_of("a"): model("a", "parameters: {ctx_size: 1}")})
     [problem] = validate(raw, known_parameters={"llama_cpp": frozenset({"ctx-size"})}).problems

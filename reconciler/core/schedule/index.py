@@ -77,7 +77,7 @@ class VictimIndex:
                 after, victim, rank, g, total = keys[i]
                 if best is not None and after > best[0]:
                     break
-                if best is None or (after, victim, rank, g) < best:
+                if best is None or (total, victim, rank, g) < best:
                     best = (total, victim, rank, g)
         if best is None:
             return None
