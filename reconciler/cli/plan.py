@@ -21,8 +21,9 @@ from reconciler.core.plan import (
     render_markdown,
     render_text,
 )
-from reconciler.gpus import InventoryError
-from reconciler.loop.planning import plan_desired
+from reconciler.gpus import InventoryError, inventory
+from reconciler.loop.planning import Requirements, plan_desired
+from reconciler.state.memory import read_learned
 from reconciler.state.statefile import ObservedFileError, read_observed
 
 from . import command_app
@@ -48,7 +49,10 @@ def _observed_from_file(path: Path) -> Observed:
 
 
 def _plan_offline(
-    directory: Path, rev: str | None, observed: Observed
+    directory: Path,
+    rev: str | None,
+    observed: Observed,
+    requirements: Requirements | None = None,
 ) -> tuple[Plan, DesiredState | None]:
     """Plan against an observed-state file (or nothing running): no engine is touched."""
     raw = read_desired(directory, rev)
@@ -56,7 +60,8 @@ def _plan_offline(
     if result.desired is None:
         return invalid_plan(raw.revision, result.problems), None
     try:
-        return plan_desired(result.desired, observed, result.problems), result.desired
+        plan = plan_desired(result.desired, observed, result.problems, requirements=requirements)
+        return plan, result.desired
     except InventoryError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from exc
@@ -103,10 +108,30 @@ def plan_cmd(
 
         reconciler = Reconciler(Settings(directory, resolve_state_dir(state_dir), rev))
         plan = reconciler.pass_once(dry_run=True).plan
+        desired, requirements = reconciler.last_desired, reconciler.requirements
     else:
-        plan, _ = _plan_offline(directory, rev, observed or {})
-    sys.stdout.write(render_plan(plan, fmt) + "\n")
+        learned = read_learned(resolve_state_dir(state_dir))
+        requirements = Requirements(lambda m, h: learned.get(m, {}).get(h))
+        plan, desired = _plan_offline(directory, rev, observed or {}, requirements)
+    text = render_plan(plan, fmt)
+    if fmt is not PlanFormat.json and plan.valid and desired is not None:
+        text += memory_basis(requirements, desired)
+    sys.stdout.write(text + "\n")
     raise typer.Exit(0 if plan.valid else 1)
+
+
+def memory_basis(requirements: Requirements, desired: DesiredState) -> str:
+    """Which GPU memory figure each model is planned with, and why: the spec's number, the
+    measured peak of its spec hash plus a margin, or the estimate from its files."""
+    try:
+        gpus = inventory(desired.cluster)
+    except InventoryError:
+        return ""
+    lines = ["", "GPU memory planned per model (MiB per GPU):"]
+    for model_id, chosen in sorted(requirements.reasons(desired, gpus).items()):
+        size = "unknown" if chosen.mb is None else str(chosen.mb)
+        lines.append(f"  {model_id}: {size} ({chosen.basis}: {chosen.reason})")
+    return "\n".join(lines)
 
 
 def _host_observable(state_dir: Path | None) -> bool:

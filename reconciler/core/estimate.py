@@ -79,6 +79,18 @@ hub id is looked up in the hub cache), or nothing readable here (a container's i
 
 
 @dataclass(frozen=True)
+class Derivation:
+    """How one part of an estimate was computed (`reconciler estimate --explain`)."""
+
+    formula: str
+    """the arithmetic with its numbers, as an operator would redo it by hand"""
+    factors: dict[str, float] = field(default_factory=dict)
+    """the same numbers by name"""
+    size_bytes: float = 0
+    """what the formula comes to, per GPU, before rounding up to whole MiB"""
+
+
+@dataclass(frozen=True)
 class Estimate:
     """MiB per GPU, how they add up, and a sentence saying why (or why unknown)."""
 
@@ -87,6 +99,8 @@ class Estimate:
     """MiB per GPU by part; sums to per_gpu_mb unless the note says otherwise"""
     note: str = ""
     gpu_count: int = 1
+    derivations: dict[str, Derivation] = field(default_factory=dict, compare=False)
+    """per part of the breakdown, how it was computed (explanation only: not compared)"""
 
 
 class CannotEstimate(Exception):
@@ -99,6 +113,16 @@ CUDA_CONTEXT_MB = 400
 """Per process and GPU before any model memory: the CUDA context, cuBLAS workspaces and kernel
 images. nvidia-smi shows ~300-500 MiB for an idle CUDA process depending on driver, GPU and
 lazy module loading; the upper-middle of that range."""
+
+
+def cuda_context() -> Derivation:
+    """The runtime_overhead part every CUDA engine reserves."""
+    formula = (
+        f"CUDA context, cuBLAS workspaces and kernel images: {CUDA_CONTEXT_MB} MiB per process "
+        "and GPU (a constant; nothing of it exists on a CPU)"
+    )
+    return Derivation(formula, {"cuda_context_mb": CUDA_CONTEXT_MB}, CUDA_CONTEXT_MB * MIB)
+
 
 F32_BYTES = 4
 """Engines compute logits (and llama.cpp its attention scores) in f32."""
@@ -129,7 +153,8 @@ def requirement_mb(
     if resources.gpu_memory_mb is not None:
         declared = resources.gpu_memory_mb
         note = "resource_requirements.gpu_memory_mb"
-        return Estimate(declared, {"declared": declared}, note, count)
+        how = Derivation(f"declared in the spec: {note}", {"declared_mb": declared}, declared * MIB)
+        return Estimate(declared, {"declared": declared}, note, count, {"declared": how})
     if count == 0:
         return Estimate(0, {}, "gpu_count is 0: runs on the CPU, no GPU memory", count)
     if hook is None:
@@ -175,6 +200,44 @@ def render_estimate(estimate: Estimate) -> str:
     if estimate.note:
         lines.append(estimate.note)
     return "\n".join(lines)
+
+
+def render_explain(estimate: Estimate) -> str:
+    """The breakdown with how each part was computed, then the per-GPU total and the note."""
+    if estimate.per_gpu_mb is None and not estimate.breakdown:
+        return render_estimate(estimate)
+    rows = [
+        (part.replace("_", " "), f"{mb:,}", _how(estimate.derivations.get(part)))
+        for part, mb in estimate.breakdown.items()
+    ]
+    total = "unknown" if estimate.per_gpu_mb is None else f"{estimate.per_gpu_mb:,}"
+    gpus = "GPU" if estimate.gpu_count == 1 else "GPUs"
+    added = " + ".join(f"{mb:,}" for mb in estimate.breakdown.values())
+    rows.append((f"per GPU (x{estimate.gpu_count} {gpus})", total, f"= {added}"))
+    width = max(len(name) for name, _, _ in rows)
+    value_width = max(len("MiB"), *(len(value) for _, value, _ in rows))
+    lines = [f"{'part':<{width}}  {'MiB':>{value_width}}  how"]
+    for i, (name, value, how) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * (width + 2 + value_width))
+        lines.append(f"{name:<{width}}  {value:>{value_width}}  {how}".rstrip())
+    lines.append("(each part is rounded up to whole MiB)")
+    if estimate.note:
+        lines.append(estimate.note)
+    return "\n".join(lines)
+
+
+def _how(derivation: Derivation | None) -> str:
+    return "" if derivation is None else derivation.formula
+
+
+def number(value: float) -> str:
+    """2,048 for whole numbers, 1.0625 for fractions: how factors are written in formulas."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4g}"
+
+
+def mib_text(size_bytes: float) -> str:
+    return f"{size_bytes / MIB:,.1f} MiB"
 
 
 # ---- parameter parsing ----------------------------------------------------------------------

@@ -21,6 +21,8 @@ class EventKind(StrEnum):
     restart_requested = "restart-requested"
     unschedulable = "unschedulable"
     recovered = "recovered"
+    memory_exceeded = "memory-exceeded"
+    """an engine uses more memory than the planner reserved for it: the host is overbooked"""
     remote_refused = "remote-refused"
     remote_forced = "remote-forced"
     webhook = "webhook"

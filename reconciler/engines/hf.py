@@ -17,16 +17,21 @@ from pathlib import Path
 from reconciler.core.estimate import (
     CUDA_CONTEXT_MB,
     F32_BYTES,
+    MIB,
     CannotEstimate,
+    Derivation,
     Estimate,
     HFFacts,
     Hook,
     ModelFacts,
     check_gpu_count,
+    cuda_context,
     float_param,
     int_param,
     mib,
+    mib_text,
     mismatched_facts,
+    number,
 )
 from reconciler.core.spec import ModelSpec, ParameterValue
 from reconciler.engines.base import EngineError, EnginePlacement
@@ -219,7 +224,7 @@ def hf_serving_estimate(
     """
     check_gpu_count(gpu_count)
     try:
-        minimum = _hf_minimum(facts, serving, gpu_count)
+        minimum, how = _hf_minimum(facts, serving, gpu_count)
     except CannotEstimate as exc:
         return Estimate(None, {}, str(exc), gpu_count)
     needed = sum(minimum.values())
@@ -230,28 +235,36 @@ def hf_serving_estimate(
             f"{engine} claims {serving.flags.fraction_default:.0%} of each GPU, so the engine "
             "must pass reservation / GPU size"
         )
-        return Estimate(needed, minimum, note, gpu_count)
+        return Estimate(needed, minimum, note, gpu_count, how)
     if not 0 < fraction <= 1:
-        return Estimate(None, minimum, f"{flag} {fraction} is not in (0, 1]", gpu_count)
+        return Estimate(None, minimum, f"{flag} {fraction} is not in (0, 1]", gpu_count, how)
     if gpu_total_mb is None:
         note = (
             f"{flag} {fraction} is a share of the GPU: the requirement needs the GPU's memory "
             f"size (the model alone needs at least {needed} MiB per GPU)"
         )
-        return Estimate(None, minimum, note, gpu_count)
+        return Estimate(None, minimum, note, gpu_count, how)
     claimed = math.floor(fraction * gpu_total_mb)
     if claimed < needed:
         note = (
             f"{flag} {fraction} of {gpu_total_mb} MiB = {claimed} MiB is less than the "
             f"{needed} MiB the model needs per GPU: {engine} will fail to start"
         )
-        return Estimate(claimed, minimum, note, gpu_count)
+        return Estimate(claimed, minimum, note, gpu_count, how)
     breakdown = {**minimum, "kv_cache_headroom": claimed - needed}
     note = f"{engine} claims {flag} {fraction} of {gpu_total_mb} MiB"
-    return Estimate(claimed, breakdown, note, gpu_count)
+    headroom = Derivation(
+        f"{flag} {fraction} x {gpu_total_mb:,} MiB = {claimed:,} MiB, less the {needed:,} MiB "
+        f"above: {engine} fills it with more KV cache",
+        {"fraction": fraction, "gpu_total_mb": gpu_total_mb, "needed_mb": needed},
+        (claimed - needed) * MIB,
+    )
+    return Estimate(claimed, breakdown, note, gpu_count, {**how, "kv_cache_headroom": headroom})
 
 
-def _hf_minimum(facts: HFFacts, serving: HFServing, gpu_count: int) -> dict[str, int]:
+def _hf_minimum(
+    facts: HFFacts, serving: HFServing, gpu_count: int
+) -> tuple[dict[str, int], dict[str, Derivation]]:
     """MiB per GPU with tensor parallelism over the model's GPUs (pipeline stages split layers)."""
     pipeline = max(1, serving.pipeline)
     tensor_parallel = max(1, gpu_count // pipeline)
@@ -267,13 +280,58 @@ def _hf_minimum(facts: HFFacts, serving: HFServing, gpu_count: int) -> dict[str,
         serving.batched_tokens * hidden_widths * act_bytes
         + serving.seqs * facts.vocab_size * F32_BYTES
     )
-    return {
+    breakdown = {
         "weights": mib(weights),
         "kv_cache": mib(kv_cache),
         "activations": mib(activations),
         "cuda_graphs": 0 if serving.eager else HF_CUDA_GRAPHS_MB,
         "runtime_overhead": CUDA_CONTEXT_MB,
     }
+    shards = f"/ {tensor_parallel} tensor-parallel x {pipeline} pipeline"
+    graphs = breakdown["cuda_graphs"]
+    how = {
+        "weights": Derivation(
+            f"checkpoint {mib_text(_hf_weight_bytes(facts, act_bytes))} (floats as "
+            f"{act_bytes} B) {shards}",
+            {"tensor_parallel": tensor_parallel, "pipeline": pipeline, "dtype_bytes": act_bytes},
+            weights,
+        ),
+        "kv_cache": Derivation(
+            f"{number(serving.max_len)} {serving.flags.max_len} (one sequence) x {layers} layers"
+            f" x {number(kv_token_layer)} B per token and layer"
+            f" ({_kv_shape(facts, tensor_parallel)})",
+            {
+                "context": serving.max_len,
+                "layers": layers,
+                "bytes_per_token_layer": kv_token_layer,
+                "parallel_slots": 1,
+            },
+            kv_cache,
+        ),
+        "activations": Derivation(
+            f"{number(serving.batched_tokens)} batched tokens x (2 x "
+            f"{number(facts.intermediate_size)} + 4 x {number(facts.hidden_size)})"
+            f" / {tensor_parallel} x {act_bytes} B"
+            f" + logits {serving.seqs} seqs x {number(facts.vocab_size)} vocab x 4 B",
+            {"batched_tokens": serving.batched_tokens, "seqs": serving.seqs},
+            activations,
+        ),
+        "cuda_graphs": Derivation(
+            f"CUDA graphs captured at start-up: {graphs} MiB"
+            + (f" ({serving.flags.eager} is set)" if serving.eager else ""),
+            {"cuda_graphs_mb": graphs},
+            graphs * MIB,
+        ),
+        "runtime_overhead": cuda_context(),
+    }
+    return breakdown, how
+
+
+def _kv_shape(facts: HFFacts, tensor_parallel: int) -> str:
+    if facts.kv_lora_rank is not None:
+        return f"latent {facts.kv_lora_rank} + rope {facts.qk_rope_head_dim or 0}, per rank"
+    heads = max(1, facts.num_key_value_heads // tensor_parallel)
+    return f"2 (K and V) x {heads} KV heads per rank x {facts.head_dim} head size x dtype bytes"
 
 
 def _hf_dtype_bytes(serving: HFServing) -> int:

@@ -12,13 +12,17 @@ from reconciler.core.estimate import (
     CUDA_CONTEXT_MB,
     F32_BYTES,
     CannotEstimate,
+    Derivation,
     Estimate,
     GGUFFacts,
     ModelFacts,
     check_gpu_count,
+    cuda_context,
     int_param,
     mib,
+    mib_text,
     mismatched_facts,
+    number,
 )
 from reconciler.core.spec import ModelSpec
 
@@ -93,6 +97,14 @@ def llama_cpp_estimate(
         "compute_buffer": mib(compute),
         "runtime_overhead": CUDA_CONTEXT_MB,
     }
+    derivations = {
+        "weights": _weights_derivation(facts, gpu_layers, output_on_gpu, gpu_count, weights),
+        "kv_cache": _kv_derivation(
+            facts, parameters, n_ctx, gpu_layers, gpu_count, kv_cache / gpu_count
+        ),
+        "compute_buffer": _compute_derivation(facts, parameters, n_ctx, ubatch, compute),
+        "runtime_overhead": cuda_context(),
+    }
     note = (
         f"llama.cpp: {gpu_layers}/{facts.n_layer} layers on GPU, ctx {n_ctx}, "
         f"KV cache k={_cache_name(parameters, 'cache-type-k')} "
@@ -100,7 +112,7 @@ def llama_cpp_estimate(
     )
     if gpu_count > 1:
         note += f", split over {gpu_count} GPUs"
-    return Estimate(sum(breakdown.values()), breakdown, note, gpu_count)
+    return Estimate(sum(breakdown.values()), breakdown, note, gpu_count, derivations)
 
 
 def _llama_compute_bytes(facts: GGUFFacts, n_ctx: int, ubatch: int, flash_attn: bool) -> int:
@@ -116,6 +128,100 @@ def _llama_compute_bytes(facts: GGUFFacts, n_ctx: int, ubatch: int, flash_attn: 
     scores = 0 if flash_attn else ubatch * n_ctx * facts.n_head * F32_BYTES
     activations = ubatch * facts.n_embd * F32_BYTES * ACTIVATION_WIDTHS
     return max(logits, scores) + activations
+
+
+def _weights_derivation(
+    facts: GGUFFacts, gpu_layers: int, output_on_gpu: bool, gpu_count: int, size: float
+) -> Derivation:
+    output = facts.output_weights_bytes if output_on_gpu else 0
+    formula = (
+        f"blocks {mib_text(facts.layer_weights_bytes)} x {gpu_layers}/{facts.n_layer} on the GPU"
+        f" / {gpu_count} GPU(s) + output layer {mib_text(output)}"
+    )
+    factors = {
+        "block_bytes": facts.layer_weights_bytes,
+        "layers_on_gpu": gpu_layers,
+        "layers": facts.n_layer,
+        "gpus": gpu_count,
+        "output_bytes": output,
+    }
+    return Derivation(formula, factors, size)
+
+
+def _kv_derivation(
+    facts: GGUFFacts,
+    parameters: Mapping[str, object],
+    n_ctx: int,
+    layers: int,
+    gpu_count: int,
+    size: float,
+) -> Derivation:
+    """context x layers x KV heads x (K + V head size x cache-type bytes), split over the GPUs.
+
+    Parallel slots do not multiply it: llama-server divides ctx-size among its slots (or shares
+    it, with a unified cache), so the cache holds ctx-size tokens in all.
+    """
+    k_name, v_name = (
+        _cache_name(parameters, "cache-type-k"),
+        _cache_name(parameters, "cache-type-v"),
+    )
+    bytes_k, bytes_v = CACHE_TYPE_BYTES[k_name], CACHE_TYPE_BYTES[v_name]
+    factors = {
+        "context": n_ctx,
+        "layers": layers,
+        "kv_heads": facts.n_head_kv,
+        "head_size_k": facts.head_dim_k,
+        "head_size_v": facts.head_dim_v,
+        "cache_type_bytes_k": bytes_k,
+        "cache_type_bytes_v": bytes_v,
+        "parallel_slots": _slots(parameters),
+        "gpus": gpu_count,
+    }
+    if (facts.head_dim_k, bytes_k) == (facts.head_dim_v, bytes_v):
+        per_head = f"2 (K and V) x {facts.head_dim_k} head size x {number(bytes_k)} B ({k_name})"
+    else:
+        per_head = (
+            f"(K {facts.head_dim_k} x {number(bytes_k)} B ({k_name}) + "
+            f"V {facts.head_dim_v} x {number(bytes_v)} B ({v_name}))"
+        )
+    slots = factors["parallel_slots"]
+    formula = (
+        f"{number(n_ctx)} ctx x {layers} layers x {facts.n_head_kv} KV heads x {per_head}"
+        f" / {gpu_count} GPU(s); parallel slots: {slots}, sharing the ctx (x1)"
+    )
+    return Derivation(formula, factors, size)
+
+
+def _slots(parameters: Mapping[str, object]) -> int:
+    try:
+        return max(1, int_param(parameters, "parallel") or 1)
+    except CannotEstimate:
+        return 1  # explanation only: a bad value is the engine's to reject
+
+
+def _compute_derivation(
+    facts: GGUFFacts, parameters: Mapping[str, object], n_ctx: int, ubatch: int, size: float
+) -> Derivation:
+    flash = _flash_attention(parameters)
+    scores = (
+        "0 (flash attention)"
+        if flash
+        else f"{ubatch} x {number(n_ctx)} x {facts.n_head} heads x 4 B"
+    )
+    formula = (
+        f"max(logits {ubatch} ubatch x {number(facts.n_vocab)} vocab x 4 B, scores {scores})"
+        f" + activations {ubatch} x {number(facts.n_embd)} x 4 B x {ACTIVATION_WIDTHS}"
+    )
+    factors = {
+        "ubatch": ubatch,
+        "vocab": facts.n_vocab,
+        "context": n_ctx,
+        "heads": facts.n_head,
+        "embedding": facts.n_embd,
+        "flash_attention": int(flash),
+        "activation_widths": ACTIVATION_WIDTHS,
+    }
+    return Derivation(formula, factors, size)
 
 
 def _llama_ctx(facts: GGUFFacts, parameters: Mapping[str, object]) -> int:

@@ -35,6 +35,7 @@ from reconciler.engines.registry import catalog, missing_message
 from reconciler.gpus import InventoryError
 from reconciler.loop.execution import Executor
 from reconciler.loop.isolation import plan_isolated, set_aside
+from reconciler.loop.memory import MemoryLearner
 from reconciler.loop.planning import Requirements
 from reconciler.loop.records import Records, observed_of, retry_of, with_retry
 from reconciler.loop.supervision import Supervisor, describe
@@ -95,7 +96,8 @@ class Reconciler:
         self.namespace = namespace_for(self.state_dir)
         self.engines = dict(engines or default_engines(self.state_dir, self.namespace))
         self.clock = clock
-        self.requirements = Requirements()
+        self.memory = MemoryLearner(settings.state_dir)
+        self.requirements = Requirements(learned=self.memory.figures)
         self.records = Records(self.state_dir, clock)
         self.listeners = self.records.listeners
         """called with every event, after it is written (metrics, notifications, SSE)"""
@@ -198,6 +200,9 @@ class Reconciler:
             **self.supervisor.supervise(usable, seen, watched, now, dry_run),
             **{k: v for k, v in states.items() if k in broken},
         }
+        self.memory.learn(
+            usable, seen, states, self.requirements, now, self.records.event, dry_run=dry_run
+        )
         alive = {m for m, hs in handles.items() if any(h.alive for h in hs)}
         observed = {
             m: o for m, s in states.items() if m not in broken and (o := observed_of(s, m in alive))

@@ -5,7 +5,9 @@ POST /v1/chat/completions (deterministic text); a stand-in adds its engine's own
 Test knobs (environment, with the stand-in's prefix, e.g. FAKE_VLLM_): <PREFIX>STARTUP_S delays
 listening (model loading); <PREFIX>IGNORE_SIGTERM=1 makes it ignore SIGTERM (a hung engine);
 <PREFIX>EXIT_IF_EXISTS=PATH makes it exit 1 at once while PATH exists (a broken dependency that
-an operator can repair: the engine crashes at start until then). Standard library only.
+an operator can repair: the engine crashes at start until then); <PREFIX>HOLD_MB=N makes it hold
+N MiB of resident memory (a model's weights and KV cache, as far as memory measurement can tell).
+Standard library only.
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ def serve(standin: StandIn, argv: list[str]) -> int:
     if hung:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(float(os.environ.get(standin.prefix + "STARTUP_S", "0")))
+    held = _hold(int(os.environ.get(standin.prefix + "HOLD_MB", "0")))
     server = ThreadingHTTPServer((standin.host, standin.port), make_handler(standin))
     if not hung:
         # the real servers shut down cleanly on SIGTERM and exit 0
@@ -154,5 +157,13 @@ def serve(standin: StandIn, argv: list[str]) -> int:
     print(f"INFO: fake {standin.title} serving {standin.model} on {where}", flush=True)
     with server:
         server.serve_forever(poll_interval=0.1)
-    print(f"INFO: fake {standin.title} stopped", flush=True)
+    print(f"INFO: fake {standin.title} stopped ({len(held) >> 20} MiB held)", flush=True)
     return 0
+
+
+def _hold(mib: int) -> bytearray:
+    """N MiB written page by page, so that they are resident, not just reserved."""
+    held = bytearray(mib << 20)
+    for offset in range(0, len(held), 4096):
+        held[offset] = 1
+    return held

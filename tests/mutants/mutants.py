@@ -60,8 +60,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "victims are not the fewest: every lower-priority model on the GPU is preempted",
         "reconciler/core/schedule/victims.py",
-        "count = self._victim_count(g, memory, level)\n        if count == 1:",
-        "count = len(pool)\n        if count == 1:",
+        "if count is None:\n            count = self._victim_count(g, memory, level)\n",
+        "count = len(pool)\n",
         SCHEDULE,
     ),
     Mutant(

@@ -31,8 +31,9 @@ then ids) for models on one GPU, and for pinned or multi-GPU models when the can
 (a server); otherwise the cheapest GPUs are chosen one by one, which can miss the joint optimum.
 
 Modules: `model` (input, output, limits), `ports`, `board` (the state of a pass and its
-bookkeeping), `victims` (victim choice), `lookahead` (placement without preemption), `passes`
-(the pass itself and `schedule`).
+bookkeeping), `index` (the single-victim index: the best one victim on any GPU without scanning
+them all), `victims` (victim choice), `lookahead` (placement without preemption), `passes` (the
+pass itself and `schedule`).
 """
 
 from reconciler.core.schedule.model import (
