@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
@@ -16,10 +16,13 @@ from reconciler.core.plan import Outcome, Plan
 from reconciler.core.spec import ModelSpec
 from reconciler.state.statefile import ModelState, State
 
-from .responses import ModelDetail, ModelSummary, Placement, errors
+from .responses import MemoryOut, ModelDetail, ModelSummary, Placement, errors
 from .views import Views
 
 MODEL_LIST = TypeAdapter(list[ModelSummary])
+
+
+MemoryOf = Callable[[str, ModelSpec | None, ModelState | None], MemoryOut | None]
 
 
 def model_summary(
@@ -28,6 +31,7 @@ def model_summary(
     state: ModelState | None,
     outcome: Outcome | None,
     now: float,
+    memory: MemoryOf | None = None,
 ) -> ModelSummary:
     status = state.status if state else Status.stopped
     holds_gpus = state is not None and state.status in OCCUPYING
@@ -51,6 +55,7 @@ def model_summary(
         last_error=state.last_error if state else None,
         given_up=bool(state and state.given_up),
         reason=outcome.reason if outcome is not None else None,
+        memory=memory(model_id, spec, state) if memory is not None else None,
     )
 
 
@@ -61,16 +66,20 @@ def list_models(views: Views) -> tuple[list[ModelSummary], bytes]:
     specs, state, plan = views.specs(), views.state(), views.last_plan()
     now = time.time()
     key = (id(specs), id(state), id(plan), int(now))
-    return views.models_memo.get(key, lambda: _build_models(specs, state, plan, now))
+    return views.models_memo.get(key, lambda: _build_models(specs, state, plan, now, views.memory))
 
 
 def _build_models(
-    specs: Mapping[str, ModelSpec], state: State | None, plan: Plan | None, now: float
+    specs: Mapping[str, ModelSpec],
+    state: State | None,
+    plan: Plan | None,
+    now: float,
+    memory: MemoryOf,
 ) -> tuple[list[ModelSummary], bytes]:
     models = state.models if state else {}
     outcomes = plan.models if plan is not None else {}
     listed = [
-        model_summary(mid, specs.get(mid), models.get(mid), outcomes.get(mid), now)
+        model_summary(mid, specs.get(mid), models.get(mid), outcomes.get(mid), now, memory)
         for mid in sorted(set(specs) | set(models))
     ]
     return listed, MODEL_LIST.dump_json(listed)
@@ -84,7 +93,7 @@ def model_detail(views: Views, model_id: str) -> ModelDetail | None:
         return None
     plan = views.last_plan()
     outcome = plan.models.get(model_id) if plan is not None else None
-    summary = model_summary(model_id, spec, model, outcome, time.time())
+    summary = model_summary(model_id, spec, model, outcome, time.time(), views.memory)
     placement = None
     if model is not None and model.status in OCCUPYING:
         placement = Placement(gpus=list(model.gpus), memory_mb=model.memory_mb, port=model.port)

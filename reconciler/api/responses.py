@@ -30,6 +30,17 @@ class ProblemOut(BaseModel):
     severity: Literal["error", "warning"] = "error"
 
 
+class MemoryOut(BaseModel):
+    """GPU memory of one model per GPU, in MiB: what its files suggested, what its engine uses."""
+
+    estimated_mb: int | None = Field(None, description="estimated from the model's files")
+    measured_mb: int | None = Field(None, description="its engine's use at the last measurement")
+    peak_mb: int | None = Field(None, description="the most measured for this spec")
+    measured_by: str | None = Field(
+        None, description="nvml (GPU memory) or rss (resident memory, on declared GPUs)"
+    )
+
+
 class ModelSummary(BaseModel):
     id: str
     name: str | None = None
@@ -48,6 +59,7 @@ class ModelSummary(BaseModel):
     last_error: str | None = None
     given_up: bool = False
     reason: str | None = Field(None, description="what the last pass planned for it, and why")
+    memory: MemoryOut | None = None
 
 
 class Placement(BaseModel):

@@ -26,7 +26,7 @@ from reconciler.state.paths import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 from reconciler.state.statefile import CorruptState, ModelState, State, read_state
 
 from .cache import Background, Memo, ParsedFile
-from .responses import RevisionOut
+from .responses import MemoryOut, RevisionOut
 
 log = logging.getLogger("reconciler.api")
 
@@ -121,6 +121,26 @@ class Views:
             return desired.cluster
         parsed = self._desired_file.get()
         return parsed[1] if parsed else None
+
+    def memory(
+        self, model_id: str, spec: ModelSpec | None, state: ModelState | None
+    ) -> MemoryOut | None:
+        """Estimated, measured and peak memory of the spec in force (or of what runs)."""
+        spec_hash = (state.spec_hash if state else None) or (spec.spec_hash() if spec else None)
+        if spec_hash is None:
+            return None
+        figures = self.reconciler.memory.figures(model_id, spec_hash)
+        estimated = figures.estimated_mb if figures else None
+        if estimated is None and spec is not None:
+            estimated = self.reconciler.requirements.cached_estimate(spec)
+        if figures is None and estimated is None:
+            return None
+        return MemoryOut(
+            estimated_mb=estimated,
+            measured_mb=figures.measured_mb if figures else None,
+            peak_mb=figures.peak_mb if figures else None,
+            measured_by=figures.measured_by if figures else None,
+        )
 
     def handles(self, model_id: str) -> list[Handle]:
         """The engines of a model, as the last pass observed them."""

@@ -85,6 +85,7 @@ class Daemon:
             desired=self._desired_snapshot,
             gpus_declared=self._gpus_declared,
             notifications=self.notifier.counts,
+            memory=self._memory,
         )
         self.reconciler.listeners += [self.metrics.record_event, self.notifier.notify]
 
@@ -120,6 +121,24 @@ class Daemon:
             return read_state(self.reconciler.state_dir / STATE_FILE)
         except CorruptState:
             return None
+
+    def _memory(self) -> dict[str, tuple[int | None, int | None]]:
+        """Estimated and measured MiB of each model in force, for the metrics."""
+        desired = self.reconciler.last_desired
+        if desired is None:
+            return {}
+        state = self._state()
+        records = state.models if state is not None else {}
+        figures: dict[str, tuple[int | None, int | None]] = {}
+        for model_id, spec in desired.models.items():
+            record = records.get(model_id)
+            spec_hash = (record.spec_hash if record else None) or spec.spec_hash()
+            learned = self.reconciler.memory.figures(model_id, spec_hash)
+            estimated = (learned.estimated_mb if learned else None) or (
+                self.reconciler.requirements.cached_estimate(spec)
+            )
+            figures[model_id] = (estimated, learned.measured_mb if learned else None)
+        return figures
 
     def _last_plan(self) -> Plan | None:
         result = self.controller.stats.last_result

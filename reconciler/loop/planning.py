@@ -27,13 +27,20 @@ class Requirements:
 
     def __init__(self, learned: LearnedLookup | None = None) -> None:
         self._cache: dict[tuple[str, str, int | None], int | None] = {}
+        self._latest: dict[tuple[str, str], int | None] = {}
         self._learned = learned
 
     def estimate_of(self, spec: ModelSpec, gpu_total_mb: int | None = None) -> int | None:
         key = (spec.id, spec.spec_hash(), gpu_total_mb)
         if key not in self._cache:
             self._cache[key] = _estimate(spec, gpu_total_mb)
+            self._latest[key[:2]] = self._cache[key]
         return self._cache[key]
+
+    def cached_estimate(self, spec: ModelSpec) -> int | None:
+        """The estimate if one was made already (never reads model files: for readers such as
+        the API, which must not take the loop's time)."""
+        return self._latest.get((spec.id, spec.spec_hash()))
 
     def reservation_of(self, spec: ModelSpec, gpu_total_mb: int | None) -> Reservation:
         declared = spec.resource_requirements.gpu_memory_mb

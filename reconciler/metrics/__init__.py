@@ -41,6 +41,7 @@ from reconciler.metrics.families import (
     Families,
     add_desired,
     add_gpus,
+    add_memory,
     add_models,
     desired_snapshot,
     models_of,
@@ -93,6 +94,8 @@ StateSource = Callable[[], State | None]
 GPUSource = Callable[[], Sequence[GPUInfo]]
 DesiredSource = Callable[[], tuple[bool, str | None, Mapping[str, int], int]]
 NotificationSource = Callable[[], Mapping[tuple[str, str], int]]
+MemorySource = Callable[[], Mapping[str, tuple[int | None, int | None]]]
+"""model id -> (estimated MiB, measured MiB) per GPU"""
 
 
 class ReconcilerMetrics:
@@ -112,6 +115,7 @@ class ReconcilerMetrics:
         desired: DesiredSource,
         gpus_declared: Callable[[], bool] = lambda: False,
         notifications: NotificationSource | None = None,
+        memory: MemorySource | None = None,
         process_metrics: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -151,7 +155,13 @@ class ReconcilerMetrics:
         for kind in EVENT_KINDS:
             self._events.labels(kind)
         self._live = _LiveCollector(
-            self, state, gpus, desired, gpus_declared, notifications or (lambda: {})
+            self,
+            state,
+            gpus,
+            desired,
+            gpus_declared,
+            notifications or (lambda: {}),
+            memory or (lambda: {}),
         )
         registry.register(self._live)
         if process_metrics:  # memory, CPU, open fds and start time of the daemon itself
@@ -224,6 +234,7 @@ class _LiveCollector(Collector):
         desired: DesiredSource,
         gpus_declared: Callable[[], bool],
         notifications: NotificationSource,
+        memory: MemorySource,
     ) -> None:
         self._metrics = metrics
         self._sources: dict[str, Callable[[], Any]] = {
@@ -232,6 +243,7 @@ class _LiveCollector(Collector):
             "desired": desired,
             "gpus_declared": gpus_declared,
             "notifications": notifications,
+            "memory": memory,
         }
 
     def describe(self) -> Iterable[Metric]:
@@ -250,6 +262,7 @@ class _LiveCollector(Collector):
         priorities = dict(desired.priorities) if desired else {}
         add_models(families, models, priorities, preemptions)
         add_gpus(families, gpus, reserved_bytes_by_gpu(models), declared)
+        add_memory(families, self._read("memory", {}))
         add_desired(families, desired)
         if last_success is not None:
             families.last_success.add_metric([], last_success)

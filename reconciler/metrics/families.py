@@ -55,6 +55,17 @@ class Families:
             "GPU memory reserved for the model's engine, per GPU.",
             labels=["model", "gpu"],
         )
+        self.memory_estimated = GaugeMetricFamily(
+            "reconciler_model_gpu_memory_estimated_bytes",
+            "GPU memory per GPU the model's files suggest (weights, KV cache, buffers, context).",
+            labels=["model"],
+        )
+        self.memory_measured = GaugeMetricFamily(
+            "reconciler_model_gpu_memory_measured_bytes",
+            "Memory the model's engine used at the last measurement (NVML per process tree; "
+            "resident memory on declared GPUs).",
+            labels=["model"],
+        )
         self.gpu_total = GaugeMetricFamily(
             "reconciler_gpu_memory_total_bytes",
             "Total memory of each GPU.",
@@ -108,6 +119,15 @@ class Families:
 
     def all(self) -> list[Metric]:
         return list(vars(self).values())
+
+
+def add_memory(families: Families, memory: Mapping[str, tuple[int | None, int | None]]) -> None:
+    """model id -> (estimated MiB, measured MiB); a figure not known is left out."""
+    for model_id, (estimated, measured) in sorted(memory.items()):
+        if estimated is not None:
+            families.memory_estimated.add_metric([model_id], estimated * MIB)
+        if measured is not None:
+            families.memory_measured.add_metric([model_id], measured * MIB)
 
 
 def desired_snapshot(value: Any) -> DesiredSnapshot | None:

@@ -116,11 +116,22 @@ function modelRow(m) {
     el("td", { text: m.framework ?? "" }),
     el("td", { text: m.gpus.length ? m.gpus.join(", ") : "" }),
     el("td", { class: "num", text: mib(m.memory_mb) }),
+    memoryCell(m.memory),
     el("td", { class: "num", text: m.port ?? "" }),
     el("td", { class: "num", text: String(m.restarts) }),
     el("td", { class: "num", text: duration(m.uptime_s) }),
     noteCell,
   ]);
+}
+
+// estimated from the model's files vs what its engine was measured to use (RSS on declared GPUs)
+function memoryCell(memory) {
+  if (!memory) return el("td", { class: "num memory" });
+  const estimated = memory.estimated_mb == null ? "?" : mib(memory.estimated_mb);
+  const measured = memory.measured_mb == null ? "not measured" : mib(memory.measured_mb);
+  const cell = el("td", { class: "num memory", text: `${estimated} / ${measured}` });
+  if (memory.peak_mb != null) cell.title = `peak ${mib(memory.peak_mb)} (${memory.measured_by})`;
+  return cell;
 }
 
 function renderModels(models) {

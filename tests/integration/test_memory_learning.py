@@ -15,7 +15,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from apply_support import Host, managed_host, stand_in
+from apply_support import Host, managed_host, stand_in, wait_for
+from daemon_support import running_daemon
 
 from reconciler.state.memory import read_learned
 
@@ -120,3 +121,25 @@ def test_what_was_learned_survives_a_restart_and_feeds_the_plan(host: Host, tmp_
     plan = host.cli("plan", str(host.desired)).output
     line = next(line for line in plan.splitlines() if line.strip().startswith("kept:"))
     assert "measured" in line and str(learned.peak_mb) in line, plan
+
+
+def test_the_api_and_metrics_show_estimate_and_measurement_across_a_restart(tmp_path: Path):
+    model = tiny_hf_model(tmp_path / "tiny")
+    with running_daemon(tmp_path / "host", [learner("seen", model, hold_mb=120)], gpus=GPU) as d:
+        d.wait_statuses({"seen": "running"})
+
+        def measured() -> dict | None:
+            memory = d.json("/api/v1/models/seen")["memory"]
+            return memory if memory and memory["measured_mb"] else None
+
+        memory = wait_for(measured, 30, 0.2)
+        assert memory, d.log()
+        assert memory["measured_by"] == "rss"
+        assert memory["estimated_mb"] > memory["measured_mb"] >= 120
+        metrics = d.get("/metrics").text
+        assert 'reconciler_model_gpu_memory_measured_bytes{model="seen"}' in metrics
+        assert 'reconciler_model_gpu_memory_estimated_bytes{model="seen"}' in metrics
+        d.stop()
+        d.start()  # a new daemon process: it knows the figures before measuring again
+        again = d.json("/api/v1/models/seen")["memory"]
+        assert again["peak_mb"] >= memory["measured_mb"]
