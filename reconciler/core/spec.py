@@ -26,6 +26,13 @@ ParameterValue = Scalar | list[Scalar]
 ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 ModelId = Annotated[str, Field(pattern=ID_PATTERN, description="DNS label, unique across files")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# A name clients already use for a model (`gpt-4o-mini`, `llama3.1:8b`, `Qwen/Qwen2-7B-Instruct`):
+# wider than an id, since it never becomes a process marker, file name or Kubernetes name.
+ALIAS_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$"
+ModelAlias = Annotated[
+    str, Field(pattern=ALIAS_PATTERN, description="letters, digits, '.', '_', ':', '/', '-'")
+]
+MAX_REPLICAS = 64
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 DAY_S = 86400  # probe timers: a larger value is a mistake, and one past C's timeval raises
@@ -105,13 +112,26 @@ class ModelSpec(Strict):
         None, description="id of a lighter model to run while this one cannot be placed"
     )
     enabled: bool = True
+    aliases: list[ModelAlias] = Field(
+        default_factory=list,
+        description="further names clients may send as `model` to the gateway; unique across "
+        "files, never another model's id",
+    )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="engine instances of this spec, each with its own port and GPUs; instance "
+        "0 is <id>, the others <id>.1 ... <id>.N-1",
+    )
 
     def spec_hash(self) -> str:
         """Hash of the fields that shape the engine: a change of any of them restarts it.
 
-        Priority, name, fallback, enabled, health and retry settings, the memory reservation and
-        the GPU pin are deliberately left out: changing them must not restart a running engine
-        (a pin the current placement violates is handled by the planner).
+        Priority, name, fallback, enabled, aliases, replicas, health and retry settings, the
+        memory reservation and the GPU pin are deliberately left out: changing them must not
+        restart a running engine (a pin the current placement violates is handled by the
+        planner; more or fewer replicas start or stop instances, never restart the others).
         """
         shaping = {
             "framework": self.framework,

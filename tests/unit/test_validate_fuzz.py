@@ -25,7 +25,8 @@ from ruamel.yaml import YAML
 
 from reconciler.core.desired import RawDesiredState, SourceDoc, ValidationResult
 from reconciler.core.problems import Problem
-from reconciler.core.validate import validate
+from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.validate import _validator, accepted_strictly, validate
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import load_directory, parse_document
 
@@ -462,3 +463,16 @@ def test_the_fuzzers_start_from_valid_examples() -> None:
     # the mutations are only meaningful if the unmutated state is valid
     result = check_state(dict(EXAMPLES))
     assert result.valid
+
+
+@settings(max_examples=400, deadline=None)
+@given(examples_with_random_values())
+def test_the_strict_fast_path_accepts_only_what_the_schema_accepts(example: tuple[str, Any]):
+    # oracle: the JSON Schema (jsonschema) and pydantic's lax validation, the slow path
+    name, data = example
+    model, kind = (ClusterSpec, "cluster") if name == "cluster.yaml" else (ModelSpec, "model")
+    fast = accepted_strictly(data, model)
+    if fast is None:
+        return
+    assert list(_validator(kind).iter_errors(data)) == []
+    assert model.model_validate(data) == fast
