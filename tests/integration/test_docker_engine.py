@@ -169,10 +169,11 @@ def test_stop_removes_the_container_and_frees_the_port(
     http_get(placement.port, "/health")
 
     began = time.monotonic()
-    engine.stop(handle, grace_s=10)
+    engine.stop(handle, grace_s=120)
 
-    # The engine got SIGTERM (forwarded by the container's init) instead of waiting for SIGKILL.
-    assert time.monotonic() - began < 5
+    # The engine got SIGTERM (forwarded by the container's init): it did not sit out the grace
+    # period until SIGKILL (the bound is generous: a loaded machine is slow, not 2 minutes slow)
+    assert time.monotonic() - began < 60
     assert not exists(client, handle.container_id)
     assert port_refuses(placement.port)
     assert engine.observe() == []

@@ -177,8 +177,9 @@ def test_readers_never_see_a_half_written_file(tmp_path):
         writer.kill()
         writer.wait()
     assert writer.returncode == 0
-    # The reader really ran alongside the writer, through many replacements.
-    assert len(revisions) >= 10
+    # The reader really ran alongside the writer, through replacements (how many depends on the
+    # machine's load: one replacement seen is enough to have raced the rename)
+    assert len(revisions) >= 2
 
 
 def test_a_writer_killed_mid_write_leaves_a_complete_file(tmp_path):

@@ -1,0 +1,78 @@
+"""Replicas: a spec with `replicas: N` becomes N engine instances the planner places one by one.
+
+Instance 0 keeps the model's bare id, the others are `<id>.1` ... `<id>.N-1`. A model id is a DNS
+label, which has no '.', so an instance id never equals another model's id, and going from 1 to
+2 replicas starts `<id>.1` and restarts nothing. Each instance is a copy of the spec with its own
+id and `replicas: 1`; everything keyed by model id downstream (state records, engine markers,
+logs, learned memory, preemption, fallback) then works per instance unchanged. A fallback of an
+instance is the fallback model as written (its instance 0).
+
+Pure: expanding an already expanded desired state changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from reconciler.core.desired import DesiredState
+from reconciler.core.spec import ModelSpec
+
+SEPARATOR = "."
+
+
+def instance_id(model_id: str, index: int) -> str:
+    return model_id if index == 0 else f"{model_id}{SEPARATOR}{index}"
+
+
+def model_of(instance: str) -> str:
+    """The model an instance id belongs to (a model id is its own instance 0)."""
+    return instance.split(SEPARATOR, 1)[0]
+
+
+def index_of(instance: str) -> int:
+    _, sep, index = instance.partition(SEPARATOR)
+    return int(index) if sep and index.isdigit() else 0
+
+
+def instance_ids(spec: ModelSpec) -> list[str]:
+    return [instance_id(spec.id, i) for i in range(spec.replicas)]
+
+
+def instances(spec: ModelSpec) -> list[ModelSpec]:
+    """The specs of the instances of `spec`, instance 0 first."""
+    if spec.replicas == 1:
+        return [spec]
+    # model_copy does not validate: an instance id has a '.', which a written id may not have
+    return [spec.model_copy(update={"id": iid, "replicas": 1}) for iid in instance_ids(spec)]
+
+
+def expand(desired: DesiredState) -> DesiredState:
+    """`desired` with every model replaced by its instances (the planner's view)."""
+    if all(spec.replicas == 1 for spec in desired.models.values()):
+        return desired
+    models: dict[str, ModelSpec] = {}
+    origins = dict(desired.origins)
+    for model_id, spec in desired.models.items():
+        for copy in instances(spec):
+            models[copy.id] = copy
+            if model_id in desired.origins:
+                origins[copy.id] = desired.origins[model_id]
+    return replace(desired, models=models, origins=origins)
+
+
+def expand_ids(desired: DesiredState, model_ids: Iterable[str]) -> list[str]:
+    """The instance ids of these models of the unexpanded `desired` (unknown ids as they are)."""
+    found: list[str] = []
+    for model_id in model_ids:
+        spec = desired.models.get(model_id)
+        found.extend(instance_ids(spec) if spec is not None else [model_id])
+    return found
+
+
+def group(ids: Iterable[str]) -> dict[str, list[str]]:
+    """Instance ids by model, each model's instances in index order."""
+    grouped: dict[str, list[str]] = {}
+    for iid in sorted(ids, key=lambda i: (model_of(i), index_of(i))):
+        grouped.setdefault(model_of(iid), []).append(iid)
+    return grouped
