@@ -23,6 +23,7 @@ from reconciler.core.engine_input import (
     not_env_name,
     unusable_values,
 )
+from reconciler.core.names import alias_problems
 from reconciler.core.problems import Problem
 from reconciler.core.spec import ClusterSpec, ModelSpec, cluster_json_schema, model_json_schema
 
@@ -78,6 +79,7 @@ def validate(
     # each fallback to it look unknown
     named = {d.data["id"] for d in raw.models if isinstance(d.data.get("id"), str)}
     problems.extend(_check_across(specs, named, cluster, raw.cluster))
+    problems.extend(alias_problems(specs, named))
     problems.sort(key=lambda p: (p.file, p.line, p.severity, p.field, p.message))
     if any(p.is_error for p in problems):
         return ValidationResult(None, problems)
@@ -263,6 +265,17 @@ def _check_model(
         add(("image",), f"image is ignored for framework {spec.framework}", "warning")
     if spec.fallback == spec.id:
         add(("fallback",), "a model cannot be its own fallback")
+    for i, alias in enumerate(spec.aliases):
+        if alias == spec.id:
+            add(("aliases", i), f"alias '{alias}' is the model's own id")
+        elif alias in spec.aliases[:i]:
+            add(("aliases", i), f"alias '{alias}' is listed twice")
+    if spec.replicas > 1 and spec.port is not None:
+        add(
+            ("port",),
+            f"a fixed port cannot serve {spec.replicas} replicas: each instance needs a port "
+            "of its own (leave port null)",
+        )
     known = rules.parameters
     for key in spec.parameters:
         if known is not None and key not in known:
