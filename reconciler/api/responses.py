@@ -60,12 +60,26 @@ class ModelSummary(BaseModel):
     given_up: bool = False
     reason: str | None = Field(None, description="what the last pass planned for it, and why")
     memory: MemoryOut | None = None
+    replica_of: str | None = Field(
+        None, description="the model this row is an instance of, when its spec has replicas > 1"
+    )
 
 
 class Placement(BaseModel):
     gpus: list[int]
     memory_mb: int
     port: int | None
+
+
+class InstanceOut(BaseModel):
+    """One engine instance of a model (`replicas: N` runs N: <id>, <id>.1 ... <id>.N-1)."""
+
+    id: str
+    status: Status
+    port: int | None = None
+    gpus: list[int] = []
+    restarts: int = 0
+    last_error: str | None = None
 
 
 class ModelDetail(ModelSummary):
@@ -78,6 +92,9 @@ class ModelDetail(ModelSummary):
     started_at: float | None = None
     last_transition: float | None = None
     logs: list[str] = Field([], description="the engine's last log lines")
+    instances: list[InstanceOut] = Field(
+        [], description="every instance of the model (one unless its spec has replicas > 1)"
+    )
 
 
 class GpuModelOut(BaseModel):

@@ -124,12 +124,18 @@ def estimate_cmd(
 def _spec_of(model: str, state_dir: Path) -> ModelSpec | None:
     """The spec MODEL names: a spec file, or a model in force here; None for a model path."""
     if model.endswith((".yaml", ".yml")) and Path(model).is_file():
+        from pydantic import ValidationError
         from ruamel.yaml import YAML
         from ruamel.yaml.error import YAMLError
 
         try:
             doc = YAML(typ="safe").load(Path(model).read_text(encoding="utf-8"))
             return ModelSpec.model_validate(doc)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise usage_error(f"{model}: not a model spec: {problems}") from exc
         except (OSError, YAMLError, ValueError) as exc:
             raise usage_error(f"{model}: not a model spec: {exc}") from exc
     if Path(model).exists():  # a model directory or file beats a model id of the same name

@@ -125,26 +125,20 @@ class ModelSpec(Strict):
         "0 is <id>, the others <id>.1 ... <id>.N-1",
     )
     activation: Literal["always", "on_demand"] = Field(
-        "always",
-        description="always = kept running; on_demand = started by its first request through "
-        "the gateway (a model nobody asked for is not started)",
+        "always", description="on_demand: started by its first request through the gateway"
     )
-    idle_timeout_s: float | None = Field(
-        None,
-        gt=0,
-        le=DAY_S * 365,
-        description="on_demand only: stop the engine after this long without a request; "
-        "null = keep it until another model needs its room",
+    idle_timeout_s: Annotated[float, Field(gt=0, le=DAY_S * 365)] | None = Field(
+        None, description="on_demand: stop after this long idle; null = until evicted"
     )
 
     def spec_hash(self) -> str:
         """Hash of the fields that shape the engine: a change of any of them restarts it.
 
         Priority, name, fallback, enabled, aliases, replicas, activation, idle timeout, health
-        and retry settings, the
-        memory reservation and the GPU pin are deliberately left out: changing them must not
-        restart a running engine (a pin the current placement violates is handled by the
-        planner; more or fewer replicas start or stop instances, never restart the others).
+        and retry settings, the memory reservation and the GPU pin are deliberately left out:
+        changing them must not restart a running engine (a pin the current placement violates
+        is handled by the planner; more or fewer replicas start or stop instances, never
+        restart the others).
         """
         shaping = {
             "framework": self.framework,

@@ -270,6 +270,8 @@ def _check_model(
             add(("aliases", i), f"alias '{alias}' is the model's own id")
         elif alias in spec.aliases[:i]:
             add(("aliases", i), f"alias '{alias}' is listed twice")
+    if spec.idle_timeout_s is not None and spec.activation != "on_demand":
+        add(("idle_timeout_s",), "idle_timeout_s needs activation: on_demand")
     if spec.replicas > 1 and spec.port is not None:
         add(
             ("port",),

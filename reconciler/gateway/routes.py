@@ -23,6 +23,7 @@ from typing import Any
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
+from reconciler.core.replicas import group
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.registry import descriptor
 from reconciler.state.files import atomic_write
@@ -34,6 +35,8 @@ ENGINE_HOST = "127.0.0.1"
 """Engines listen on the loopback of the reconciler's host."""
 
 UNAVAILABLE = frozenset({"preempted", "unschedulable", "error"})
+_STATUS_RANK = {"running": 0, "starting": 1}
+"""which instance's status a replicated model shows: the lowest rank, instance order on ties"""
 
 
 @dataclass(frozen=True)
@@ -149,22 +152,27 @@ def build_routes(
     requests (the daemon is about to stop them); `unschedulable` the plan's unschedulable ids.
     """
     models: dict[str, RouteModel] = {}
-    for model_id, spec in sorted(desired.models.items()):
-        record = records.get(model_id)
-        status = gateway_status(spec, record, model_id in unschedulable)
-        instances: tuple[RouteInstance, ...] = ()
-        if status == "running" and record is not None:
-            url = f"http://{ENGINE_HOST}:{record.port}"
-            instances = (RouteInstance(url, draining=url in draining),)
+    # the instances of a replicated model (reconciler.core.replicas) are one route: its id
+    for model_id, instance_ids in group(desired.models).items():
+        spec = desired.models[instance_ids[0]]
+        statuses, instances = [], []
+        for instance in instance_ids:
+            record = records.get(instance)
+            status = gateway_status(desired.models[instance], record, instance in unschedulable)
+            statuses.append(status)
+            if status == "running" and record is not None:
+                url = f"http://{ENGINE_HOST}:{record.port}"
+                instances.append(RouteInstance(url, draining=url in draining))
         models[model_id] = RouteModel(
             id=model_id,
-            status=status,
+            # one ready instance serves; else one starting makes requests wait; else the
+            # first instance's status says why none can
+            status=min(statuses, key=lambda s: _STATUS_RANK.get(s, len(_STATUS_RANK))),
             enabled=spec.enabled,
-            # the spec field arrives with the planner work; until then no model has aliases
-            aliases=tuple(getattr(spec, "aliases", None) or ()),
+            aliases=tuple(spec.aliases),
             fallback=spec.fallback,
             served_name=served_name(spec),
-            instances=instances,
+            instances=tuple(instances),
         )
     return Routes(models, settings or GatewaySettings(), generation)
 

@@ -13,7 +13,9 @@ from reconciler.core.memory import MemoryFigures, Reservation, reservation
 from reconciler.core.observed import ObservedModel
 from reconciler.core.plan import Plan, make_plan
 from reconciler.core.problems import Problem
+from reconciler.core.replicas import expand
 from reconciler.core.spec import ModelSpec
+from reconciler.engines.registry import estimate_spec
 from reconciler.gpus import inventory
 
 LearnedLookup = Callable[[str, str], MemoryFigures | None]
@@ -67,8 +69,6 @@ class Requirements:
 
 
 def _estimate(spec: ModelSpec, gpu_total_mb: int | None) -> int | None:
-    from reconciler.engines.registry import estimate_spec
-
     return estimate_spec(spec, gpu_total_mb).per_gpu_mb  # unreadable files: unknown
 
 
@@ -80,7 +80,9 @@ def plan_desired(
     managed_pids: Collection[int] = (),
     requirements: Requirements | None = None,
 ) -> Plan:
-    """Plan `desired` against `observed` on this host's GPUs (InventoryError when unknown)."""
+    """Plan `desired` against `observed` on this host's GPUs (InventoryError when unknown);
+    each replica of a spec is an instance of its own (reconciler.core.replicas)."""
+    desired = expand(desired)
     gpus = inventory(desired.cluster, managed_pids)
     memory = (requirements or Requirements()).all(desired, gpus)
     return make_plan(desired, observed, gpus, memory, problems)

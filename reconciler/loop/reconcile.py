@@ -27,11 +27,13 @@ from reconciler.core.events import EventKind
 from reconciler.core.observed import Status
 from reconciler.core.plan import Plan, invalid_plan
 from reconciler.core.problems import Problem
+from reconciler.core.replicas import expand, expand_ids
 from reconciler.core.retry import JITTER, cleared
 from reconciler.core.validate import validate
 from reconciler.engines.base import Engine, Handle
 from reconciler.engines.health import wait_ready
 from reconciler.engines.registry import catalog, missing_message
+from reconciler.engines.registry import engines as default_engines
 from reconciler.gpus import InventoryError
 from reconciler.loop.execution import Executor
 from reconciler.loop.isolation import plan_isolated, set_aside
@@ -88,8 +90,6 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = draw_jitter,
     ) -> None:
-        from reconciler.engines.registry import engines as default_engines
-
         self.settings = settings
         self.state_dir = settings.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +194,10 @@ class Reconciler:
         usable, broken = set_aside(desired)
         if not invalid:
             self.records.remember_valid(usable)
+        # from here on, one spec per engine instance: `replicas: N` is N models to the planner
+        broken = {i: why for m, why in broken.items() for i in expand_ids(desired, [m])}
+        desired, usable = expand(desired), expand(usable)
+        self.last_desired = desired
         watched = {k: v for k, v in states.items() if k not in broken}
         seen = {k: v for k, v in handles.items() if k not in broken}
         states = {

@@ -10,8 +10,9 @@ asking for one (POST /api/v1/reconcile, coalesced by the loop).
 2. saturating: closed-loop clients hammer /metrics and /api/v1/models (requests/s, p50, p99);
 3. steady: the same endpoints at a fixed rate (what dashboards and Prometheus scrapes make), and
    the pass duration meanwhile.
-Targets: p99 < 50 ms; passes slowed by at most 10 % (for the steady load; a saturating load on a
-small machine takes CPU from the loop by definition, and its figure is printed for what it is).
+Targets: p99 < 50 ms; passes slowed by at most 10 % at any load, steady or saturating: requests
+that arrive during a pass wait for it (RECONCILER_API_YIELD_S, default 0.5 s; `--api-yield-s 0`
+shows what the loop suffers without that).
 
 Pass duration is the mean of reconciler_reconcile_duration_seconds (its _sum/_count deltas) when
 /metrics has it, else the wall time between pass completions (passes are back to back).
@@ -23,6 +24,7 @@ Pass duration is the mean of reconciler_reconcile_duration_seconds (its _sum/_co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -242,7 +244,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=4, help="saturating phase: clients")
     parser.add_argument("--rate", type=float, default=40.0, help="steady phase: requests/s")
+    parser.add_argument(
+        "--api-yield-s", type=float, default=None, help="RECONCILER_API_YIELD_S of the daemon"
+    )
     args = parser.parse_args()
+    if args.api_yield_s is not None:
+        os.environ["RECONCILER_API_YIELD_S"] = str(args.api_yield_s)
+    print(f"RECONCILER_API_YIELD_S={os.environ.get('RECONCILER_API_YIELD_S', '(default 0.5)')}")
 
     with tempfile.TemporaryDirectory(prefix="api-load-") as tmp:
         broken = Path(tmp) / "broken-dependency"
@@ -275,16 +283,17 @@ def main() -> int:
             report(baseline, None)
             ok = report(saturating, baseline)
             ok &= report(steady, baseline)
-            slowdown = steady.pass_s / baseline.pass_s - 1
-            verdict = "ok" if slowdown <= TARGET_SLOWDOWN else "OVER TARGET"
+            worst = max(steady.pass_s, saturating.pass_s) / baseline.pass_s - 1
+            verdict = "ok" if worst <= TARGET_SLOWDOWN else "OVER TARGET"
             print(
                 f"\npass duration: baseline {baseline.pass_s * 1000:.0f} ms, "
-                f"under steady load {steady.pass_s * 1000:.0f} ms ({slowdown:+.1%}) "
-                f"[{verdict}: <= {TARGET_SLOWDOWN:.0%}]; "
+                f"under steady load {steady.pass_s * 1000:.0f} ms "
+                f"({steady.pass_s / baseline.pass_s - 1:+.1%}), "
                 f"under saturating load {saturating.pass_s * 1000:.0f} ms "
-                f"({saturating.pass_s / baseline.pass_s - 1:+.1%})"
+                f"({saturating.pass_s / baseline.pass_s - 1:+.1%}) "
+                f"[{verdict}: <= {TARGET_SLOWDOWN:.0%} at any load]"
             )
-            return 0 if ok and slowdown <= TARGET_SLOWDOWN else 1
+            return 0 if ok and worst <= TARGET_SLOWDOWN else 1
 
 
 if __name__ == "__main__":

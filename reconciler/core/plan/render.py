@@ -31,6 +31,11 @@ def render_json(plan: Plan) -> str:
             for g in plan.gpus
         ],
     }
+    if plan.on_demand:
+        document["on_demand"] = [
+            {"model": m, "demand": d, "reason": _reason_of(plan, m)}
+            for m, d in plan.on_demand.items()
+        ]
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
 
 
@@ -54,6 +59,9 @@ def render_text(plan: Plan) -> str:
     if plan.unschedulable:
         lines.append("Unschedulable:")
         lines.extend(f"  {m}: {r}" for m, r in plan.unschedulable)
+    if plan.on_demand:
+        lines.append("On demand (idle / wanted / running):")
+        lines.extend(f"  {m}: {d}: {_reason_of(plan, m)}" for m, d in plan.on_demand.items())
     if plan.gpus:
         lines.append("GPU memory (MiB, before -> after, of capacity):")
         lines.extend(
@@ -81,6 +89,11 @@ def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
         if plan.unschedulable:
             out += ["#### Unschedulable", "", "| Model | Reason |", "|---|---|"]
             out += [f"| `{m}` | {_cell(r)} |" for m, r in plan.unschedulable] + [""]
+        if plan.on_demand:
+            out += ["#### On demand", "", "| Model | Demand | Note |", "|---|---|---|"]
+            out += [
+                f"| `{m}` | {d} | {_cell(_reason_of(plan, m))} |" for m, d in plan.on_demand.items()
+            ] + [""]
         if plan.gpus:
             out += [
                 "#### GPU memory",
@@ -125,6 +138,11 @@ def _markdown_actions(actions: Sequence[Action]) -> list[str]:
             f"| {i} | {a.action} | `{a.model}` | {gpus} | {memory} | {port} | {_cell(a.reason)} |"
         )
     return [*rows, ""]
+
+
+def _reason_of(plan: Plan, model: str) -> str:
+    outcome = plan.models.get(model)
+    return (outcome.reason if outcome is not None else None) or ""
 
 
 def _cell(text: str) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from functools import cached_property
 
+from reconciler.core.replicas import model_of
 from reconciler.core.schedule.board import Board
 from reconciler.core.schedule.model import (
     LOOKAHEAD_GPUS,
@@ -27,8 +29,35 @@ class LookAhead(Board):
         if d.pinned:
             return list(d.pinned) if self._room(d.pinned, memory) else None
         if self.policy == "pack":
-            return self._pack(count, memory)
-        return self._spread(count, memory)
+            return self._apart(d.id, count, memory, self._pack(count, memory))
+        return self._apart(d.id, count, memory, self._spread(count, memory))
+
+    @cached_property
+    def _replicated(self) -> frozenset[str]:
+        """Models with more than one instance in this plan (reconciler.core.replicas)."""
+        return frozenset(model_of(i) for i in self.demands if i != model_of(i))
+
+    def _apart(
+        self, instance: str, count: int, memory: int, chosen: list[int] | None
+    ) -> list[int] | None:
+        """Instances of one spec on GPUs without a sibling when enough such GPUs fit, so that
+        one lost GPU takes one instance, not all (pack would stack them on one GPU); where they
+        do not fit, sharing a GPU beats not running."""
+        model = model_of(instance)
+        if not chosen or model not in self._replicated:
+            return chosen
+        taken = {
+            g
+            for e in self.entries.values()
+            if e.id != instance and model_of(e.id) == model
+            for g in e.gpus
+        }
+        if not taken.intersection(chosen):
+            return chosen
+        fitting = [g for _, g in self.ranked.keys if g not in taken and self.free[g] >= memory]
+        if len(fitting) < count:
+            return chosen
+        return fitting[:count] if self.policy == "pack" else fitting[-count:]
 
     def _pack(self, count: int, memory: int) -> list[int] | None:
         """Best fit; on a small host, looking ahead among the GPUs where the model fits."""

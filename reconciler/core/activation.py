@@ -1,0 +1,212 @@
+"""On-demand activation: which on-demand models the planner is asked to run this pass.
+
+`activation: on_demand` models are started by their requests through the gateway, not by the
+desired state alone. Each pass the loop reads the gateway's traffic (queued and in-flight
+requests, the time of the last request per model) and decides here, without I/O:
+
+- wanted (a request waits or is in flight): planned with its priority like any model;
+- running and not wanted: kept until `idle_timeout_s` has passed since its last request (null:
+  kept until its room is needed); no engine with a request in flight is ever idle;
+- neither: not planned (the planner sees it as disabled, so it still runs as a fallback).
+
+Room for a wanted model that does not run comes first from idle on-demand engines, least
+recently used first (`idle_to_stop`); only when stopping every idle one is not enough do the
+planner's usual rules preempt strictly lower priorities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from reconciler.core.desired import DesiredState
+from reconciler.core.plan import Plan
+from reconciler.core.spec import ModelSpec
+
+ON_DEMAND = "on_demand"
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the gateway saw of one model's requests."""
+
+    queued: int = 0
+    inflight: int = 0
+    last_request_at: float | None = None
+    """wall-clock time a request for it last arrived or ended (None: none since the gateway
+    started)"""
+
+    @property
+    def wanted(self) -> bool:
+        return self.queued > 0 or self.inflight > 0
+
+
+class Fit(Enum):
+    """What a plan does for the wanted models that do not run yet."""
+
+    unplaced = 0
+    """at least one of them is not placed"""
+    preempting = 1
+    """all placed, by preempting an engine that runs"""
+    free = 2
+    """all placed, nobody preempted"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    keep: frozenset[str]
+    """on-demand models the planner is asked to run"""
+    newcomers: frozenset[str]
+    """wanted and not running: they need room"""
+    idle: Mapping[str, float] = field(default_factory=dict)
+    """running on-demand models nobody is using now -> when they were last used"""
+    expired: Mapping[str, float] = field(default_factory=dict)
+    """running on-demand models whose idle timeout passed -> seconds idle"""
+
+
+def is_on_demand(spec: ModelSpec) -> bool:
+    return spec.activation == ON_DEMAND
+
+
+def decide(
+    specs: Mapping[str, ModelSpec],
+    traffic: Mapping[str, Traffic],
+    running: Collection[str],
+    running_since: Mapping[str, float],
+    now: float | None,
+) -> Decision:
+    """Which on-demand models to plan. `running`: models with an engine that occupies its
+    GPUs; `running_since`: when the loop first saw each running (the idle clock of an engine
+    that no request reached, e.g. one adopted after a restart); `now` None: no clock (an
+    offline plan), so no idle timeout expires."""
+    keep: set[str] = set()
+    newcomers: set[str] = set()
+    idle: dict[str, float] = {}
+    expired: dict[str, float] = {}
+    for model_id, spec in specs.items():
+        if not is_on_demand(spec):
+            continue
+        seen = traffic.get(model_id, Traffic())
+        if seen.wanted:
+            keep.add(model_id)
+            if model_id not in running:
+                newcomers.add(model_id)
+            continue
+        if model_id not in running:
+            continue
+        last_used = _first_known(seen.last_request_at, running_since.get(model_id), now, 0.0)
+        idle_s = (now - last_used) if now is not None else 0.0
+        if spec.idle_timeout_s is not None and now is not None and idle_s >= spec.idle_timeout_s:
+            expired[model_id] = idle_s
+            continue
+        keep.add(model_id)
+        idle[model_id] = last_used
+    return Decision(frozenset(keep), frozenset(newcomers), idle, expired)
+
+
+def idle_to_stop(idle: Mapping[str, float], fit: Callable[[frozenset[str]], Fit]) -> frozenset[str]:
+    """The idle engines to stop so that the wanted models can start: the shortest least-recently-
+    used-first prefix after whose stop they are placed without preempting anyone (none when
+    they fit already); when no prefix does that, every idle engine (the planner then preempts
+    strictly lower priorities for the rest); when even that does not place them, none (stopping
+    would gain nothing). `fit(removed)` plans without `removed` and says what the plan does."""
+    order = sorted(idle, key=lambda m: (idle[m], m))
+    for count in range(len(order) + 1):
+        removed = frozenset(order[:count])
+        if fit(removed) is Fit.free:
+            return removed
+    everything = frozenset(order)
+    return everything if everything and fit(everything) is Fit.preempting else frozenset()
+
+
+def planned(desired: DesiredState, keep: Collection[str]) -> DesiredState:
+    """`desired` as the planner sees it: on-demand models outside `keep` disabled (a disabled
+    model runs only as another's fallback)."""
+    models = {
+        model_id: spec.model_copy(update={"enabled": False})
+        if is_on_demand(spec) and spec.enabled and model_id not in keep
+        else spec
+        for model_id, spec in desired.models.items()
+    }
+    return replace(desired, models=models)
+
+
+def demand_state(model_id: str, decision: Decision, running: Collection[str]) -> str:
+    """idle / wanted / running, as `reconciler plan`, the API and the dashboard show it."""
+    if model_id in decision.newcomers:
+        return "wanted"
+    if model_id in running and model_id not in decision.expired:
+        return "running"
+    return "idle"
+
+
+def annotate(
+    plan: Plan,
+    specs: Mapping[str, ModelSpec],
+    decision: Decision,
+    running: Collection[str],
+    dropped: Collection[str] = (),
+    waiting: Collection[str] = (),
+) -> Plan:
+    """`plan` with what on-demand activation decided written on it: each on-demand model's
+    demand state and reason, the reason of each idle stop, and the wanted models that wait for
+    room left out of the unschedulable list (their requests wait in the gateway's queue)."""
+    reasons: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for model_id, spec in sorted(specs.items()):
+        if not is_on_demand(spec):
+            continue
+        states[model_id] = demand_state(model_id, decision, running)
+        reasons[model_id] = _reason(model_id, spec, decision, running, dropped, waiting)
+    actions = tuple(
+        replace(a, reason=reasons[_model_of(a.model)])
+        if a.action == "stop" and _model_of(a.model) in set(dropped) | set(decision.expired)
+        else a
+        for a in plan.actions
+    )
+    models = {
+        mid: replace(o, reason=reasons[_model_of(mid)])
+        if _model_of(mid) in reasons and o.fallback_for is None
+        else o
+        for mid, o in plan.models.items()
+    }
+    unschedulable = tuple(u for u in plan.unschedulable if _model_of(u.model) not in waiting)
+    return replace(
+        plan, actions=actions, models=models, unschedulable=unschedulable, on_demand=states
+    )
+
+
+def _reason(
+    model_id: str,
+    spec: ModelSpec,
+    decision: Decision,
+    running: Collection[str],
+    dropped: Collection[str],
+    waiting: Collection[str],
+) -> str:
+    if model_id in decision.expired:
+        idle_s = decision.expired[model_id]
+        return f"on demand: idle for {idle_s:.0f} s (idle_timeout_s {spec.idle_timeout_s:g})"
+    if model_id in dropped:
+        wanted = ", ".join(sorted(decision.newcomers))
+        return f"on demand: idle, least recently used; makes room for {wanted}"
+    if model_id in waiting:
+        busy = ", ".join(sorted(m for m in running if m not in decision.idle)) or "room"
+        return f"on demand: wanted; waits for {busy} to go idle"
+    if model_id in decision.newcomers:
+        return "on demand: wanted; started for a request"
+    if model_id in running:
+        timeout = spec.idle_timeout_s
+        after = f"stops after {timeout:g} s idle" if timeout is not None else "kept until evicted"
+        return f"on demand: running; {after}"
+    return "on demand: idle; starts on its first request through the gateway"
+
+
+def _first_known(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
+
+
+def _model_of(instance_id: str) -> str:
+    """Replicas' instances are <id>.N: their model is <id> (ids are DNS labels, without dots)."""
+    return instance_id.split(".", 1)[0]
