@@ -25,6 +25,7 @@ mutants: venv
 lint: venv
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/ruff format --check reconciler tests
+	$(BIN)/lint-imports
 
 venv: $(VENV)/.installed
 

@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 
 from reconciler.core.observed import OCCUPYING, Status
 from reconciler.core.plan import Outcome, Plan
+from reconciler.core.replicas import group, model_of
 from reconciler.core.spec import ModelSpec
 from reconciler.state.statefile import ModelState, State
 
-from .responses import MemoryOut, ModelDetail, ModelSummary, Placement, errors
+from .responses import InstanceOut, MemoryOut, ModelDetail, ModelSummary, Placement, errors
 from .views import Views
 
 MODEL_LIST = TypeAdapter(list[ModelSummary])
@@ -56,7 +57,46 @@ def model_summary(
         given_up=bool(state and state.given_up),
         reason=outcome.reason if outcome is not None else None,
         memory=memory(model_id, spec, state) if memory is not None else None,
+        replica_of=replica_of(model_id, spec),
     )
+
+
+def replica_of(model_id: str, spec: ModelSpec | None) -> str | None:
+    """The model an instance belongs to; None for a model of one instance. Instance 0 keeps the
+    model's id, so only its siblings' existence (or its own '.') tells."""
+    model = model_of(model_id)
+    return model if model != model_id or (spec is not None and spec.replicas > 1) else None
+
+
+def instances_of(
+    model: str, specs: Mapping[str, ModelSpec], records: Mapping[str, ModelState]
+) -> list[InstanceOut]:
+    """Every instance of `model`, desired or still running, instance 0 first."""
+    ids = group(i for i in {*specs, *records} if model_of(i) == model).get(model, [])
+    found = []
+    for iid in ids:
+        state = records.get(iid)
+        holds_gpus = state is not None and state.status in OCCUPYING
+        found.append(
+            InstanceOut(
+                id=iid,
+                status=state.status if state else Status.stopped,
+                port=state.port if holds_gpus else None,
+                gpus=list(state.gpus) if holds_gpus else [],
+                restarts=state.restarts_total if state else 0,
+                last_error=state.last_error if state else None,
+            )
+        )
+    return found
+
+
+def written_spec(model_id: str, specs: Mapping[str, ModelSpec]) -> ModelSpec | None:
+    """The spec as written in git: instance 0's, with the replicas the loop expanded it into."""
+    spec = specs.get(model_of(model_id))
+    if spec is None:
+        return specs.get(model_id)
+    count = sum(1 for i in specs if model_of(i) == spec.id)
+    return spec if count == spec.replicas else spec.model_copy(update={"replicas": count})
 
 
 def list_models(views: Views) -> tuple[list[ModelSummary], bytes]:
@@ -94,12 +134,13 @@ def model_detail(views: Views, model_id: str) -> ModelDetail | None:
     plan = views.last_plan()
     outcome = plan.models.get(model_id) if plan is not None else None
     summary = model_summary(model_id, spec, model, outcome, time.time(), views.memory)
+    written = written_spec(model_id, views.specs())
     placement = None
     if model is not None and model.status in OCCUPYING:
         placement = Placement(gpus=list(model.gpus), memory_mb=model.memory_mb, port=model.port)
     return ModelDetail(
         **summary.model_dump(),
-        spec=spec.model_dump(mode="json") if spec else None,
+        spec=written.model_dump(mode="json") if written else None,
         placement=placement,
         pid=model.pid if model else None,
         container_id=model.container_id if model else None,
@@ -108,6 +149,7 @@ def model_detail(views: Views, model_id: str) -> ModelDetail | None:
         started_at=model.started_at if model else None,
         last_transition=model.last_transition if model else None,
         logs=views.logs(model_id, model),
+        instances=instances_of(model_of(model_id), views.specs(), state.models if state else {}),
     )
 
 

@@ -22,6 +22,7 @@ from enum import Enum
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.plan import Plan
+from reconciler.core.replicas import model_of
 from reconciler.core.spec import ModelSpec
 
 ON_DEMAND = "on_demand"
@@ -76,10 +77,10 @@ def decide(
     running_since: Mapping[str, float],
     now: float | None,
 ) -> Decision:
-    """Which on-demand models to plan. `running`: models with an engine that occupies its
-    GPUs; `running_since`: when the loop first saw each running (the idle clock of an engine
-    that no request reached, e.g. one adopted after a restart); `now` None: no clock (an
-    offline plan), so no idle timeout expires."""
+    """Which on-demand models (or replicas' instances) to plan. `running`: those with an
+    engine that occupies its GPUs; `running_since`: when the loop first saw each running (the
+    idle clock of an engine that no request reached, e.g. one adopted after a restart); `now`
+    None: no clock (an offline plan), so no idle timeout expires."""
     keep: set[str] = set()
     newcomers: set[str] = set()
     idle: dict[str, float] = {}
@@ -87,7 +88,7 @@ def decide(
     for model_id, spec in specs.items():
         if not is_on_demand(spec):
             continue
-        seen = traffic.get(model_id, Traffic())
+        seen = traffic.get(model_of(model_id), Traffic())  # replicas share their model's
         if seen.wanted:
             keep.add(model_id)
             if model_id not in running:
@@ -159,19 +160,16 @@ def annotate(
             continue
         states[model_id] = demand_state(model_id, decision, running)
         reasons[model_id] = _reason(model_id, spec, decision, running, dropped, waiting)
+    idled = set(dropped) | set(decision.expired)
     actions = tuple(
-        replace(a, reason=reasons[_model_of(a.model)])
-        if a.action == "stop" and _model_of(a.model) in set(dropped) | set(decision.expired)
-        else a
+        replace(a, reason=reasons[a.model]) if a.action == "stop" and a.model in idled else a
         for a in plan.actions
     )
     models = {
-        mid: replace(o, reason=reasons[_model_of(mid)])
-        if _model_of(mid) in reasons and o.fallback_for is None
-        else o
+        mid: replace(o, reason=reasons[mid]) if mid in reasons and o.fallback_for is None else o
         for mid, o in plan.models.items()
     }
-    unschedulable = tuple(u for u in plan.unschedulable if _model_of(u.model) not in waiting)
+    unschedulable = tuple(u for u in plan.unschedulable if u.model not in waiting)
     return replace(
         plan, actions=actions, models=models, unschedulable=unschedulable, on_demand=states
     )
@@ -205,8 +203,3 @@ def _reason(
 
 def _first_known(*values: float | None) -> float:
     return next(v for v in values if v is not None)
-
-
-def _model_of(instance_id: str) -> str:
-    """Replicas' instances are <id>.N: their model is <id> (ids are DNS labels, without dots)."""
-    return instance_id.split(".", 1)[0]

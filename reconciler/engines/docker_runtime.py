@@ -23,7 +23,7 @@ from requests.exceptions import RequestException
 from reconciler.core.flags import FlagValueError
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Command, EngineError, EnginePlacement, Handle
-from reconciler.engines.docker import (
+from reconciler.engines.docker_container import (
     LABEL_GPU_REQUEST,
     LABEL_GPUS,
     LABEL_HASH,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from reconciler.core.spec import ClusterSpec
 from reconciler.engines.base import Handle
+from reconciler.gateway.demand import DemandWatch
 from reconciler.gateway.routes import ApiKey, GatewaySettings
 from reconciler.gateway.service import GatewayService
 from reconciler.loop.daemon import Daemon
@@ -35,6 +36,11 @@ def attach(daemon: Daemon, gateway: GatewayService) -> None:
     daemon.pass_listeners.append(lambda result: publish(daemon, gateway, result))
     host = daemon.reconciler.settings.engine_host
     daemon.reconciler.executor.before_stop.append(lambda handles: drain(gateway, host, handles))
+    # on-demand models: the loop reads who waits for what, and a request for a cold one
+    # asks for a pass at once
+    watch = DemandWatch(gateway, daemon.controller.trigger, lambda: daemon.reconciler.last_desired)
+    daemon.reconciler.on_demand.traffic = watch.traffic
+    daemon.add_service(watch)
 
 
 def publish(daemon: Daemon, gateway: GatewayService, result: PassResult) -> None:

@@ -10,6 +10,8 @@ Gateway status of a model, which decides what a request for it gets:
                  to start: the request waits in the model's queue
   preempted, unschedulable, error (retries given up):
                  the running fallback answers, else 503 + Retry-After
+  cold           activation: on_demand and not running: the request waits in the model's
+                 queue, and makes the model wanted (the daemon starts it)
   disabled       404 saying so
 """
 
@@ -123,6 +125,8 @@ def gateway_status(spec: ModelSpec, record: ModelState | None, unschedulable: bo
         return "disabled"
     if status == Status.preempted:
         return "preempted"
+    if spec.activation == "on_demand" and status == Status.stopped and not unschedulable:
+        return "cold"
     if unschedulable:
         return "unschedulable"
     if status == Status.error and (record is None or record.given_up):

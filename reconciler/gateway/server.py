@@ -144,6 +144,7 @@ class Gateway:
             label = shown = entry.id
             if not entry.route.enabled:  # asked by name; it may still run as a fallback
                 raise errors.disabled(entry.id)
+            self.table.touch(entry.id)
             target = await self.wait_for_target(entry)
             label = shown = target.id
             response = await self.forward(request, entry, target, body, payload, started)
@@ -261,6 +262,7 @@ class Gateway:
         finally:
             if upstream is not None:
                 upstream.close()  # a stream the client left is cut here, which stops the engine
+            self.table.touch(target.id)  # before it counts as idle: never idle with one in flight
             instance.inflight -= 1
             self.metrics.inflight_add(target.id, -1)
             self.table.retire_if_idle(instance)

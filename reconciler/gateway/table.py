@@ -43,6 +43,9 @@ class Entry:
     waiting: int = 0
     waiting_since: float | None = None
     """monotonic time the oldest waiting request started to wait (for cold-start seconds)"""
+    last_request_at: float | None = None
+    """wall-clock time a request naming this model last arrived or ended (the daemon's idle
+    clock for an on-demand model)"""
 
     @property
     def id(self) -> str:
@@ -81,6 +84,7 @@ class Table:
                 entry.next_index = previous.next_index
                 entry.waiting = previous.waiting
                 entry.waiting_since = previous.waiting_since
+                entry.last_request_at = previous.last_request_at
             for spec in route.instances:
                 instance = self.instances.get(spec.url)
                 if instance is None or instance.model != model_id:
@@ -142,6 +146,12 @@ class Table:
             entry.next_index = best_index + 1
         return best
 
+    def touch(self, model_id: str) -> None:
+        """A request for `model_id` arrived or ended now."""
+        entry = self.entries.get(model_id)
+        if entry is not None:
+            entry.last_request_at = time.time()
+
     def retire_if_idle(self, instance: Instance) -> None:
         if not instance.listed and instance.inflight == 0:
             self.instances.pop(instance.url, None)
@@ -162,8 +172,10 @@ class Table:
             "models": {
                 model_id: {
                     "status": e.status,
-                    "inflight": sum(i.inflight for i in e.instances),
+                    "inflight": (inflight := sum(i.inflight for i in e.instances)),
                     "queued": e.waiting,
+                    "wanted": inflight > 0 or e.waiting > 0,
+                    "last_request_at": e.last_request_at,
                 }
                 for model_id, e in sorted(self.entries.items())
             },

@@ -26,8 +26,10 @@ Choices an operator should know about:
   on GPU feature discovery's `nvidia.com/gpu.memory` label (MiB per GPU), with the cluster's
   `reserved_memory_mb` on top. Other estimates are left out on purpose: they depend on which model
   files the rendering machine holds, and the output must be the same on every machine.
-- **Not carried over.** A fallback and a GPU pin (`gpu_devices`) have no Kubernetes equivalent:
-  each is named in an annotation, a comment and the command's notes, never silently dropped.
+- **Not carried over.** A fallback, a GPU pin (`gpu_devices`) and `aliases` (the gateway's
+  names) have no Kubernetes equivalent: each is named in an annotation, a comment and the
+  command's notes, never silently dropped. `replicas` is the Deployment's replicas (Kubernetes
+  spreads and replaces the pods; the Service balances over them).
 - **Source.** `reconciler.io/source-revision` is the commit when rendering a revision (`--rev`),
   `working-tree` otherwise: output committed together with its specs cannot name its own commit
   (Argo CD and Flux show the commit they synced).
@@ -40,6 +42,7 @@ output directory).
 """
 
 from reconciler.kubernetes.objects import (
+    ANNOTATION_ALIASES,
     ANNOTATION_FALLBACK,
     ANNOTATION_NAME,
     ANNOTATION_PIN,
@@ -71,6 +74,7 @@ from reconciler.kubernetes.render import (
 )
 
 __all__ = [
+    "ANNOTATION_ALIASES",
     "ANNOTATION_FALLBACK",
     "ANNOTATION_NAME",
     "ANNOTATION_PIN",

@@ -27,6 +27,7 @@ ANNOTATION_REVISION = PREFIX + "source-revision"
 ANNOTATION_NAME = PREFIX + "model-name"
 ANNOTATION_FALLBACK = PREFIX + "fallback-not-applied"
 ANNOTATION_PIN = PREFIX + "gpu-devices-not-applied"
+ANNOTATION_ALIASES = PREFIX + "aliases-not-applied"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "reconciler"}
 
 PRIORITY_BASE = 1_000_000
@@ -102,7 +103,7 @@ def deployment(
             "annotations": annotations(spec, ctx),
         },
         "spec": {
-            "replicas": 1 if spec.enabled else 0,
+            "replicas": spec.replicas if spec.enabled else 0,
             # Recreate: the old pod releases its GPU before the new one asks for it, so a
             # rollout never needs (or double-books) a second GPU.
             "strategy": {"type": "Recreate"},
@@ -124,6 +125,8 @@ def annotations(spec: ModelSpec, ctx: ModelContext) -> dict[str, str]:
         found[ANNOTATION_FALLBACK] = spec.fallback
     if spec.gpu_devices:
         found[ANNOTATION_PIN] = ",".join(str(g) for g in spec.gpu_devices)
+    if spec.aliases:
+        found[ANNOTATION_ALIASES] = ",".join(spec.aliases)
     return found
 
 
@@ -156,6 +159,11 @@ def model_notes(spec: ModelSpec, memory_mb: int | None) -> list[str]:
         notes.append(
             f"{spec.id}: gpu_devices {list(spec.gpu_devices)} does not apply on Kubernetes "
             "(the device plugin chooses the GPUs)"
+        )
+    if spec.aliases:
+        notes.append(
+            f"{spec.id}: aliases {', '.join(spec.aliases)} do not apply on Kubernetes (no "
+            f"gateway routes them there); clients use the Service {spec.id}"
         )
     if spec.resource_requirements.gpu_count and memory_mb is None:
         notes.append(

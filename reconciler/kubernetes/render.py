@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.core.desired import DesiredState, RawDesiredState
@@ -18,30 +17,18 @@ from reconciler.kubernetes.objects import (
     priority_class,
     service,
 )
-from reconciler.kubernetes.output import KUSTOMIZATION, MODELS_DIR, PRIORITY_CLASSES, yaml_file
+from reconciler.kubernetes.output import (
+    KUSTOMIZATION,
+    MODELS_DIR,
+    PRIORITY_CLASSES,
+    Rendered,
+    RenderProblem,
+    yaml_file,
+)
 from reconciler.kubernetes.pods import ModelPathError, PodModel, pod_model
 from reconciler.models import files as modelfiles
 
 WORKING_TREE = "working-tree"
-
-
-@dataclass(frozen=True)
-class RenderProblem:
-    """Why a model cannot run on Kubernetes as specified; `model_id` None = cluster.yaml."""
-
-    model_id: str | None
-    field: tuple[str, ...]
-    message: str
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """The output directory as text (relative path -> content), notes for the operator, and the
-    problems that prevented rendering (then `files` is empty)."""
-
-    files: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    problems: list[RenderProblem] = field(default_factory=list)
 
 
 def render(

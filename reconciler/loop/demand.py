@@ -128,5 +128,5 @@ class OnDemand:
 
 
 def occupying(observed: Mapping[str, ObservedModel]) -> frozenset[str]:
-    """Models with an engine that holds its GPUs (starting or running), by model id."""
-    return frozenset(m.split(".", 1)[0] for m, o in observed.items() if o.occupies)
+    """Models (instances) with an engine that holds its GPUs (starting or running)."""
+    return frozenset(m for m, o in observed.items() if o.occupies)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 
+from reconciler.core.activation import annotate, decide, planned
 from reconciler.core.desired import DesiredState
 from reconciler.core.gpu import GPUInfo
 from reconciler.core.memory import MemoryFigures, Reservation, reservation
@@ -85,4 +86,8 @@ def plan_desired(
     desired = expand(desired)
     gpus = inventory(desired.cluster, managed_pids)
     memory = (requirements or Requirements()).all(desired, gpus)
-    return make_plan(desired, observed, gpus, memory, problems)
+    # offline nobody asks: an on-demand model is not started, a running one stays
+    running = {m for m, o in observed.items() if o.occupies}
+    decision = decide(desired.models, {}, running, {}, None)
+    plan = make_plan(planned(desired, decision.keep), observed, gpus, memory, problems)
+    return annotate(plan, desired.models, decision, running)

@@ -35,8 +35,9 @@ from reconciler.engines.health import wait_ready
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.engines.registry import engines as default_engines
 from reconciler.gpus import InventoryError
+from reconciler.loop.demand import OnDemand
 from reconciler.loop.execution import Executor
-from reconciler.loop.isolation import plan_isolated, set_aside
+from reconciler.loop.isolation import set_aside
 from reconciler.loop.memory import MemoryLearner
 from reconciler.loop.planning import Requirements
 from reconciler.loop.records import Records, observed_of, retry_of, with_retry
@@ -98,6 +99,7 @@ class Reconciler:
         self.clock = clock
         self.memory = MemoryLearner(settings.state_dir)
         self.requirements = Requirements(learned=self.memory.figures)
+        self.on_demand = OnDemand(self.requirements)  # .traffic: set where a gateway runs
         self.records = Records(self.state_dir, clock)
         self.listeners = self.records.listeners
         """called with every event, after it is written (metrics, notifications, SSE)"""
@@ -213,9 +215,7 @@ class Reconciler:
         }
         pids = [h.pid for hs in handles.values() for h in hs if h.pid]
         try:
-            plan, more = plan_isolated(
-                usable, observed, problems, managed_pids=pids, requirements=self.requirements
-            )
+            plan, more = self.on_demand.plan(usable, observed, problems, pids, now)
         except InventoryError as exc:
             problems = [*problems, Problem("cluster.yaml", 1, "gpus", str(exc))]
             self.records.write(states, desired.revision, problems, now)

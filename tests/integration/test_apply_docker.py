@@ -19,7 +19,12 @@ from docker.errors import NotFound
 from docker_support import http_get, port_refuses, remove_containers
 
 from reconciler.core.observed import Status
-from reconciler.engines.docker import LABEL_MANAGED, LABEL_MODEL, LABEL_NAMESPACE, container_name
+from reconciler.engines.docker_container import (
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_NAMESPACE,
+    container_name,
+)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from docker_support import (
 
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement, Handle
-from reconciler.engines.docker import (
+from reconciler.engines.docker_container import (
     ENV_MODEL_ROOTS,
     LABEL_GPU_REQUEST,
     LABEL_HASH,

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from reconciler.core.schedule.index import VictimIndex
 from reconciler.core.schedule.model import (
     LOOKAHEAD_STEPS,
     MAX_PRIORITY,
     Demand,
+    Entry,
     GpuCapacity,
     Policy,
     Running,
@@ -62,20 +62,6 @@ class Ranked:
         """(largest value, lowest index holding it)."""
         start = bisect_left(self.keys, (self.keys[-1][0], -1))
         return self.keys[start]
-
-
-@dataclass(slots=True, eq=False)
-class Entry:
-    """A model holding GPUs during a pass: reserved (pending until its turn) or confirmed."""
-
-    id: str
-    gpus: tuple[int, ...]
-    memory_mb: int
-    port: int | None
-    priority: int
-    standby: bool = False
-    confirmed: bool = False
-    fallback_for: str | None = None
 
 
 class Board:

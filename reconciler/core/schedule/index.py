@@ -14,12 +14,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from reconciler.core.schedule.model import MAX_PRIORITY
-
-if TYPE_CHECKING:
-    from reconciler.core.schedule.board import Entry
+from reconciler.core.schedule.model import MAX_PRIORITY, Entry
 
 # (free with the victim gone, victim id, GPU rank, GPU, free + all the victim frees on its GPUs)
 Key = tuple[int, str, int, int, int]

@@ -107,3 +107,17 @@ def turn_order(d: Demand) -> tuple[int, str]:
 
 def names(indexes: Iterable[int]) -> str:
     return ", ".join(map(str, indexes))
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """A model holding GPUs during a pass: reserved (pending until its turn) or confirmed."""
+
+    id: str
+    gpus: tuple[int, ...]
+    memory_mb: int
+    port: int | None
+    priority: int
+    standby: bool = False
+    confirmed: bool = False
+    fallback_for: str | None = None

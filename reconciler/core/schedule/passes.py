@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from reconciler.core.schedule.board import Entry
 from reconciler.core.schedule.lookahead import LookAhead
 from reconciler.core.schedule.model import (
     MAX_PRIORITY,
     MEMORY_UNKNOWN,
     Demand,
+    Entry,
     GpuCapacity,
     Placement,
     Policy,

@@ -12,12 +12,13 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable
 
-from reconciler.core.schedule.board import Board, Entry, Ranked
+from reconciler.core.schedule.board import Board, Ranked
 from reconciler.core.schedule.model import (
     AFTER_PREEMPTING,
     EXACT_VICTIM_SUBSETS,
     LOOKAHEAD_OPTIONS,
     Demand,
+    Entry,
     names,
 )
 
