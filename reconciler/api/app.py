@@ -10,7 +10,6 @@ from reconciler.loop.daemon import Daemon
 from . import actions, dashboard, events, gpus, models, plan, probes, status, webhook
 from .body import BodyLimit
 from .views import ApiSettings, Views
-from .yielding import YieldToLoop
 
 
 def create_app(daemon: Daemon, settings: ApiSettings | None = None) -> FastAPI:
@@ -29,7 +28,4 @@ def create_app(daemon: Daemon, settings: ApiSettings | None = None) -> FastAPI:
         app.include_router(group.router(views), prefix="/api/v1")
     dashboard.mount(app)
     app.add_middleware(BodyLimit)
-    app.add_middleware(
-        YieldToLoop, idle=daemon.controller.idle, max_wait_s=views.settings.yield_to_loop_s
-    )
     return app

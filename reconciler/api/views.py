@@ -41,9 +41,6 @@ class ApiSettings:
     webhook_secret: str | None = None
     branch: str = "main"
     """the branch whose pushes the webhook follows"""
-    yield_to_loop_s: float = 0.5
-    """a request that arrives during a pass waits this long at most for it to end (0 = never
-    waits; RECONCILER_API_YIELD_S)"""
 
 
 def _parse_state(path: Path, _data: bytes) -> State | None:

@@ -101,7 +101,6 @@ def run_cmd(
             api_token=token,
             webhook_secret=os.environ.get("RECONCILER_WEBHOOK_SECRET") or None,
             branch=branch,
-            yield_to_loop_s=_seconds_env("RECONCILER_API_YIELD_S", 0.5),
         )
         api = ApiServer(create_app(daemon, settings), listen)
         daemon.add_service(api)
@@ -127,13 +126,3 @@ def run_cmd(
     except GatewayError as exc:
         out.print(f"reconciler run: {exc}", markup=False)
         raise typer.Exit(1) from exc
-
-
-def _seconds_env(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError as exc:
-        raise usage_error(f"{name}={value!r}: expected seconds") from exc

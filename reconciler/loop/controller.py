@@ -80,10 +80,7 @@ class Controller:
         self.settings = settings or LoopSettings()
         self.on_pass = on_pass
         self.stats = LoopStats()
-        self.idle = threading.Event()
-        """Set while no pass runs: HTTP faces in this process wait on it, so that their traffic
-        does not take the interpreter from a pass (see reconciler/api/yielding.py)."""
-        self.idle.set()
+
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -152,7 +149,6 @@ class Controller:
 
     def _pass(self, reasons: list[str]) -> PassResult | None:
         started = time.monotonic()
-        self.idle.clear()
         try:
             with self._source_lock:
                 result = self.reconciler.pass_once()
@@ -162,8 +158,6 @@ class Controller:
             if self.on_pass is not None:
                 self.on_pass(None, reasons, time.monotonic() - started)
             return None
-        finally:
-            self.idle.set()
         duration = time.monotonic() - started
         self.stats.failed_in_a_row = 0
         self.stats.last_duration_s = duration

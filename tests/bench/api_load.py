@@ -10,9 +10,8 @@ asking for one (POST /api/v1/reconcile, coalesced by the loop).
 2. saturating: closed-loop clients hammer /metrics and /api/v1/models (requests/s, p50, p99);
 3. steady: the same endpoints at a fixed rate (what dashboards and Prometheus scrapes make), and
    the pass duration meanwhile.
-Targets: p99 < 50 ms; passes slowed by at most 10 % at any load, steady or saturating: requests
-that arrive during a pass wait for it (RECONCILER_API_YIELD_S, default 0.5 s; `--api-yield-s 0`
-shows what the loop suffers without that).
+Targets: p99 < 50 ms; passes slowed by at most 10 % at any load, steady or saturating (the API
+shares the loop's interpreter: the saturating figure is what that costs today).
 
 Pass duration is the mean of reconciler_reconcile_duration_seconds (its _sum/_count deltas) when
 /metrics has it, else the wall time between pass completions (passes are back to back).
@@ -24,7 +23,6 @@ Pass duration is the mean of reconciler_reconcile_duration_seconds (its _sum/_co
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -244,13 +242,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=4, help="saturating phase: clients")
     parser.add_argument("--rate", type=float, default=40.0, help="steady phase: requests/s")
-    parser.add_argument(
-        "--api-yield-s", type=float, default=None, help="RECONCILER_API_YIELD_S of the daemon"
-    )
     args = parser.parse_args()
-    if args.api_yield_s is not None:
-        os.environ["RECONCILER_API_YIELD_S"] = str(args.api_yield_s)
-    print(f"RECONCILER_API_YIELD_S={os.environ.get('RECONCILER_API_YIELD_S', '(default 0.5)')}")
 
     with tempfile.TemporaryDirectory(prefix="api-load-") as tmp:
         broken = Path(tmp) / "broken-dependency"
