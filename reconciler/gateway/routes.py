@@ -135,8 +135,8 @@ def gateway_status(spec: ModelSpec, record: ModelState | None, unschedulable: bo
 
 
 def served_name(spec: ModelSpec) -> str | None:
-    """The name the engine answers to in `model` (vLLM, SGLang: the served model name); None
-    when it answers to any name. The engine's descriptor knows."""
+    """The name the engine answers to in `model` (its served model name, for engines that check
+    it); None when it answers to any name. The engine's descriptor knows."""
     name_of = descriptor(spec.framework).served_name
     return name_of(spec) if name_of is not None else None
 
