@@ -58,6 +58,8 @@ def model_summary(
         reason=outcome.reason if outcome is not None else None,
         memory=memory(model_id, spec, state) if memory is not None else None,
         replica_of=replica_of(model_id, spec),
+        activation=spec.activation if spec else None,
+        demand=outcome.demand if outcome is not None else None,
     )
 
 

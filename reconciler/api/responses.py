@@ -63,6 +63,10 @@ class ModelSummary(BaseModel):
     replica_of: str | None = Field(
         None, description="the model this row is an instance of, when its spec has replicas > 1"
     )
+    activation: Literal["always", "on_demand"] | None = None
+    demand: Literal["idle", "wanted", "running"] | None = Field(
+        None, description="on_demand models: nobody asks / a request waits for it / it runs"
+    )
 
 
 class Placement(BaseModel):

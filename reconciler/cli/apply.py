@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from reconciler.core.replicas import expand
 from reconciler.loop.reconcile import Reconciler, Settings, converge
 
 from . import command_app
@@ -77,7 +78,7 @@ def restart_cmd(
     """Restart a model now, clearing a given-up error (its retries start again)."""
     reconciler = _reconciler(directory, state_dir)
     desired, _ = reconciler.load_desired()
-    if desired is not None and model_id not in desired.models:
+    if desired is not None and model_id not in expand(desired).models:  # or an instance's id
         err.print(f"error: {model_id} is not in the desired state ({directory})", markup=False)
         raise typer.Exit(1)
     reconciler.request_restart(model_id)

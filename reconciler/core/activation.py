@@ -162,17 +162,20 @@ def annotate(
         reasons[model_id] = _reason(model_id, spec, decision, running, dropped, waiting)
     idled = set(dropped) | set(decision.expired)
     actions = tuple(
-        replace(a, reason=reasons[a.model]) if a.action == "stop" and a.model in idled else a
+        replace(a, reason=f"on demand: {reasons[a.model]}")
+        if (a.action == "stop" and a.model in idled)
+        or (a.action == "start" and a.model in decision.newcomers)
+        else a
         for a in plan.actions
     )
     models = {
-        mid: replace(o, reason=reasons[mid]) if mid in reasons and o.fallback_for is None else o
+        mid: replace(o, reason=o.reason if o.fallback_for else reasons[mid], demand=states[mid])
+        if mid in states
+        else o
         for mid, o in plan.models.items()
     }
     unschedulable = tuple(u for u in plan.unschedulable if u.model not in waiting)
-    return replace(
-        plan, actions=actions, models=models, unschedulable=unschedulable, on_demand=states
-    )
+    return replace(plan, actions=actions, models=models, unschedulable=unschedulable)
 
 
 def _reason(
@@ -185,20 +188,19 @@ def _reason(
 ) -> str:
     if model_id in decision.expired:
         idle_s = decision.expired[model_id]
-        return f"on demand: idle for {idle_s:.0f} s (idle_timeout_s {spec.idle_timeout_s:g})"
+        return f"idle for {idle_s:.0f} s (idle_timeout_s {spec.idle_timeout_s:g})"
     if model_id in dropped:
         wanted = ", ".join(sorted(decision.newcomers))
-        return f"on demand: idle, least recently used; makes room for {wanted}"
+        return f"idle, least recently used; makes room for {wanted}"
     if model_id in waiting:
-        busy = ", ".join(sorted(m for m in running if m not in decision.idle)) or "room"
-        return f"on demand: wanted; waits for {busy} to go idle"
+        in_use = (m for m in running if m in decision.keep and m not in decision.idle)
+        return f"waits for {', '.join(sorted(in_use)) or 'room'} to go idle"
     if model_id in decision.newcomers:
-        return "on demand: wanted; started for a request"
+        return "a request waits for it"
     if model_id in running:
         timeout = spec.idle_timeout_s
-        after = f"stops after {timeout:g} s idle" if timeout is not None else "kept until evicted"
-        return f"on demand: running; {after}"
-    return "on demand: idle; starts on its first request through the gateway"
+        return f"stops after {timeout:g} s idle" if timeout is not None else "kept until evicted"
+    return "starts on its first request through the gateway"
 
 
 def _first_known(*values: float | None) -> float:

@@ -12,7 +12,7 @@ Pure: expanding an already expanded desired state changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from reconciler.core.desired import DesiredState
@@ -61,13 +61,17 @@ def expand(desired: DesiredState) -> DesiredState:
     return replace(desired, models=models, origins=origins)
 
 
-def expand_ids(desired: DesiredState, model_ids: Iterable[str]) -> list[str]:
-    """The instance ids of these models of the unexpanded `desired` (unknown ids as they are)."""
-    found: list[str] = []
-    for model_id in model_ids:
+def per_instance(
+    desired: DesiredState, usable: DesiredState, set_aside: Mapping[str, str]
+) -> tuple[DesiredState, DesiredState, dict[str, str]]:
+    """A pass's desired state, its usable part and its set-aside models (id -> why), from here
+    on one spec per engine instance: `replicas: N` is N models to the planner, and every
+    instance of a set-aside model is set aside with it."""
+    broken: dict[str, str] = {}
+    for model_id, why in set_aside.items():
         spec = desired.models.get(model_id)
-        found.extend(instance_ids(spec) if spec is not None else [model_id])
-    return found
+        broken.update(dict.fromkeys(instance_ids(spec) if spec else [model_id], why))
+    return expand(desired), expand(usable), broken
 
 
 def group(ids: Iterable[str]) -> dict[str, list[str]]:

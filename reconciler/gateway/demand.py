@@ -99,8 +99,9 @@ class DemandWatch:
         now = self.clock()
         self._last = traffic = parse(report)
         statuses = {m: str(r.get("status")) for m, r in report.get("models", {}).items()}
+        on_demand = {m for m, s in desired.models.items() if s.activation == "on_demand"}
         wanted = frozenset(m for m, t in traffic.items() if t.wanted)
-        cold = frozenset(m for m in wanted if statuses.get(m) != "running")
+        cold = frozenset(m for m in wanted & on_demand if statuses.get(m) != "running")
         signature = (cold, wanted)
         if cold and (signature != self._signature or now - self._asked_at >= REASK_S):
             self._signature, self._asked_at = signature, now

@@ -26,8 +26,9 @@ Choices an operator should know about:
   on GPU feature discovery's `nvidia.com/gpu.memory` label (MiB per GPU), with the cluster's
   `reserved_memory_mb` on top. Other estimates are left out on purpose: they depend on which model
   files the rendering machine holds, and the output must be the same on every machine.
-- **Not carried over.** A fallback, a GPU pin (`gpu_devices`) and `aliases` (the gateway's
-  names) have no Kubernetes equivalent: each is named in an annotation, a comment and the
+- **Not carried over.** A fallback, a GPU pin (`gpu_devices`), `aliases` (the gateway's
+  names) and `activation: on_demand` with its `idle_timeout_s` (the gateway starts those models)
+  have no Kubernetes equivalent: each is named in an annotation, a comment and the
   command's notes, never silently dropped. `replicas` is the Deployment's replicas (Kubernetes
   spreads and replaces the pods; the Service balances over them).
 - **Source.** `reconciler.io/source-revision` is the commit when rendering a revision (`--rev`),
@@ -42,6 +43,7 @@ output directory).
 """
 
 from reconciler.kubernetes.objects import (
+    ANNOTATION_ACTIVATION,
     ANNOTATION_ALIASES,
     ANNOTATION_FALLBACK,
     ANNOTATION_NAME,
@@ -74,6 +76,7 @@ from reconciler.kubernetes.render import (
 )
 
 __all__ = [
+    "ANNOTATION_ACTIVATION",
     "ANNOTATION_ALIASES",
     "ANNOTATION_FALLBACK",
     "ANNOTATION_NAME",

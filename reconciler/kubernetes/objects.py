@@ -28,6 +28,7 @@ ANNOTATION_NAME = PREFIX + "model-name"
 ANNOTATION_FALLBACK = PREFIX + "fallback-not-applied"
 ANNOTATION_PIN = PREFIX + "gpu-devices-not-applied"
 ANNOTATION_ALIASES = PREFIX + "aliases-not-applied"
+ANNOTATION_ACTIVATION = PREFIX + "activation-not-applied"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "reconciler"}
 
 PRIORITY_BASE = 1_000_000
@@ -127,6 +128,8 @@ def annotations(spec: ModelSpec, ctx: ModelContext) -> dict[str, str]:
         found[ANNOTATION_PIN] = ",".join(str(g) for g in spec.gpu_devices)
     if spec.aliases:
         found[ANNOTATION_ALIASES] = ",".join(spec.aliases)
+    if spec.activation != "always":
+        found[ANNOTATION_ACTIVATION] = on_demand_text(spec)
     return found
 
 
@@ -165,12 +168,24 @@ def model_notes(spec: ModelSpec, memory_mb: int | None) -> list[str]:
             f"{spec.id}: aliases {', '.join(spec.aliases)} do not apply on Kubernetes (no "
             f"gateway routes them there); clients use the Service {spec.id}"
         )
+    if spec.activation != "always":
+        notes.append(
+            f"{spec.id}: {on_demand_text(spec)} does not apply on Kubernetes (nothing starts a "
+            "model on its first request there); the Deployment runs all the time"
+        )
     if spec.resource_requirements.gpu_count and memory_mb is None:
         notes.append(
             f"{spec.id}: no GPU memory affinity (memory not declared): set "
             "resource_requirements.gpu_memory_mb to keep it off GPUs that are too small"
         )
     return notes
+
+
+def on_demand_text(spec: ModelSpec) -> str:
+    timeout = spec.idle_timeout_s
+    return f"activation {spec.activation}" + (
+        f", idle_timeout_s {timeout:g}" if timeout is not None else ""
+    )
 
 
 def kustomization(resources: Iterable[str]) -> dict[str, Any]:

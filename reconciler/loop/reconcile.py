@@ -27,7 +27,7 @@ from reconciler.core.events import EventKind
 from reconciler.core.observed import Status
 from reconciler.core.plan import Plan, invalid_plan
 from reconciler.core.problems import Problem
-from reconciler.core.replicas import expand, expand_ids
+from reconciler.core.replicas import per_instance
 from reconciler.core.retry import JITTER, cleared
 from reconciler.core.validate import validate
 from reconciler.engines.base import Engine, Handle
@@ -196,9 +196,7 @@ class Reconciler:
         usable, broken = set_aside(desired)
         if not invalid:
             self.records.remember_valid(usable)
-        # from here on, one spec per engine instance: `replicas: N` is N models to the planner
-        broken = {i: why for m, why in broken.items() for i in expand_ids(desired, [m])}
-        desired, usable = expand(desired), expand(usable)
+        desired, usable, broken = per_instance(desired, usable, broken)
         self.last_desired = desired
         watched = {k: v for k, v in states.items() if k not in broken}
         seen = {k: v for k, v in handles.items() if k not in broken}

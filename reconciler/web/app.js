@@ -111,7 +111,13 @@ function modelRow(m) {
   if (m.last_error) noteCell.title = m.last_error;
   return el("tr", { "data-model": m.id, "data-status": m.status }, [
     name,
-    el("td", { class: "status" }, [el("span", { class: `badge ${m.status}`, text: m.status })]),
+    el("td", { class: "status" }, [
+      el("span", { class: `badge ${m.status}`, text: m.status }),
+      // on-demand models: idle (nobody asks), wanted (a request waits), running
+      ...(m.demand
+        ? [el("span", { class: `demand ${m.demand}`, text: ` on demand: ${m.demand}` })]
+        : []),
+    ]),
     el("td", { class: "num", text: m.priority ?? "" }),
     el("td", { text: m.framework ?? "" }),
     el("td", { text: m.gpus.length ? m.gpus.join(", ") : "" }),

@@ -7,7 +7,8 @@ upstream is tests/bench/gateway_upstream.py. LiteLLM runs from a bench-only virt
 LITELLM_MASTER_KEY set, configured with the same upstream; without it its rows are skipped.
 
 Goals: added latency p50 <= 1 ms and p99 <= 5 ms at concurrency 1; >= 2,000 req/s non-streaming;
->= 50x LiteLLM's throughput.
+>= 50x LiteLLM's throughput. Then cold start: first token from an idle on-demand model vs
+`apply`-to-first-token for the same spec, as a ratio (gateway_cold.py).
 
     .venv/bin/python tests/bench/gateway.py [--seconds 5] [--litellm .bench-venv/bin/litellm]
 """
@@ -31,6 +32,8 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+
+import gateway_cold  # noqa: E402  (beside this file)
 
 from reconciler.gateway.routes import (  # noqa: E402
     GatewaySettings,
@@ -184,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--litellm", default=str(REPO / ".bench-venv" / "bin" / "litellm"))
+    parser.add_argument(
+        "--cold-start",
+        choices=("gemma", "stand-in", "none"),
+        default="gemma",
+        help="engine of the cold-start comparison (tests/bench/gateway_cold.py)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -237,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             for process in processes:
                 process.terminate()
                 process.wait(10)
+    if args.cold_start != "none":
+        gateway_cold.report(args.cold_start, repeat=3)
     return 0
 
 

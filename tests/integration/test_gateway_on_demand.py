@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 from apply_support import stand_in, wait_for
 from daemon_support import Daemon, running_daemon
@@ -27,9 +28,7 @@ def chat(daemon: Daemon, model: str) -> str:
     client = openai.OpenAI(
         base_url=daemon.gateway_url, api_key="unused", max_retries=0, timeout=120
     )
-    raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=CHAT, max_tokens=4
-    )
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=CHAT, max_tokens=4)
     assert raw.headers["x-reconciler-model"] == model
     answer = raw.parse().choices[0].message.content
     assert answer
@@ -62,6 +61,10 @@ def test_a_request_starts_an_on_demand_model_and_idleness_stops_it(tmp_path: Pat
         chat(daemon, "lazy")  # queued while cold, answered once it runs
         assert daemon.statuses()["lazy"] == "running"
         assert starts(daemon, "lazy") == 1
+        seen = httpx.get(f"http://127.0.0.1:{daemon.gateway_port}/internal/inflight").json()
+        assert seen["models"]["lazy"]["wanted"] is False
+        assert seen["models"]["lazy"]["last_request_at"] is not None  # the idle clock
+        assert seen["models"]["always"]["last_request_at"] is None  # nobody asked for it
 
         daemon.wait_statuses({"lazy": "stopped"}, timeout_s=60)
         stop = daemon.host.events("stop", "lazy")

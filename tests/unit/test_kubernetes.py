@@ -634,6 +634,18 @@ def test_a_gpu_pin_is_named_as_not_applying() -> None:
     assert any("gpu_devices [1] does not apply" in n for n in rendered.notes)
 
 
+def test_on_demand_activation_is_named_as_not_applying() -> None:
+    rendered = render(model(activation="on_demand", idle_timeout_s=300), model(id="m2"))
+    deployments = objects(rendered, "Deployment")
+    annotations = deployments["m1"]["metadata"]["annotations"]
+    assert annotations[k8s.ANNOTATION_ACTIVATION] == "activation on_demand, idle_timeout_s 300"
+    assert deployments["m1"]["spec"]["replicas"] == 1  # runs all the time there
+    (note,) = [n for n in rendered.notes if n.startswith("m1:")]
+    assert "activation on_demand, idle_timeout_s 300 does not apply on Kubernetes" in note
+    assert f"# Note: {note}" in rendered.files["models/m1.yaml"]
+    assert k8s.ANNOTATION_ACTIVATION not in deployments["m2"]["metadata"]["annotations"]
+
+
 # ---- model paths inside the pod -------------------------------------------------------------
 
 

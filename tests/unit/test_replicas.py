@@ -10,9 +10,10 @@ from test_validate import check, error, model, path_of
 
 from reconciler import kubernetes as k8s
 from reconciler.core.desired import DesiredState
+from reconciler.core.diff import diff_desired, render_diff
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import make_plan
-from reconciler.core.replicas import expand, group, instance_ids, model_of
+from reconciler.core.replicas import expand, group, instance_ids, model_of, per_instance
 from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
 from reconciler.gateway.routes import build_routes
 from reconciler.gpus import declared
@@ -82,6 +83,15 @@ def test_fewer_replicas_stop_the_highest_instances_only() -> None:
     expanded = expand(state(spec("q", replicas=1)))
     plan = make_plan(expanded, observed, declared(expanded.cluster), {"q": 8000})
     assert [(a.action, a.model) for a in plan.actions] == [("stop", "q.1")]
+
+
+def test_every_instance_of_a_set_aside_model_is_set_aside_with_it() -> None:
+    desired = state(spec("q", replicas=3), spec("o"))
+    usable = state(spec("o"))
+    expanded, usable_expanded, broken = per_instance(desired, usable, {"q": "cannot be used"})
+    assert broken == dict.fromkeys(["q", "q.1", "q.2"], "cannot be used")
+    assert sorted(expanded.models) == ["o", "q", "q.1", "q.2"]
+    assert sorted(usable_expanded.models) == ["o"]
 
 
 # ---- placement -----------------------------------------------------------------------------
@@ -208,3 +218,13 @@ def test_kubernetes_gets_replicas_and_names_aliases_as_not_applying() -> None:
     assert k8s.ANNOTATION_ALIASES not in deployments["o"]["metadata"]["annotations"]
     (note,) = [n for n in rendered.notes if n.startswith("q:") and "aliases" in n]
     assert f"# Note: {note}" in rendered.files["models/q.yaml"]
+
+
+# ---- the pull request's spec diff ----------------------------------------------------------
+
+
+def test_the_spec_diff_of_a_pull_request_names_replicas_and_aliases() -> None:
+    before, after = state(spec("q")), state(spec("q", replicas=2, aliases=["chat"]))
+    assert render_diff(diff_desired(before, after)) == (
+        "~ q (changed)\n    aliases: [] -> ['chat']\n    replicas: 1 -> 2"
+    )

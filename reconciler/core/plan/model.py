@@ -52,6 +52,8 @@ class Outcome:
     spec_hash: str | None = None
     fallback_for: str | None = None
     reason: str | None = None
+    demand: str | None = None
+    """`activation: on_demand` models: idle / wanted / running (the reason says why)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +67,6 @@ class Plan:
     gpus: tuple[GpuUsage, ...] = ()
     models: Mapping[str, Outcome] = field(default_factory=dict)
     """Every desired or observed model -> its outcome, sorted by id."""
-    on_demand: Mapping[str, str] = field(default_factory=dict)
-    """Each `activation: on_demand` model -> idle / wanted / running (its outcome's reason
-    says why)."""
 
     def count(self, action: ActionKind) -> int:
         return sum(a.action == action for a in self.actions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from reconciler.core.plan.model import Action, Plan, gpu_names
+from reconciler.core.plan.model import Action, Outcome, Plan, gpu_names
 
 
 def render_json(plan: Plan) -> str:
@@ -31,10 +31,9 @@ def render_json(plan: Plan) -> str:
             for g in plan.gpus
         ],
     }
-    if plan.on_demand:
+    if on_demand := _on_demand(plan):
         document["on_demand"] = [
-            {"model": m, "demand": d, "reason": _reason_of(plan, m)}
-            for m, d in plan.on_demand.items()
+            {"model": m, "demand": o.demand, "reason": o.reason} for m, o in on_demand
         ]
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
 
@@ -59,9 +58,9 @@ def render_text(plan: Plan) -> str:
     if plan.unschedulable:
         lines.append("Unschedulable:")
         lines.extend(f"  {m}: {r}" for m, r in plan.unschedulable)
-    if plan.on_demand:
+    if on_demand := _on_demand(plan):
         lines.append("On demand (idle / wanted / running):")
-        lines.extend(f"  {m}: {d}: {_reason_of(plan, m)}" for m, d in plan.on_demand.items())
+        lines.extend(f"  {m}: {o.demand}: {o.reason or ''}" for m, o in on_demand)
     if plan.gpus:
         lines.append("GPU memory (MiB, before -> after, of capacity):")
         lines.extend(
@@ -89,11 +88,10 @@ def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
         if plan.unschedulable:
             out += ["#### Unschedulable", "", "| Model | Reason |", "|---|---|"]
             out += [f"| `{m}` | {_cell(r)} |" for m, r in plan.unschedulable] + [""]
-        if plan.on_demand:
+        if on_demand := _on_demand(plan):
             out += ["#### On demand", "", "| Model | Demand | Note |", "|---|---|---|"]
-            out += [
-                f"| `{m}` | {d} | {_cell(_reason_of(plan, m))} |" for m, d in plan.on_demand.items()
-            ] + [""]
+            out += [f"| `{m}` | {o.demand} | {_cell(o.reason or '')} |" for m, o in on_demand]
+            out += [""]
         if plan.gpus:
             out += [
                 "#### GPU memory",
@@ -140,9 +138,8 @@ def _markdown_actions(actions: Sequence[Action]) -> list[str]:
     return [*rows, ""]
 
 
-def _reason_of(plan: Plan, model: str) -> str:
-    outcome = plan.models.get(model)
-    return (outcome.reason if outcome is not None else None) or ""
+def _on_demand(plan: Plan) -> list[tuple[str, Outcome]]:
+    return [(m, o) for m, o in plan.models.items() if o.demand is not None]
 
 
 def _cell(text: str) -> str:
