@@ -88,6 +88,7 @@ def host_models(broken_marker: Path) -> list[dict[str, Any]]:
             retry_policy={"max_retries": 1, "backoff_s": 0.2, "max_backoff_s": 0.2},
             **quiet,
         ),
+        stand_in("tinyllama", name="TinyLlama (on demand)", activation="on_demand", **quiet),
     ]
 
 
@@ -162,6 +163,11 @@ def test_every_model_shows_its_status_and_a_screenshot_is_taken(page: Any, tmp_p
     assert screenshot.stat().st_size > 10_000
     if UPDATE_DOCS:
         shutil.copyfile(screenshot, DOCS_SCREENSHOT)
+
+
+def test_an_on_demand_model_nobody_asked_for_shows_as_idle(page: Any) -> None:
+    expect(row(page, "tinyllama").locator(".status")).to_contain_text("on demand: idle")
+    expect(row(page, "tinyllama").locator(".note")).to_contain_text("starts on its first request")
 
 
 def test_a_commit_shows_up_without_a_reload(page: Any, daemon: Daemon) -> None:

@@ -82,6 +82,7 @@ def test_two_on_demand_models_share_one_gpu_by_swapping(tmp_path: Path) -> None:
     models = [on_demand("alpha", **mib, **slow), on_demand("beta", **mib, **slow)]
     with running_daemon(tmp_path / "host", models, gpus=GPU) as daemon:
         daemon.wait_ready()
+        assert wait_for(lambda: listed_status(daemon, "beta") == "cold", 20, 0.2), daemon.log()
         for model in ("alpha", "beta", "alpha", "beta"):
             chat(daemon, model)
         assert (starts(daemon, "alpha"), starts(daemon, "beta")) == (2, 2)
