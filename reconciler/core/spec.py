@@ -13,6 +13,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from reconciler.core.gateway_spec import GatewayConfig
+from reconciler.core.strict import ENV_NAME_PATTERN, Strict
+
 # Which engine runs the model. The choices are the engine registry's (reconciler.engines): the
 # core does not know them; validation checks the name against the catalog it is handed, and the
 # checked-in JSON Schema lists them (reconciler.schemas).
@@ -33,13 +36,8 @@ ModelAlias = Annotated[
     str, Field(pattern=ALIAS_PATTERN, description="letters, digits, '.', '_', ':', '/', '-'")
 ]
 MAX_REPLICAS = 64
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 DAY_S = 86400  # probe timers: a larger value is a mistake, and one past C's timeval raises
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class HealthCheck(Strict):
@@ -328,36 +326,6 @@ class KubernetesSpec(Strict):
     container_port: Port = Field(8080, description="container port of models without a port")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         "ClusterIP", description="type of each model's Service"
-    )
-
-
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
-class GatewayKey(Strict):
-    """One client key of the gateway: its name (shown in metrics) and the environment variable of
-    the reconciler that holds it. Keys never live in git."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="shown in metrics and logs")
-    key_env: str = Field(
-        pattern=ENV_NAME_PATTERN, description="environment variable holding the key"
-    )
-
-
-class GatewayConfig(Strict):
-    """The OpenAI-compatible endpoint `reconciler run` serves in front of every model."""
-
-    queue_timeout_s: float = Field(
-        300, gt=0, le=86400, description="a request for a starting model waits this long, then 503"
-    )
-    max_queue: int = Field(
-        256, ge=0, le=100_000, description="waiting requests per model (429 past it)"
-    )
-    drain_timeout_s: float = Field(
-        30, ge=0, le=3600, description="in-flight requests may finish this long before a stop"
-    )
-    api_keys: list[GatewayKey] = Field(
-        default_factory=list, description="when set, clients need `Authorization: Bearer <key>`"
     )
 
 

@@ -26,6 +26,7 @@ from reconciler.core.desired import DesiredState
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import Plan, make_plan
 from reconciler.core.problems import Problem
+from reconciler.core.replicas import model_of
 from reconciler.gpus import inventory
 from reconciler.loop.isolation import plan_isolated, without
 from reconciler.loop.planning import Requirements
@@ -37,8 +38,9 @@ TrafficSource = Callable[[], Mapping[str, Traffic]]
 
 
 class OnDemand:
-    def __init__(self, requirements: Requirements) -> None:
-        self.requirements = requirements
+    def __init__(self, requirements: Callable[[], Requirements]) -> None:
+        self._requirements = requirements
+        """read at every pass: the owner may replace its Requirements"""
         self.traffic: TrafficSource | None = None
         """set by whoever runs a gateway beside the loop (reconciler.gateway.attach)"""
         self.running_since: dict[str, float] = {}
@@ -61,14 +63,17 @@ class OnDemand:
                 observed,
                 problems,
                 managed_pids=pids,
-                requirements=self.requirements,
+                requirements=self._requirements(),
             )
 
         if not any(is_on_demand(s) for s in desired.models.values()):
             return plan_for(())
         running = occupying(observed)
         self.running_since = {m: self.running_since.get(m, now) for m in running}
-        decision = decide(desired.models, self._read(), running, self.running_since, now)
+        # the gateway counts requests per model; each instance of a model shares them
+        seen = self._read()
+        traffic = {m: seen[model_of(m)] for m in desired.models if model_of(m) in seen}
+        decision = decide(desired.models, traffic, running, self.running_since, now)
         plan, broken = plan_for(decision.keep)
         dropped: frozenset[str] = frozenset()
         waiting: set[str] = set()
@@ -105,7 +110,7 @@ class OnDemand:
         """fit(removed): what a plan without `removed` does for the wanted newcomers."""
         usable = without(desired, broken)
         gpus = inventory(usable.cluster, pids)
-        memory = self.requirements.all(usable, gpus)
+        memory = self._requirements().all(usable, gpus)
         seen = {k: v for k, v in observed.items() if k not in broken}
         newcomers = decision.newcomers - set(broken)
 

@@ -6,9 +6,8 @@ cannot be observed (restart counts, failed probes, backoff, the last error) and 
 it is corrupt. `converge()` repeats passes until nothing is pending: that is `reconciler apply`;
 the daemon (controller.py) runs passes on triggers instead.
 
-The pass is split by concern: records.py (the state directory and the conversions between the
-views of one engine), supervision.py (crashes, health, sockets), isolation.py (a spec the
-planner cannot use is that model's error), execution.py (stops, then starts).
+Split by concern: records, supervision (crashes, health, sockets), isolation (an unusable spec
+is that model's error), execution (stops, then starts), memory (learning), demand (on demand).
 """
 
 from __future__ import annotations
@@ -99,7 +98,7 @@ class Reconciler:
         self.clock = clock
         self.memory = MemoryLearner(settings.state_dir)
         self.requirements = Requirements(learned=self.memory.figures)
-        self.on_demand = OnDemand(self.requirements)  # .traffic: set where a gateway runs
+        self.on_demand = OnDemand(lambda: self.requirements)  # .traffic: set with a gateway
         self.records = Records(self.state_dir, clock)
         self.listeners = self.records.listeners
         """called with every event, after it is written (metrics, notifications, SSE)"""
