@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from reconciler import __version__
 from reconciler.loop.daemon import Daemon
 
-from . import actions, dashboard, events, gpus, models, plan, probes, status, webhook
+from . import actions, dashboard, events, gpus, models, plan, probes, status, traffic, webhook
 from .body import BodyLimit
 from .views import ApiSettings, Views
 
@@ -24,7 +24,7 @@ def create_app(daemon: Daemon, settings: ApiSettings | None = None) -> FastAPI:
     )
     views = Views(daemon, settings or ApiSettings(branch=daemon.options.branch))
     app.include_router(probes.router(views))
-    for group in (status, models, gpus, plan, events, actions, webhook):
+    for group in (status, models, gpus, plan, events, traffic, actions, webhook):
         app.include_router(group.router(views), prefix="/api/v1")
     dashboard.mount(app)
     app.add_middleware(BodyLimit)

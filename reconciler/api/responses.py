@@ -202,5 +202,23 @@ class AcceptedOut(BaseModel):
     detail: str
 
 
+class ModelTrafficOut(BaseModel):
+    """One model's requests through the gateway over the window."""
+
+    requests: int = Field(description="requests that ended in the window")
+    requests_per_s: float
+    p50_ms: float = Field(description="median time from arrival to the response's last byte")
+    p95_ms: float
+    errors_per_s: float = Field(description="responses with a 5xx status")
+
+
+class TrafficOut(BaseModel):
+    """Recent traffic per model, as the gateway measured it (empty, with a reason, without one)."""
+
+    window_s: int = Field(description="the seconds covered (up to the last 60 whole seconds)")
+    models: dict[str, ModelTrafficOut] = Field(description="models with requests in the window")
+    reason: str | None = Field(None, description="why there are no figures: no gateway, down")
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut} for code in codes}

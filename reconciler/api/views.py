@@ -41,6 +41,8 @@ class ApiSettings:
     webhook_secret: str | None = None
     branch: str = "main"
     """the branch whose pushes the webhook follows"""
+    gateway_url: str | None = None
+    """the gateway's base address (http://host:port) when `run` serves one: its traffic shows"""
 
 
 def _parse_state(path: Path, _data: bytes) -> State | None:

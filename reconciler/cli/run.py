@@ -96,17 +96,7 @@ def run_cmd(
     out.print(f"  state file  {where / 'state.yaml'}", markup=False)
     out.print(f"  engine logs {where / 'logs'}", markup=False)
     out.print(f"  event log   {where / 'events.jsonl'}", markup=False)
-    if not no_api:
-        settings = ApiSettings(
-            api_token=token,
-            webhook_secret=os.environ.get("RECONCILER_WEBHOOK_SECRET") or None,
-            branch=branch,
-        )
-        api = ApiServer(create_app(daemon, settings), listen)
-        daemon.add_service(api)
-        out.print(f"  API         {api.url}/api/v1/models", markup=False)
-        out.print(f"  metrics     {api.url}/metrics", markup=False)
-        out.print(f"  dashboard   {api.url}/", markup=False)
+    gateway = None
     if not no_gateway:
         try:
             split_listen(gateway_listen)
@@ -119,6 +109,19 @@ def run_cmd(
             log_path=where / "logs" / "gateway.log",
             require_keys=not is_loopback(gateway_listen),
         )
+    if not no_api:
+        settings = ApiSettings(
+            api_token=token,
+            webhook_secret=os.environ.get("RECONCILER_WEBHOOK_SECRET") or None,
+            branch=branch,
+            gateway_url=gateway.base if gateway is not None else None,  # for its traffic
+        )
+        api = ApiServer(create_app(daemon, settings), listen)
+        daemon.add_service(api)
+        out.print(f"  API         {api.url}/api/v1/models", markup=False)
+        out.print(f"  metrics     {api.url}/metrics", markup=False)
+        out.print(f"  dashboard   {api.url}/", markup=False)
+    if gateway is not None:
         attach(daemon, gateway)
         out.print(f"  gateway     {gateway.url}", markup=False)
     try:

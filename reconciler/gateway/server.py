@@ -26,6 +26,7 @@ from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, Rout
 from reconciler.gateway.routes import parse_routes as parse_routes_text
 from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
 from reconciler.gateway.upstream import Pool, Response, UpstreamError
+from reconciler.gateway.window import TrafficWindow
 
 log = logging.getLogger("reconciler.gateway")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -50,6 +51,7 @@ class Gateway:
         self.environ = os.environ if environ is None else environ
         self.table = Table()
         self.metrics = GatewayMetrics()
+        self.traffic = TrafficWindow()
         self.keys: list[tuple[str, bytes]] = []
         self.pool = Pool()
         self._stat: tuple[int, int, int] | None = None
@@ -151,7 +153,9 @@ class Gateway:
             code = response.status
         except Refusal as refusal:
             response, code = refusal.response(shown), refusal.status
-        self.metrics.request_done(label, code, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.request_done(label, code, seconds)
+        self.traffic.record(label, code, seconds)
         return response
 
     async def wait_for_target(self, entry: Entry) -> Entry:
@@ -333,9 +337,16 @@ class Gateway:
         return web.json_response({"object": "list", "data": data}, headers={MODEL_HEADER: ""})
 
     async def handle_inflight(self, request: web.Request) -> web.Response:
-        if request.remote not in LOOPBACK:
+        if not from_this_host(request):
             return errors.forbidden().response("")
         return web.json_response(self.table.inflight_report(), headers={MODEL_HEADER: ""})
+
+    async def handle_traffic(self, request: web.Request) -> web.Response:
+        """Each model's requests/s and latency percentiles over the last minute (for the
+        dashboard, through the API)."""
+        if not from_this_host(request):
+            return errors.forbidden().response("")
+        return web.json_response(self.traffic.report(), headers={MODEL_HEADER: ""})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.exposition(), headers={MODEL_HEADER: ""})
@@ -352,6 +363,7 @@ class Gateway:
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_post("/v1/{tail:.+}", self.handle_post)
         app.router.add_get("/internal/inflight", self.handle_inflight)
+        app.router.add_get("/internal/traffic", self.handle_traffic)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_route("*", "/{tail:.*}", self.handle_unknown)
         app.on_startup.append(self._startup)
@@ -365,3 +377,12 @@ class Gateway:
     async def _cleanup(self, app: web.Application) -> None:
         self._watcher.cancel()
         self.pool.close()
+
+
+def from_this_host(request: web.Request) -> bool:
+    """Loopback, or the address the gateway listens on itself: a daemon reaching a gateway bound
+    to one of the host's addresses connects from that address."""
+    if request.remote in LOOPBACK:
+        return True
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return bool(sockname) and request.remote == sockname[0]

@@ -6,8 +6,17 @@
 const POLL_LIVE_MS = 10000; // a safety net while the event stream is connected
 const POLL_OFFLINE_MS = 2000; // polling is the only source of updates without the stream
 const MAX_EVENTS = 60;
+const POLL_TRAFFIC_MS = 5000; // the gateway's figures move with every request, not with events
 
-const state = { cursor: null, live: false, refreshing: null, again: false, timer: null };
+const state = {
+  cursor: null,
+  live: false,
+  refreshing: null,
+  again: false,
+  timer: null,
+  traffic: {}, // model id -> the gateway's figures over the last trafficWindow seconds
+  trafficWindow: 0,
+};
 
 // ---- small helpers --------------------------------------------------------------------------
 
@@ -126,6 +135,7 @@ function modelRow(m) {
     el("td", { class: "num", text: m.port ?? "" }),
     el("td", { class: "num", text: String(m.restarts) }),
     el("td", { class: "num", text: duration(m.uptime_s) }),
+    ...trafficCells(m.id),
     noteCell,
   ]);
 }
@@ -138,6 +148,49 @@ function memoryCell(memory) {
   const cell = el("td", { class: "num memory", text: `${estimated} / ${measured}` });
   if (memory.peak_mb != null) cell.title = `peak ${mib(memory.peak_mb)} (${memory.measured_by})`;
   return cell;
+}
+
+// what the gateway measured over the last minute; blank without a gateway or without requests
+function trafficCells(id) {
+  const t = state.traffic[id];
+  const rate = el("td", { class: "num rps", text: t ? perSecond(t.requests_per_s) : "" });
+  const p95 = el("td", { class: "num p95", text: t ? milliseconds(t.p95_ms) : "" });
+  if (t) {
+    const errors = t.errors_per_s ? `, ${perSecond(t.errors_per_s)} errors/s` : "";
+    const title = `${t.requests} requests in ${state.trafficWindow}s, p50 ${milliseconds(t.p50_ms)}${errors}`;
+    rate.title = title;
+    p95.title = title;
+  }
+  return [rate, p95];
+}
+
+function perSecond(value) {
+  if (value >= 100) return value.toFixed(0);
+  return value >= 10 ? value.toFixed(1) : value.toFixed(2);
+}
+
+function milliseconds(value) {
+  if (value >= 1000) return `${(value / 1000).toFixed(2)} s`;
+  return value >= 10 ? `${value.toFixed(0)} ms` : `${value.toFixed(1)} ms`;
+}
+
+function renderTraffic(report) {
+  state.traffic = report ? report.models : {};
+  state.trafficWindow = report ? report.window_s : 0;
+  for (const row of document.querySelectorAll("#models tbody tr")) {
+    const [rate, p95] = trafficCells(row.dataset.model);
+    row.querySelector(".rps").replaceWith(rate);
+    row.querySelector(".p95").replaceWith(p95);
+  }
+}
+
+async function refreshTraffic() {
+  try {
+    renderTraffic(await api("/api/v1/traffic"));
+  } catch (error) {
+    renderTraffic(null); // an API too old to have it, or offline: no figures rather than stale ones
+  }
+  setTimeout(refreshTraffic, POLL_TRAFFIC_MS);
 }
 
 function renderModels(models) {
@@ -278,6 +331,7 @@ async function start() {
   if (state.cursor === null) state.cursor = 0; // no event yet: the stream starts at the beginning
   connectStream();
   schedulePoll();
+  refreshTraffic();
 }
 
 document.addEventListener("DOMContentLoaded", start);

@@ -9,6 +9,7 @@ LITELLM_MASTER_KEY set, configured with the same upstream; without it its rows a
 Goals: added latency p50 <= 1 ms and p99 <= 5 ms at concurrency 1; >= 2,000 req/s non-streaming;
 >= 50x LiteLLM's throughput. Then cold start: first token from an idle on-demand model vs
 `apply`-to-first-token for the same spec, as a ratio (gateway_cold.py).
+The real gemma engine through the gateway, and passes under gateway load: gateway_engine.py.
 
     .venv/bin/python tests/bench/gateway.py [--seconds 5] [--litellm .bench-venv/bin/litellm]
 """

@@ -12,11 +12,13 @@ Needs the `playwright` Python package (its browser downloads are not used) and C
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from components import require, require_module
 
@@ -212,3 +214,23 @@ def test_an_invalid_desired_state_shows_its_problems(page: Any, daemon: Daemon) 
         path.write_text(good)
         commit(host, "qwen2-7b: priority 6 again")
     expect(problems).to_be_hidden(timeout=UPDATE_TIMEOUT_MS)
+
+
+def test_requests_through_the_gateway_show_as_req_s_and_p95(page: Any, daemon: Daemon) -> None:
+    def gateway_lists_llama() -> bool:
+        listed = httpx.get(f"{daemon.gateway_url}/models", timeout=5).json()["data"]
+        return any(m["id"] == "llama3-8b" and m["status"] == "running" for m in listed)
+
+    assert wait_for(gateway_lists_llama, 20, 0.2), daemon.log()
+    llama = row(page, "llama3-8b")
+    expect(llama.locator(".rps")).to_have_text("")  # nobody asked yet: blank, not 0
+    body = {"model": "llama3-8b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    for _ in range(20):
+        response = httpx.post(f"{daemon.gateway_url}/chat/completions", json=body, timeout=20)
+        assert response.status_code == 200, response.text
+    expect(llama.locator(".rps")).to_have_text(re.compile(r"^\d+\.\d+$"), timeout=UPDATE_TIMEOUT_MS)
+    expect(llama.locator(".p95")).to_have_text(re.compile(r"^\d+(\.\d)? ms$"))
+    expect(llama.locator(".rps")).to_have_attribute("title", re.compile(r"^20 requests in \d+s"))
+    assert float(llama.locator(".rps").inner_text()) > 0
+    expect(row(page, "qwen2-7b").locator(".rps")).to_have_text("")  # no requests: no figures
+    expect(row(page, "qwen2-7b").locator(".p95")).to_have_text("")
