@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--require-keys", action="store_true", help="refuse every request until keys are set"
     )
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="exit when this process (the daemon) is gone"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gateway: %(message)s")
     with contextlib.suppress(ImportError):
@@ -36,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     host, port = parse_listen(args.listen)
     gateway = Gateway(args.routes, poll_s=args.poll_interval, require_keys=args.require_keys)
-    asyncio.run(serve(gateway, host, port))
+    asyncio.run(serve(gateway, host, port, args.parent_pid))
     return 0
 
 
-async def serve(gateway: Gateway, host: str, port: int) -> None:
+async def serve(gateway: Gateway, host: str, port: int, parent_pid: int | None = None) -> None:
     # handler_cancellation: a client that hangs up cancels its handler, which cuts the upstream
     runner = web.AppRunner(
         gateway.app(), handler_cancellation=True, access_log=None, shutdown_timeout=5
@@ -53,8 +57,20 @@ async def serve(gateway: Gateway, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if parent_pid is not None:
+        watcher = asyncio.create_task(_exit_with_parent(parent_pid, stop))
     await stop.wait()
+    if parent_pid is not None:
+        watcher.cancel()
     await runner.cleanup()
+
+
+async def _exit_with_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """A daemon killed with SIGKILL cannot stop its gateway: the gateway notices that it was
+    re-parented and stops by itself, so no orphan keeps the port from the next daemon."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(0.5)
+    stop.set()
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ class GatewayService:
             "--poll-interval",
             str(self.poll_interval_s),
             *(["--require-keys"] if self.require_keys else []),
+            "--parent-pid",
+            str(os.getpid()),
         ]
 
     def start(self, timeout_s: float = 15.0) -> None:
