@@ -54,9 +54,10 @@ class DemandWatch:
 
     def traffic(self) -> Mapping[str, Traffic]:
         """Each model's traffic now; the last known when the gateway does not answer (a
-        gateway restarting must not make every engine look idle)."""
+        gateway restarting must not make every engine look idle). A short timeout: a pass must
+        not wait behind a saturated gateway; the polling thread's last view stands in."""
         try:
-            report = self.gateway.inflight(timeout_s=1.0)
+            report = self.gateway.inflight(timeout_s=0.25)
         except GatewayError:
             return self._last
         self._last = parse(report)

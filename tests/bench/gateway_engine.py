@@ -51,8 +51,7 @@ from daemon_support import Daemon, running_daemon  # noqa: E402
 from gateway import seconds  # noqa: E402  (wrk's duration notation)
 
 GEMMA = yaml.safe_load((REPO / "desired-state" / "models" / "gemma3-270m.yaml").read_text())
-TARGET = "run-000"
-"""the running model the gateway load goes to"""
+TARGET = "run-000"  # the running model the gateway load goes to
 TARGET_RATIO = 0.95
 TARGET_SLOWDOWN = 0.10
 LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[%s]]\n'
@@ -61,9 +60,6 @@ LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwr
 def chat(model: str) -> dict:
     question = [{"role": "user", "content": "Name one colour of the sky."}]
     return {"model": model, "messages": question, "max_tokens": 8, "temperature": 0}
-
-
-# ---- processes and CPU ----------------------------------------------------------------------
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -149,7 +145,7 @@ def engine_part(daemon: Daemon, duration: float, rounds: int, work: Path) -> boo
         note(f"{name:<8} {url}: {answer(url, model)!r}")
     engine, gateway = daemon.host.pid(model), gateway_pid(daemon)
     results: dict[tuple[str, int], list[Wrk]] = {}
-    cpu, gateway_requests = {"gateway": 0.0, "engine": 0.0}, 0
+    cpu = {"gateway": 0.0, "engine": 0.0}
     for r in range(rounds):
         for c in (1, 4):
             order = list(targets) if (r + c) % 2 else list(reversed(targets))
@@ -159,7 +155,6 @@ def engine_part(daemon: Daemon, duration: float, rounds: int, work: Path) -> boo
                 got = finish_wrk(start_wrk(url, chat(model), c, duration, work))
                 if name == "gateway":
                     cpu["gateway"] += cpu_of(gateway) - before[0]
-                    gateway_requests += got.requests
                 cpu["engine"] += cpu_of(engine) - before[1]
                 results.setdefault((name, c), []).append(got)
                 note(f"round {r + 1} c={c} {name:<8} {got.rps:6.2f} req/s p50 {got.p50:.3f} s")
@@ -185,10 +180,10 @@ def engine_part(daemon: Daemon, duration: float, rounds: int, work: Path) -> boo
             f"(paired per round {paired:.3f}), errors {errors} "
             f"[{verdict}: gateway >= {TARGET_RATIO}x direct]"
         )
-    per_request = cpu["gateway"] / max(gateway_requests, 1) * 1e3
+    runs = 2 * rounds * duration  # seconds of load per target
     print(
-        f"  gateway CPU {per_request:.2f} ms per request; engine CPU "
-        f"{cpu['engine'] / (2 * rounds * 2 * duration):.0%} of a core on average while loaded"
+        f"  CPU while loaded, % of one core: gateway {cpu['gateway'] / runs:.1%} (its idle "
+        f"polling included), engine {cpu['engine'] / (2 * runs):.0%}"
     )
     return ok
 
@@ -198,6 +193,7 @@ def engine_part(daemon: Daemon, duration: float, rounds: int, work: Path) -> boo
 
 @dataclass
 class Phase:
+    seconds: float
     passes: int
     pass_s: float
     cpu: dict[str, float]  # share of one core, by process (and the machine's other work)
@@ -247,16 +243,16 @@ def measure(daemon: Daemon, duration: float, pids: dict[str, int], load: dict | 
     pass_s = (after[0] - histogram[0]) / max(passes, 1)
     used["others"] = machine - sum(used.values())
     share = {k: v / elapsed for k, v in used.items()}
-    return Phase(passes, pass_s, share, loaded)
+    return Phase(elapsed, passes, pass_s, share, loaded)
 
 
 def passes_part(daemon: Daemon, args: argparse.Namespace, work: Path) -> bool:
     gateway = gateway_pid(daemon)
     assert daemon.process is not None
     pids = {"daemon": daemon.process.pid, "gateway": gateway, "engine": daemon.host.pid(TARGET)}
-    load = {"url": f"{daemon.gateway_url}/chat/completions", "body": chat(TARGET)}
-    load |= {"c": args.connections, "work": work, "cpus": None}
-    answer(daemon.gateway_url, TARGET)
+    load = {"url": f"{daemon.gateway_url}/chat/completions", "body": chat(TARGET), "work": work}
+    load["c"] = args.connections
+    answer(daemon.gateway_url, TARGET)  # the route works
     everywhere = os.sched_getaffinity(0)
     cpus = None if args.gateway_cpus == "none" else {int(c) for c in args.gateway_cpus.split(",")}
     # which of gateway, load (its engine and wrk), daemon are pinned; the daemon to the rest
@@ -309,6 +305,9 @@ def note(text: str) -> None:
 def show(name: str, phases: list[Phase], verdict: str | None) -> None:
     each = ", ".join(f"{p.pass_s * 1e3:.0f}" for p in phases)
     print(f"  {name}: pass ms by phase {each}" + (f"; {verdict}" if verdict else ""))
+    # what a pass costs the daemon, however much CPU it gets: does load make passes do more?
+    per_pass = statistics.mean(p.cpu["daemon"] * p.seconds / max(p.passes, 1) for p in phases)
+    print(f"    daemon CPU per pass {per_pass * 1e3:.0f} ms")
     share = {k: statistics.mean(p.cpu[k] for p in phases) for k in phases[0].cpu}
     print("    CPU: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
     if loads := [p.load for p in phases if p.load]:
