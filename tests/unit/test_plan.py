@@ -225,12 +225,10 @@ def test_a_model_that_gave_up_stays_in_error_and_its_fallback_runs() -> None:
     gave_up = ObservedModel("a", Status.error, given_up=True, last_error="CUDA OOM")
     p = plan(desired, gave_up)
     assert p.actions == (
-        Action(
-            "start", "b", (0,), 1000, 8100, "fallback for a (gave up after 5 retries: CUDA OOM)"
-        ),
+        Action("start", "b", (0,), 1000, 8100, "fallback for a (in error, not retried: CUDA OOM)"),
     )
     assert p.models["a"].status is Status.error
-    assert dict(p.unschedulable) == {"a": "gave up after 5 retries: CUDA OOM"}
+    assert dict(p.unschedulable) == {"a": "in error, not retried: CUDA OOM"}
     assert converged_observed(p, {"a": gave_up})["a"] == gave_up
 
 

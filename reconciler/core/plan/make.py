@@ -91,7 +91,8 @@ def _demand(spec: ModelSpec, memory: int | None, obs: ObservedModel | None, h: s
     # a changed spec gets a new chance: "stays in error until its spec changes"
     if obs is not None and obs.given_up and not obs.occupies and obs.spec_hash in (None, h):
         error = obs.last_error or "no error recorded"
-        blocked = f"gave up after {spec.retry_policy.max_retries} retries: {error}"
+        # retries ran out, or the start failed in a way no retry fixes: either way, not retried
+        blocked = f"in error, not retried: {error}"
     return Demand(
         id=spec.id,
         priority=spec.priority,
