@@ -20,6 +20,7 @@ from reconciler.core.spec import ClusterSpec, ModelSpec
 from reconciler.engines.base import Handle
 from reconciler.loop.controller import LoopStats
 from reconciler.loop.daemon import Daemon
+from reconciler.loop.memory import figures_of
 from reconciler.source import history as git_history
 from reconciler.source import repo as git_repo
 from reconciler.state.paths import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
@@ -128,20 +129,16 @@ class Views:
         self, model_id: str, spec: ModelSpec | None, state: ModelState | None
     ) -> MemoryOut | None:
         """Estimated, measured and peak memory of the spec in force (or of what runs)."""
-        spec_hash = (state.spec_hash if state else None) or (spec.spec_hash() if spec else None)
-        if spec_hash is None:
-            return None
-        figures = self.reconciler.memory.figures(model_id, spec_hash)
-        estimated = figures.estimated_mb if figures else None
-        if estimated is None and spec is not None:
-            estimated = self.reconciler.requirements.cached_estimate(spec)
-        if figures is None and estimated is None:
+        known = figures_of(
+            self.reconciler.memory, self.reconciler.requirements, model_id, spec, state
+        )
+        if known is None:
             return None
         return MemoryOut(
-            estimated_mb=estimated,
-            measured_mb=figures.measured_mb if figures else None,
-            peak_mb=figures.peak_mb if figures else None,
-            measured_by=figures.measured_by if figures else None,
+            estimated_mb=known.estimated_mb,
+            measured_mb=known.measured_mb,
+            peak_mb=known.peak_mb,
+            measured_by=known.measured_by,
         )
 
     def handles(self, model_id: str) -> list[Handle]:

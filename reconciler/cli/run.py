@@ -71,10 +71,10 @@ def run_cmd(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
     token = os.environ.get("RECONCILER_API_TOKEN") or None
     try:
-        host, _ = split_listen(listen)
+        split_listen(listen)  # a usage error, not a traceback, for a malformed address
     except ValueError as exc:
         raise usage_error(f"--listen {listen!r}: expected HOST:PORT") from exc
-    if not no_api and host not in ("127.0.0.1", "localhost", "::1") and not token:
+    if not no_api and not is_loopback(listen) and not token:
         raise usage_error(
             f"refusing to listen on {listen} without RECONCILER_API_TOKEN: "
             "a non-loopback API needs a bearer token"

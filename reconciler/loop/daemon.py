@@ -25,6 +25,7 @@ from reconciler.core.plan import Plan
 from reconciler.core.spec import ClusterSpec
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.controller import Controller, LoopSettings
+from reconciler.loop.memory import figures_of
 from reconciler.loop.reconcile import PassResult, Reconciler, Settings
 from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, snapshot_from_plan
 from reconciler.notify import Notifier
@@ -131,13 +132,15 @@ class Daemon:
         records = state.models if state is not None else {}
         figures: dict[str, tuple[int | None, int | None]] = {}
         for model_id, spec in desired.models.items():
-            record = records.get(model_id)
-            spec_hash = (record.spec_hash if record else None) or spec.spec_hash()
-            learned = self.reconciler.memory.figures(model_id, spec_hash)
-            estimated = (learned.estimated_mb if learned else None) or (
-                self.reconciler.requirements.cached_estimate(spec)
+            known = figures_of(
+                self.reconciler.memory,
+                self.reconciler.requirements,
+                model_id,
+                spec,
+                records.get(model_id),
             )
-            figures[model_id] = (estimated, learned.measured_mb if learned else None)
+            if known is not None:
+                figures[model_id] = (known.estimated_mb, known.measured_mb)
         return figures
 
     def _last_plan(self) -> Plan | None:

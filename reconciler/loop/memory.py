@@ -17,6 +17,7 @@ from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
 from reconciler.core.memory import MemoryFigures, grown_past, record_measurement, reservation
 from reconciler.core.observed import Status
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Handle
 from reconciler.engines.usage import Usage, measure
 from reconciler.loop.planning import Requirements
@@ -68,7 +69,7 @@ class MemoryLearner:
             due = now - self._measured_at.get(model_id, float("-inf")) >= MEASURE_EVERY_S
             if due and not dry_run:
                 self._measured_at[model_id] = now
-                estimate = requirements.estimate_of(spec)
+                estimate = requirements.cached_estimate(spec)  # the one the planner made
                 changed |= self._measure_one(
                     model_id, spec_hash, pid, state, estimate, declared, event
                 )
@@ -138,3 +139,22 @@ class MemoryLearner:
 
 def _measure(pid: int, declared_gpus: bool) -> Usage | None:
     return measure(pid, declared_gpus=declared_gpus)
+
+
+def figures_of(
+    learner: MemoryLearner,
+    requirements: Requirements,
+    model_id: str,
+    spec: ModelSpec | None,
+    record: ModelState | None,
+) -> MemoryFigures | None:
+    """What readers (API, metrics) show of one model: the figures learned for the spec hash
+    that runs (else the one in force), with the estimate already made when none was learned.
+    Never reads model files: a reader must not take the loop's time."""
+    spec_hash = (record.spec_hash if record else None) or (spec.spec_hash() if spec else None)
+    if spec_hash is None:
+        return None
+    learned = learner.figures(model_id, spec_hash) or MemoryFigures()
+    if learned.estimated_mb is None and spec is not None:
+        learned = replace(learned, estimated_mb=requirements.cached_estimate(spec))
+    return None if learned == MemoryFigures() else learned
