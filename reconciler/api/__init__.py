@@ -8,7 +8,12 @@ models, gpus, plan, events (list and server-sent stream), actions (reconcile, re
 webhook (/hooks/git), dashboard (/ and /web). Beside them: views (what the routes read of the
 daemon), responses (the response models), auth (who may act), body (size limit, JSON parsing),
 cache, eventlog (events.jsonl by cursor, also used by `reconciler events`), app (assembles
-them) and server (uvicorn as a service of the daemon).
+them), link (the socket pair to the daemon: metrics and actions), server (ApiService: the
+daemon's owner of the API process) and __main__ (the API process itself).
+
+The API serves from a process of its own: it reads the files the daemon writes (the state
+file, the last valid desired state, events.jsonl, the bulletin loop.json) and asks the daemon
+only for metrics and actions, so HTTP traffic never takes the loop's interpreter.
 
 Who may ask: auth.py (actions), webhook.py (the signed hook); GETs are open to whoever reaches
 the port (status, plan, events, logs): on a non-loopback address put it behind a network

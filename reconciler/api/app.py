@@ -1,19 +1,18 @@
-"""The FastAPI application of `reconciler run`: the route groups of this package, assembled."""
+"""The FastAPI application of the API process: the route groups of this package, assembled."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from reconciler import __version__
-from reconciler.loop.daemon import Daemon
 
 from . import actions, dashboard, events, gpus, models, plan, probes, status, traffic, webhook
 from .body import BodyLimit
-from .views import ApiSettings, Views
+from .views import Views
 
 
-def create_app(daemon: Daemon, settings: ApiSettings | None = None) -> FastAPI:
-    """The application that serves `daemon`'s status, plan, events, metrics and actions."""
+def create_app(views: Views) -> FastAPI:
+    """The application that serves a daemon's status, plan, events, metrics and actions."""
     app = FastAPI(
         title="reconciler",
         version=__version__,
@@ -22,7 +21,6 @@ def create_app(daemon: Daemon, settings: ApiSettings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    views = Views(daemon, settings or ApiSettings(branch=daemon.options.branch))
     app.include_router(probes.router(views))
     for group in (status, models, gpus, plan, events, traffic, actions, webhook):
         app.include_router(group.router(views), prefix="/api/v1")

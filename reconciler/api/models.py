@@ -12,9 +12,9 @@ from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from reconciler.core.observed import OCCUPYING, Status
-from reconciler.core.plan import Outcome, Plan
 from reconciler.core.replicas import group, model_of
 from reconciler.core.spec import ModelSpec
+from reconciler.loop.bulletin import OutcomeDigest, PlanDigest
 from reconciler.state.statefile import ModelState, State
 
 from .responses import InstanceOut, MemoryOut, ModelDetail, ModelSummary, Placement, errors
@@ -30,7 +30,7 @@ def model_summary(
     model_id: str,
     spec: ModelSpec | None,
     state: ModelState | None,
-    outcome: Outcome | None,
+    outcome: OutcomeDigest | None,
     now: float,
     memory: MemoryOf | None = None,
 ) -> ModelSummary:
@@ -114,7 +114,7 @@ def list_models(views: Views) -> tuple[list[ModelSummary], bytes]:
 def _build_models(
     specs: Mapping[str, ModelSpec],
     state: State | None,
-    plan: Plan | None,
+    plan: PlanDigest | None,
     now: float,
     memory: MemoryOf,
 ) -> tuple[list[ModelSummary], bytes]:
@@ -161,12 +161,8 @@ def router(views: Views) -> APIRouter:
     @routes.get("/models", response_model=list[ModelSummary])
     async def models() -> Response:
         """Every model desired or running, with its status."""
-        # on the event loop and pre-serialized when the loop's memory has it all (no thread
-        # hand-off, no second validation); in a worker thread while files must be read
-        if views.in_memory():
-            body = list_models(views)[1]
-        else:
-            body = (await run_in_threadpool(list_models, views))[1]
+        # pre-serialized, in a worker thread: the state file may have to be parsed
+        body = (await run_in_threadpool(list_models, views))[1]
         return Response(body, media_type="application/json")
 
     @routes.get("/models/{model_id}", response_model=ModelDetail, responses=errors(404))

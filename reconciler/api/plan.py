@@ -12,17 +12,10 @@ from .responses import ActionOut, GpuPlanOut, PlanOut, ProblemOut, Unschedulable
 from .views import Views
 
 
-def preview_plan(reconciler: Reconciler) -> Plan:
+def preview_plan(views: Views) -> Plan:
     """What the next pass would do: a dry run in a Reconciler of its own, like `reconciler
-    plan` on this host, so that the loop's per-pass bookkeeping and its git objects (not
-    thread-safe) are never touched from the API's thread."""
-    settings = reconciler.settings
-    preview = Reconciler(
-        Settings(settings.desired_dir, settings.state_dir, settings.rev),
-        engines=reconciler.engines,
-        clock=reconciler.clock,
-    )
-    preview.requirements = reconciler.requirements  # memory estimates are cached per spec hash
+    plan` on this host (it reads the memory learned so far afresh)."""
+    preview = Reconciler(Settings(views.desired_dir, views.state_dir), engines=views.engines())
     return preview.pass_once(dry_run=True).plan
 
 
@@ -58,13 +51,12 @@ def plan_out(plan: Plan) -> PlanOut:
 
 def router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
-    reconciler = views.reconciler
 
     @routes.get("/plan", response_model=PlanOut, responses=errors(503))
     def plan() -> PlanOut:
         """What the next pass would do now (a dry run: nothing is changed)."""
         try:
-            result = views.plan_memo.get(None, lambda: preview_plan(reconciler))
+            result = views.plan_memo.get(None, lambda: preview_plan(views))
         except InventoryError as exc:
             raise HTTPException(503, f"GPU inventory unavailable: {exc}") from exc
         return plan_out(result)

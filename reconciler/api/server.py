@@ -1,13 +1,41 @@
-"""The HTTP API as a service of the daemon: uvicorn serving the application in a thread."""
+"""ApiService: how the daemon owns the API process (start, watch, restart, stop).
+
+The API serves from a process of its own, so that no amount of HTTP traffic competes with the
+reconcile loop for the interpreter lock: it reads the files the daemon writes and asks the
+daemon the rest over a socket pair (link.py). A process that dies is started again.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
 
-import uvicorn
-from fastapi import FastAPI
+from reconciler.loop.daemon import Daemon
 
+from .link import ControlServer
+
+log = logging.getLogger("reconciler.api")
+
+START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
+RESTART_DELAY_S = (0.5, 30.0)
+"""a dead API process is started again after the first delay, doubling up to the second while
+it keeps dying young (a port taken by someone else must not spin a CPU)"""
+YOUNG_S = 10.0
+
+
+class ApiError(Exception):
+    """The API process did not start or does not answer."""
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -16,27 +44,147 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class ApiServer:
-    """Serves `app` on `listen` from start() to stop() (the daemon's Service protocol)."""
+def local_url(listen: str) -> str:
+    """Where this host reaches an API listening on `listen` (a wildcard address via loopback)."""
+    host, port = split_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def __init__(self, app: FastAPI, listen: str) -> None:
+
+class ApiService:
+    """Serves the API of `daemon` on `listen` from start() to stop() (the daemon's Service)."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        listen: str,
+        *,
+        desired_dir: Path,
+        branch: str = "main",
+        gateway_url: str | None = None,
+        python: str | None = None,
+    ) -> None:
+        self.daemon = daemon
         self.listen = listen
-        host, port = split_listen(listen)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        # uvicorn must not take over SIGTERM/SIGINT: the daemon owns them
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread: threading.Thread | None = None
+        self.state_dir = daemon.options.state_dir
+        self.desired_dir = desired_dir
+        self.branch = branch
+        self.gateway_url = gateway_url
+        self.python = python or sys.executable
+        self.log_path = self.state_dir / "logs" / "api.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._control: ControlServer | None = None
+        self._log: IO[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.listen}"
 
+    def command(self, control_fd: int) -> list[str]:
+        return [
+            self.python,
+            "-m",
+            "reconciler.api",
+            "--listen",
+            self.listen,
+            "--state-dir",
+            str(self.state_dir),
+            "--desired-dir",
+            str(self.desired_dir),
+            "--branch",
+            self.branch,
+            *(["--gateway-url", self.gateway_url] if self.gateway_url else []),
+            "--run-id",
+            self.daemon.run_id,
+            "--control-fd",
+            str(control_fd),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
-        self._thread.start()
+        """Start the process and return once it answers; ApiError if it does not."""
+        self._spawn()
+        self._wait_answering(START_TIMEOUT_S)
+        self._watcher = threading.Thread(target=self._watch, name="api-watch", daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_TIMEOUT_S)
+        self._stopping.set()
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._close()
+
+    def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - held for the process's life
+        try:
+            self.process = subprocess.Popen(
+                self.command(theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # a Ctrl-C on the daemon's terminal reaches the daemon
+            )
+        finally:
+            theirs.close()
+        self._control = ControlServer(self.daemon, ours)
+        self._control.start()
+
+    def _wait_answering(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        health = f"{local_url(self.listen)}/healthz"
+        while time.monotonic() < deadline:
+            process = self.process
+            if process is None or process.poll() is not None:
+                code = process.returncode if process is not None else None
+                raise ApiError(f"the API exited with status {code} (see {self.log_path})")
+            try:
+                with urllib.request.urlopen(health, timeout=1.0):
+                    return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.05)
+        raise ApiError(f"the API did not answer on {health} within {timeout_s:g} s")
+
+    def _watch(self) -> None:
+        """Start the API again whenever it dies, until stop()."""
+        delay = RESTART_DELAY_S[0]
+        while not self._stopping.is_set():
+            process = self.process
+            if process is None:
+                return
+            began = time.monotonic()
+            process.wait()
+            if self._stopping.is_set():
+                return
+            lived = time.monotonic() - began
+            delay = RESTART_DELAY_S[0] if lived > YOUNG_S else min(delay * 2, RESTART_DELAY_S[1])
+            log.warning("the API process exited (%s); starting it again", process.returncode)
+            self._close()
+            if self._stopping.wait(delay):
+                return
+            self.restarts += 1
+            try:
+                self._spawn()
+            except OSError:
+                log.exception("cannot start the API process")
+                return
+
+    def _close(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

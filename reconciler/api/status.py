@@ -18,16 +18,16 @@ def status_out(views: Views) -> StatusOut:
     counts: dict[str, int] = {}
     for model in list_models(views)[0]:
         counts[model.status.value] = counts.get(model.status.value, 0) + 1
-    plan = views.last_plan()
     problems = [ProblemOut(**p) for p in (state.problems if state else [])]
-    stats = views.stats
+    loop = views.bulletin()
+    plan = loop.plan if loop is not None else None
     return StatusOut(
         version=__version__,
-        ready=stats.passes > 0,
-        passes=stats.passes,
-        last_pass_at=stats.last_pass_at,
-        last_pass_reasons=list(stats.last_reasons),
-        last_plan=plan.summary() if plan is not None and plan.valid else None,
+        ready=loop is not None and loop.passes > 0,
+        passes=loop.passes if loop is not None else 0,
+        last_pass_at=loop.last_pass_at if loop is not None else None,
+        last_pass_reasons=list(loop.last_reasons) if loop is not None else [],
+        last_plan=plan.summary if plan is not None and plan.valid else None,
         revision=views.revision(state),
         valid=not problems,  # from the same record as `problems`, so that the two agree
         problems=problems,

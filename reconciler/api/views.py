@@ -1,8 +1,10 @@
-"""What the API shows, read from the daemon without ever waiting for the loop.
+"""What the API shows, read from the files the daemon writes: the API runs in a process of its
+own, so that no request takes CPU or the interpreter lock from the reconcile loop.
 
-Reads never wait for a pass: the state and the specs in force come from the reconciler's memory
-(`last_state`, `last_desired`); before the first pass, from the files it left (state.yaml, parsed
-once per change in the background; last-valid-desired.json).
+- state.yaml (parsed once per change, in the background), last-valid-desired.json (the specs in
+  force), events.jsonl, and the bulletin (loop.json: loop progress, the last plan's digest,
+  memory figures, the engines observed) that the daemon replaces after every pass;
+- the daemon itself only through the control link (link.py): metrics and actions.
 """
 
 from __future__ import annotations
@@ -10,23 +12,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.plan import Plan
+from reconciler.core.memory import MemoryFigures
 from reconciler.core.spec import ClusterSpec, ModelSpec
-from reconciler.engines.base import Handle
-from reconciler.loop.controller import LoopStats
-from reconciler.loop.daemon import Daemon
-from reconciler.loop.memory import figures_of
+from reconciler.engines.base import Engine, Handle
+from reconciler.engines.registry import engines
+from reconciler.loop.bulletin import Bulletin, PlanDigest, decode
 from reconciler.source import history as git_history
 from reconciler.source import repo as git_repo
-from reconciler.state.paths import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
+from reconciler.state.memory import MEMORY_FILE, read_learned
+from reconciler.state.paths import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 from reconciler.state.statefile import CorruptState, ModelState, State, read_state
 
-from .cache import Background, Memo, ParsedFile
+from .cache import Memo, ParsedFile
+from .link import DaemonLink
 from .responses import MemoryOut, RevisionOut
 
 log = logging.getLogger("reconciler.api")
@@ -44,6 +47,17 @@ class ApiSettings:
     """the branch whose pushes the webhook follows"""
     gateway_url: str | None = None
     """the gateway's base address (http://host:port) when `run` serves one: its traffic shows"""
+
+
+@dataclass(frozen=True)
+class DaemonFiles:
+    """Where the daemon the API serves keeps its files."""
+
+    state_dir: Path
+    desired_dir: Path
+    """the desired-state directory the loop reads (in remote mode, inside its checkout)"""
+    run_id: str | None = None
+    """the daemon run whose bulletin counts (None: any)"""
 
 
 def _parse_state(path: Path, _data: bytes) -> State | None:
@@ -65,15 +79,31 @@ def _parse_desired(_path: Path, data: bytes) -> tuple[dict[str, ModelSpec], Clus
 class Views:
     """What the API shows of one daemon; shared by every route."""
 
-    def __init__(self, daemon: Daemon, settings: ApiSettings) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        files: DaemonFiles,
+        settings: ApiSettings,
+        link: DaemonLink | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.files = files
         self.settings = settings
-        self.reconciler = daemon.reconciler
-        self.state_dir = Path(self.reconciler.state_dir)
+        self.link = link
+        """None when no daemon listens (actions and metrics answer 503)"""
+        self.stopping = stopping
+        """the server is shutting down: streams end, so that it can stop"""
+        self.state_dir = files.state_dir
+        self.desired_dir = files.desired_dir
         self.events_path = self.state_dir / EVENTS_FILE
-        state_file = ParsedFile(self.state_dir / STATE_FILE, _parse_state)
-        self._state_file = Background(state_file.get, fresh_s=0.2, stale_s=5.0)
+        # read on every request (a client that saw a change elsewhere, say in the gateway, must
+        # see it here too), parsed only when the bytes changed
+        self._state_file = ParsedFile(self.state_dir / STATE_FILE, _parse_state)
         self._desired_file = ParsedFile(self.state_dir / LAST_VALID_FILE, _parse_desired)
+        self._bulletin_file = ParsedFile(self.state_dir / BULLETIN_FILE, self._parse_bulletin)
+        self._learned_file = ParsedFile(
+            self.state_dir / MEMORY_FILE, lambda p, _: read_learned(p.parent)
+        )
+        self._engines: dict[str, Engine] | None = None
         self.plan_memo = Memo(2.0)
         self.gpu_memo = Memo(2.0)
         self.history_memo = Memo(15.0)
@@ -81,58 +111,51 @@ class Views:
         self.models_memo = Memo(1.0)
         self._commits: dict[str, RevisionOut] = {}
 
-    # the loop
+    # the loop, as its last bulletin says
 
-    @property
-    def stats(self) -> LoopStats:
-        return self.daemon.controller.stats
+    def _parse_bulletin(self, _path: Path, data: bytes) -> Bulletin | None:
+        found = decode(data)
+        run_id = self.files.run_id
+        return found if run_id is None or found.run_id == run_id else None
+
+    def bulletin(self) -> Bulletin | None:
+        return self._bulletin_file.get()
 
     def passes(self) -> int:
-        return self.stats.passes
+        found = self.bulletin()
+        return found.passes if found else 0
 
-    def last_plan(self) -> Plan | None:
-        result = self.stats.last_result
-        return result.plan if result is not None else None
-
-    def stopping(self) -> bool:
-        """The daemon is shutting down: streams end, so that the server can stop."""
-        return self.daemon.controller.stopping
+    def last_plan(self) -> PlanDigest | None:
+        found = self.bulletin()
+        return found.plan if found else None
 
     # state, specs, engines
 
     def state(self) -> State | None:
-        in_memory = self.reconciler.last_state
-        if in_memory is not None:
-            return in_memory
         return self._state_file.get()
-
-    def in_memory(self) -> bool:
-        """State and specs come from the reconciler's memory: reading them costs nothing."""
-        return self.reconciler.last_state is not None and self.reconciler.last_desired is not None
 
     def specs(self) -> Mapping[str, ModelSpec]:
         """The specs in force (the last valid desired state) by id."""
-        desired = self.reconciler.last_desired
-        if desired is not None:
-            return desired.models
-        parsed = self._desired_file.get()  # before the first pass: what the last run recorded
+        parsed = self._desired_file.get()
         return parsed[0] if parsed else {}
 
     def cluster(self) -> ClusterSpec | None:
-        desired = self.reconciler.last_desired
-        if desired is not None:
-            return desired.cluster
         parsed = self._desired_file.get()
         return parsed[1] if parsed else None
 
     def memory(
         self, model_id: str, spec: ModelSpec | None, state: ModelState | None
     ) -> MemoryOut | None:
-        """Estimated, measured and peak memory of the spec in force (or of what runs)."""
-        known = figures_of(
-            self.reconciler.memory, self.reconciler.requirements, model_id, spec, state
-        )
-        if known is None:
+        """Estimated, measured and peak memory of the spec in force (or of what runs): as the
+        loop's last pass knew them; before its first pass, what memory.json says was learned."""
+        found = self.bulletin()
+        if found is not None:
+            known = found.memory.get(model_id)
+        else:
+            spec_hash = (state.spec_hash if state else None) or (spec.spec_hash() if spec else None)
+            learned = self._learned_file.get() or {}
+            known = learned.get(model_id, {}).get(spec_hash) if spec_hash else None
+        if known is None or known == MemoryFigures():
             return None
         return MemoryOut(
             estimated_mb=known.estimated_mb,
@@ -143,13 +166,19 @@ class Views:
 
     def handles(self, model_id: str) -> list[Handle]:
         """The engines of a model, as the last pass observed them."""
-        return list(self.reconciler.last_handles.get(model_id, []))
+        found = self.bulletin()
+        return list(found.handles.get(model_id, ())) if found else []
+
+    def engines(self) -> dict[str, Engine]:
+        """This host's engines, made once (for their logs and the plan preview)."""
+        if self._engines is None:
+            self._engines = engines(self.state_dir)
+        return self._engines
 
     def logs(self, model_id: str, state: ModelState | None) -> list[str]:
         handles = sorted(self.handles(model_id), key=lambda h: (h.alive, h.started_at))
-        engines = self.reconciler.engines
         for handle in reversed(handles):  # the live engine first, else the last one that ran
-            engine = engines.get(handle.framework)
+            engine = self.engines().get(handle.framework)
             if engine is not None:
                 with contextlib.suppress(Exception):
                     return list(engine.logs(handle, LOG_LINES))
@@ -159,7 +188,11 @@ class Views:
 
     def head_sha(self) -> str | None:
         try:
-            return self.daemon.source.head_sha()
+            repo = git_repo.open_repo(self.desired_dir)
+            if repo is None:
+                return None
+            with contextlib.closing(repo):
+                return git_repo.ref_sha(repo)
         except Exception:  # a repository being rewritten under us: the next request sees it
             return None
 
@@ -172,11 +205,10 @@ class Views:
         return self.tree_memo.get(self.head_sha(), lambda: self._describe(None))
 
     def _describe(self, sha: str | None) -> RevisionOut:
-        """A commit (HEAD for None) read in a Repo of our own: the loop's GitPython Repo is
-        not thread-safe. Found commits are kept: they never change."""
+        """A commit (HEAD for None). Found commits are kept: they never change."""
         out = RevisionOut(sha=sha, short=sha[:12] if sha else None)
         try:
-            directory = self.reconciler.settings.desired_dir
+            directory = self.desired_dir
             repo = git_repo.open_repo(directory)
             if repo is None:
                 return out
@@ -211,7 +243,7 @@ class Views:
     def _history(self, limit: int) -> list[dict[str, Any]]:
         try:
             record = git_history.read_applied(self.state_dir)
-            entries = git_history.history(self.reconciler.settings.desired_dir, limit, record)
+            entries = git_history.history(self.desired_dir, limit, record)
             return [e.to_dict() for e in entries]
         except Exception as exc:  # no repository, no history support yet: nothing to show
             log.debug("history unavailable: %s", exc)

@@ -7,7 +7,6 @@ and reconciles; other events and branches are acknowledged and ignored.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -19,8 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from reconciler.core.events import EventKind
-
+from .actions import ask_daemon
 from .body import json_object, read_limited
 from .responses import AcceptedOut, errors
 from .views import Views
@@ -93,9 +91,7 @@ def on_push(views: Views, event: str, payload: Mapping[str, Any]) -> AcceptedOut
     if payload.get("deleted"):
         return AcceptedOut(status="ignored", detail=f"{branch} was deleted: nothing to fetch")
     after = str(payload.get("after") or "")[:12]
-    with contextlib.suppress(Exception):  # the record is for operators; it must not fail the hook
-        views.reconciler.event(EventKind.webhook, None, f"push to {branch} {after}".rstrip())
-    views.daemon.controller.fetch_now("webhook")
+    ask_daemon(views, "webhook", detail=f"push to {branch} {after}".rstrip())
     return AcceptedOut(status="accepted", detail=f"fetching {branch} and reconciling")
 
 

@@ -1,4 +1,5 @@
-"""`reconciler run`: the daemon (the loop, the git source) and the HTTP API beside it."""
+"""`reconciler run`: the daemon (the loop, the git source), and the HTTP API and the gateway
+beside it, each in a process of its own."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ from typing import Annotated
 
 import typer
 
-from reconciler.api.app import create_app
-from reconciler.api.server import ApiServer, split_listen
-from reconciler.api.views import ApiSettings
+from reconciler.api.server import ApiError, ApiService, split_listen
 from reconciler.gateway.attach import attach, is_loopback
 from reconciler.gateway.routes import ROUTES_FILE
 from reconciler.gateway.service import GatewayError, GatewayService
@@ -110,13 +109,14 @@ def run_cmd(
             require_keys=not is_loopback(gateway_listen),
         )
     if not no_api:
-        settings = ApiSettings(
-            api_token=token,
-            webhook_secret=os.environ.get("RECONCILER_WEBHOOK_SECRET") or None,
+        # the API process reads the token and the webhook secret from this environment
+        api = ApiService(
+            daemon,
+            listen,
+            desired_dir=daemon.reconciler.settings.desired_dir,
             branch=branch,
             gateway_url=gateway.base if gateway is not None else None,  # for its traffic
         )
-        api = ApiServer(create_app(daemon, settings), listen)
         daemon.add_service(api)
         out.print(f"  API         {api.url}/api/v1/models", markup=False)
         out.print(f"  metrics     {api.url}/metrics", markup=False)
@@ -126,6 +126,6 @@ def run_cmd(
         out.print(f"  gateway     {gateway.url}", markup=False)
     try:
         daemon.serve_forever()
-    except GatewayError as exc:
+    except (GatewayError, ApiError) as exc:
         out.print(f"reconciler run: {exc}", markup=False)
         raise typer.Exit(1) from exc

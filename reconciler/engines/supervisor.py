@@ -17,7 +17,6 @@ Engines outlive the reconciler, so nothing here depends on the reconciler's memo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shlex
@@ -42,6 +41,7 @@ from reconciler.engines.logs import (
     tail_lines,
 )
 from reconciler.engines.records import EngineRecord, RecordStore, identity_from_env
+from reconciler.state.paths import namespace_for
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ DAEMON_SECRETS = frozenset({"RECONCILER_API_TOKEN", "RECONCILER_WEBHOOK_SECRET"}
 
 def default_namespace(state_dir: str | os.PathLike[str]) -> str:
     """A namespace per state directory: reconcilers with different state dirs never adopt,
-    stop or report each other's engines."""
-    resolved = str(Path(state_dir).expanduser().resolve())
-    return hashlib.sha256(resolved.encode()).hexdigest()[:12]
+    stop or report each other's engines. The reconciler's own (state.paths.namespace_for), so
+    that an engine made anywhere (the API's, a bench's) sees what the loop's engines see."""
+    return namespace_for(Path(state_dir).expanduser())
 
 
 @dataclass(frozen=True)

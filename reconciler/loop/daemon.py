@@ -11,8 +11,10 @@ SIGTERM and SIGINT stop the loop cleanly and leave the engines running: the next
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,11 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from reconciler.core.gpu import GPUInfo
+from reconciler.core.memory import MemoryFigures
 from reconciler.core.plan import Plan
 from reconciler.core.spec import ClusterSpec
 from reconciler.gpus import InventoryError, inventory
+from reconciler.loop import bulletin
 from reconciler.loop.controller import Controller, LoopSettings
 from reconciler.loop.memory import figures_of
 from reconciler.loop.reconcile import PassResult, Reconciler, Settings
@@ -31,7 +35,7 @@ from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, snapshot_from
 from reconciler.notify import Notifier
 from reconciler.source.local import LocalSource
 from reconciler.source.remote import RemoteSource
-from reconciler.state.paths import STATE_FILE
+from reconciler.state.paths import BULLETIN_FILE, STATE_FILE
 from reconciler.state.statefile import CorruptState, State, read_state
 
 log = logging.getLogger("reconciler.loop.daemon")
@@ -65,6 +69,8 @@ class Daemon:
 
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
+        self.run_id = uuid.uuid4().hex
+        """Names this run in the bulletin: readers ignore one left by an earlier run."""
         self.services: list[Service] = []
         self.pass_listeners: list[Callable[[PassResult], None]] = []
         """Called on the loop thread after every pass that ran (the gateway's routing table)."""
@@ -123,14 +129,14 @@ class Daemon:
         except CorruptState:
             return None
 
-    def _memory(self) -> dict[str, tuple[int | None, int | None]]:
-        """Estimated and measured MiB of each model in force, for the metrics."""
+    def memory_figures(self) -> dict[str, MemoryFigures]:
+        """Estimated, measured and peak MiB of each model in force, as far as they are known."""
         desired = self.reconciler.last_desired
         if desired is None:
             return {}
         state = self._state()
         records = state.models if state is not None else {}
-        figures: dict[str, tuple[int | None, int | None]] = {}
+        figures: dict[str, MemoryFigures] = {}
         for model_id, spec in desired.models.items():
             known = figures_of(
                 self.reconciler.memory,
@@ -140,8 +146,12 @@ class Daemon:
                 records.get(model_id),
             )
             if known is not None:
-                figures[model_id] = (known.estimated_mb, known.measured_mb)
+                figures[model_id] = known
         return figures
+
+    def _memory(self) -> dict[str, tuple[int | None, int | None]]:
+        """Estimated and measured MiB of each model in force, for the metrics."""
+        return {m: (f.estimated_mb, f.measured_mb) for m, f in self.memory_figures().items()}
 
     def _last_plan(self) -> Plan | None:
         result = self.controller.stats.last_result
@@ -169,6 +179,7 @@ class Daemon:
             return []
 
     def _after_pass(self, result: PassResult | None, reasons: list[str], seconds: float) -> None:
+        self._publish_bulletin()
         if result is None:
             self.metrics.record_pass(seconds, "error")
             return
@@ -181,6 +192,26 @@ class Daemon:
                 listener(result)
             except Exception:  # a listener must never break the loop
                 log.exception("pass listener failed")
+
+    def _publish_bulletin(self) -> None:
+        stats = self.controller.stats
+        plan = self._last_plan()
+        try:
+            bulletin.publish(
+                self.options.state_dir / BULLETIN_FILE,
+                bulletin.Bulletin(
+                    run_id=self.run_id,
+                    pid=os.getpid(),
+                    passes=stats.passes,
+                    last_pass_at=stats.last_pass_at,
+                    last_reasons=tuple(stats.last_reasons),
+                    plan=bulletin.digest(plan) if plan is not None else None,
+                    memory=self.memory_figures(),
+                    handles={m: tuple(hs) for m, hs in self.reconciler.last_handles.items()},
+                ),
+            )
+        except OSError:  # a full disk must not stop the loop; readers show the last one
+            log.exception("cannot write the bulletin")
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ STATE_FILE = "state.yaml"
 LAST_VALID_FILE = "last-valid-desired.json"
 EVENTS_FILE = "events.jsonl"
 RESTART_REQUESTS = "restart-requests"
+BULLETIN_FILE = "loop.json"
 
 
 def namespace_for(state_dir: Path) -> str:
