@@ -1,6 +1,6 @@
 """Values the API computes once and shares: a file parsed once per content, a value refreshed in
-the background, a value memoised per key. The loop shares one interpreter lock with the API, so
-what is costly to compute is computed once for the requests that come together."""
+the background, a value memoised per key. What is costly to compute (or to ask of the daemon) is
+computed once for the requests that come together."""
 
 from __future__ import annotations
 

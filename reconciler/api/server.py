@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from reconciler.loop.daemon import Daemon
+from reconciler.loop.daemon import Daemon, terminate
 
 from .link import ControlServer
 
@@ -115,13 +114,7 @@ class ApiService:
     def stop(self) -> None:
         self._stopping.set()
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, STOP_TIMEOUT_S)
         self._close()
 
     def _spawn(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from reconciler.gateway.routes import (
     parse_routes,
     write_routes,
 )
+from reconciler.loop.daemon import terminate
 from reconciler.state.statefile import ModelState
 
 
@@ -132,13 +132,7 @@ class GatewayService:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, timeout_s)
         self._close_log()
 
     def inflight(self, timeout_s: float = 2.0) -> dict[str, Any]:

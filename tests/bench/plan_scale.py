@@ -141,6 +141,22 @@ def bench_scheduler() -> list[tuple[int, int, Time, Time, int, int]]:
     return rows
 
 
+def steady_calls(n_models: int, n_gpus: int) -> int:
+    """Python function calls one steady-case schedule makes: the amount of work, free of what
+    each operation costs on this CPU (a working set beyond the caches makes each one slower)."""
+    import cProfile
+    import pstats
+
+    rng = random.Random(n_models)
+    gpus = gpus_for(n_gpus, rng)
+    old = demands_for(n_models, gpus, rng)
+    new, changed = next_revision(old, rng)
+    running = running_after(schedule(old, [], gpus, port_range=PORTS), changed)
+    profile = cProfile.Profile()
+    profile.runcall(schedule, new, running, gpus, port_range=PORTS)
+    return pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+
+
 def growth_exponent(ns: list[int], times: list[float]) -> float:
     """Slope of log(time) against log(n), least squares."""
     xs, ys = [math.log(n) for n in ns], [math.log(t) for t in times]
@@ -212,6 +228,12 @@ def main() -> None:
     print(
         f"goal: steady growth exponent 1k -> 10k <= 1.1: {cpu:.2f} CPU ({verdict(cpu <= 1.1)}), "
         f"{wall:.2f} wall ({verdict(wall <= 1.1)})"
+    )
+    calls = [steady_calls(n, g) for n, g in SIZES[-2:]]
+    print(
+        f"  work (function calls) 1k -> 10k: {calls[0]:,} -> {calls[1]:,}, exponent "
+        f"{growth_exponent(ns[-2:], [float(c) for c in calls]):.2f}; the rest of the time "
+        "exponent is each operation costing more once the working set outgrows the CPU caches"
     )
     cold, steady, actions = bench_make_plan()
     print()
