@@ -221,9 +221,16 @@ def test_same_input_same_plan(world: World, rng) -> None:
 @given(worlds())
 def test_unchanged_running_models_are_left_alone(world: World) -> None:
     """An enabled engine whose spec, pin, count and port still match and that fits where it runs
-    is not stopped, restarted or moved, unless a model of strictly higher priority preempts it."""
+    is not stopped, restarted or moved, unless a model of strictly higher priority preempts it.
+    "Fits" counts every engine holding its GPUs: when capacity shrank under engines that all
+    ran there (more memory reserved, an unmanaged process), one of them must give way."""
     plan = plan_of(world.desired, world.observed, world.gpus)
     capacity = capacity_of(world)
+    held = dict.fromkeys(capacity, 0)
+    for obs in world.observed.values():
+        if obs.occupies:
+            for g in obs.gpus:
+                held[g] += obs.memory_mb
     fixed = {s.port: m for m, s in world.desired.models.items() if s.port is not None}
     for action in plan.actions:
         obs, spec = world.observed.get(action.model), world.desired.models.get(action.model)
@@ -237,7 +244,7 @@ def test_unchanged_running_models_are_left_alone(world: World) -> None:
             continue
         if fixed.get(obs.port, action.model) != action.model or obs.port != (spec.port or obs.port):
             continue  # its port is now another model's fixed port, or its own fixed port moved
-        if any(obs.memory_mb > capacity[g] for g in obs.gpus):
+        if any(held[g] > capacity[g] for g in obs.gpus):
             continue
         if action.action == "preempt":
             by = plan.models[preempted_by(action.reason)]

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.problems import Problem
+from reconciler.state import statefile
 from reconciler.state.statefile import (
     END_MARKER,
     CorruptState,
@@ -89,20 +91,27 @@ def test_absent_file_is_none(tmp_path):
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
+# text that YAML 1.1 and 1.2 readers take for something else when it is written plain
+TRICKY = [
+    "on", "yes", "No", "OFF", "y", "1e3", "0o17", "0x1F", "017", ".inf", "-.5", "+1", "1_000",
+    "~", "null", "", " ", "2026-11-30", "12:30:00", "- x", "a: b", "#c", "&a", "*b", "!t",
+    "%x", "@", "`", "|", ">", "'", '"', "\u2028", "x\x85y", "\ufeffbom", "tab\there",
+]  # fmt: skip
+text = st.text() | st.sampled_from(TRICKY)
 model_states = st.builds(
     ModelState,
     id=st.just("m"),
     status=st.sampled_from(Status),
     pid=st.none() | st.integers(1, 2**22),
-    container_id=st.none() | st.text(),
+    container_id=st.none() | text,
     port=st.none() | st.integers(1, 65535),
     gpus=st.lists(st.integers(0, 15), max_size=4),
     memory_mb=st.integers(0, 10**6),
-    spec_hash=st.none() | st.text(),
+    spec_hash=st.none() | text,
     restarts=st.integers(0, 100),
     restarts_total=st.integers(0, 10**6),
-    last_error=st.none() | st.text(),
-    last_log_lines=st.lists(st.text(), max_size=5),
+    last_error=st.none() | text,
+    last_log_lines=st.lists(text, max_size=5),
     last_transition=finite,
     next_retry_at=st.none() | finite,
     given_up=st.booleans(),
@@ -110,8 +119,8 @@ model_states = st.builds(
 )
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(model=model_states, revision=st.none() | st.text(), message=st.text())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=model_states, revision=st.none() | text, message=text)
 def test_any_state_round_trips(tmp_path, model, revision, message):
     """Log lines and errors are arbitrary engine output: any text must survive."""
     problems = [Problem("models/m.yaml", 1, "port", message).to_dict()]
@@ -119,6 +128,15 @@ def test_any_state_round_trips(tmp_path, model, revision, message):
     path = tmp_path / "state.yaml"
     write_state(path, state)
     assert read_state(path) == state
+    # every writer's text is read back the same by every reader: libyaml (YAML 1.1) writing,
+    # ruamel (1.2) reading, and the other way round; the fallbacks when PyYAML has no libyaml
+    with mock.patch.object(statefile, "_CSafeLoader", None):
+        assert read_state(path) == state
+    with mock.patch.object(statefile, "_StateDumper", None):
+        write_state(path, state)
+    assert read_state(path) == state
+    with mock.patch.object(statefile, "_CSafeLoader", None):
+        assert read_state(path) == state
 
 
 # ---- atomic replacement ---------------------------------------------------------------------
