@@ -1,17 +1,20 @@
-"""`reconciler apply`, `restart` and `stop-all`: make the host match desired state now."""
+"""`reconciler apply`, `restart` and `stop-all`: make the host match desired state now.
+
+Only what the first pass needs is imported before it: the output (rich, the plan, problem and
+status renderers) is imported once the pass has launched the engines, while they load.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.core.replicas import expand
 from reconciler.loop.reconcile import Reconciler, Settings, converge
 
-from . import command_app
+from . import command_app, options
 from .options import (
     DEFAULT_DIR,
     DirArg,
@@ -19,15 +22,21 @@ from .options import (
     RevOpt,
     StateDirOpt,
     TimeoutOpt,
-    err,
-    out,
     resolve_state_dir,
 )
-from .plan import PlanFormat, render_plan
-from .problems import Format, print_problems
-from .status import exit_on_model_errors, print_status
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = command_app()
+
+
+def _output() -> tuple[Console, Console]:
+    """The consoles, and the modules that print a result imported: called while engines start
+    (converge's `meanwhile`), so that none of this waits until they are ready."""
+    from . import problems, status  # noqa: F401
+
+    return options.out, options.err
 
 
 def _reconciler(directory: Path, state_dir: Path | None, rev: str | None = None) -> Reconciler:
@@ -48,10 +57,16 @@ def apply_cmd(
     """Make the host match desired state: passes until every started engine is ready."""
     reconciler = _reconciler(directory, state_dir, rev)
     if dry_run:
+        from .plan import PlanFormat, render_plan
+
         plan = reconciler.pass_once(dry_run=True).plan
         sys.stdout.write(render_plan(plan, PlanFormat.text) + "\n")
         raise typer.Exit(0 if plan.valid else 1)
-    results = [reconciler.pass_once()] if once else converge(reconciler, timeout)
+    results = [reconciler.pass_once()] if once else converge(reconciler, timeout, meanwhile=_output)
+    out, err = _output()
+    from .problems import Format, print_problems
+    from .status import exit_on_model_errors, print_status
+
     for result in results:
         for line in result.executed:
             out.print(line, markup=False)
@@ -76,13 +91,21 @@ def restart_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Restart a model now, clearing a given-up error (its retries start again)."""
+    from reconciler.core.replicas import expand
+
     reconciler = _reconciler(directory, state_dir)
     desired, _ = reconciler.load_desired()
     if desired is not None and model_id not in expand(desired).models:  # or an instance's id
-        err.print(f"error: {model_id} is not in the desired state ({directory})", markup=False)
+        options.err.print(
+            f"error: {model_id} is not in the desired state ({directory})", markup=False
+        )
         raise typer.Exit(1)
     reconciler.request_restart(model_id)
-    for result in converge(reconciler, 900.0):
+    results = converge(reconciler, 900.0, meanwhile=_output)
+    out, _ = _output()
+    from .status import exit_on_model_errors, print_status
+
+    for result in results:
         for line in result.executed:
             out.print(line, markup=False)
     print_status(reconciler.state_dir)
@@ -98,6 +121,7 @@ def stop_all_cmd(
 
     They are recorded as stopped: the next `apply` (or pass of `run`) starts what desired
     state asks for again."""
+    out = options.out
     reconciler = _reconciler(Path(DEFAULT_DIR), state_dir)
     handles = [h for hs in reconciler.observe().values() for h in hs]
     if not handles:

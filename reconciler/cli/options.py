@@ -2,19 +2,24 @@
 
 Host settings (the state directory...) come from flags and RECONCILER_* environment variables,
 never from git.
+
+The consoles `out` and `err` are made on first use (a module __getattr__): rich costs ~15 ms to
+import, which `reconciler apply` pays only once its engine is launched, when it has output.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    out: Console
+    err: Console
 
 DEFAULT_DIR = "desired-state"
 
@@ -24,8 +29,24 @@ RevOpt = Annotated[
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name in ("out", "err"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _console(name: str) -> Console:
+    console = globals().get(name)
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+        globals()[name] = console
+    return console
+
+
 def usage_error(message: str) -> typer.Exit:
-    err.print(f"error: {message}")
+    _console("err").print(f"error: {message}")
     return typer.Exit(2)
 
 

@@ -17,9 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
@@ -30,7 +28,8 @@ from reconciler.core.replicas import per_instance
 from reconciler.core.retry import JITTER, cleared
 from reconciler.core.validate import validate
 from reconciler.engines.base import Engine, Handle
-from reconciler.engines.health import wait_ready
+from reconciler.engines.health import probe_client, wait_ready
+from reconciler.engines.process import observe_all
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.engines.registry import engines as default_engines
 from reconciler.gpus import InventoryError
@@ -47,6 +46,9 @@ from reconciler.source.protocol import Source
 from reconciler.source.repo import Revision, SourceError
 from reconciler.state.paths import STATE_FILE, namespace_for
 from reconciler.state.statefile import ModelState, State, read_state_or_recover, write_state
+
+if TYPE_CHECKING:
+    import httpx  # imported by http_client(): `apply` needs it only once an engine is launched
 
 
 @dataclass
@@ -156,8 +158,8 @@ class Reconciler:
     def observe(self) -> dict[str, list[Handle]]:
         """Every engine of ours that exists now, alive or exited, by model id."""
         found: dict[str, list[Handle]] = {}
-        for engine in self.engines.values():
-            for handle in engine.observe():
+        for handles in observe_all(self.engines.values()):
+            for handle in handles:
                 found.setdefault(handle.model_id, []).append(handle)
         return found
 
@@ -193,8 +195,7 @@ class Reconciler:
             self.records.write(states, None, problems, now)
             return PassResult(invalid_plan(None, problems))
         usable, broken = set_aside(desired)
-        if not invalid:
-            self.records.remember_valid(usable)
+        valid = None if invalid else usable  # remembered after the launches: they need not wait
         desired, usable, broken = per_instance(desired, usable, broken)
         self.last_desired = desired
         watched = {k: v for k, v in states.items() if k not in broken}
@@ -215,6 +216,7 @@ class Reconciler:
             plan, more = self.on_demand.plan(usable, observed, problems, pids, now)
         except InventoryError as exc:
             problems = [*problems, Problem("cluster.yaml", 1, "gpus", str(exc))]
+            self._remember_valid(valid)
             self.records.write(states, desired.revision, problems, now)
             return PassResult(invalid_plan(desired.revision, problems))
         broken.update(more)
@@ -228,11 +230,16 @@ class Reconciler:
         if self.executor.mark_stopping(plan, states, now):
             self.records.write(states, revision, kept, now, dirty)
         executed += self.executor.execute(plan, usable, handles, states, now)
+        self._remember_valid(valid)
         self.records.write(states, revision, kept, now, dirty)
         if not invalid:
             self._note_applied(previous, revision, dirty)
         self._note_unschedulable(plan)
         return self._result(plan, executed, states, desired, now)
+
+    def _remember_valid(self, desired: DesiredState | None) -> None:
+        if desired is not None:
+            self.records.remember_valid(desired)
 
     def _recorded_revision(
         self, desired: DesiredState, previous: State | None, invalid: bool
@@ -306,13 +313,14 @@ class Reconciler:
     # -- the host's side ---------------------------------------------------------------------
 
     def http_client(self) -> httpx.Client:
-        """One client for every health probe: a new httpx client builds an SSL context (~20 ms
-        of CPU), which made the probes of an idle host its largest cost."""
+        """One client for every health probe (engines.health.probe_client: no proxy, no CA
+        bundle): a new httpx client costs CPU, which made the probes of an idle host its
+        largest cost."""
         if self._http is None:
-            # trust_env=False: engines are local, an HTTP(S)_PROXY must not be used; no
-            # keep-alive: every probe opens a fresh connection, as to a restarted engine
-            limits = httpx.Limits(max_keepalive_connections=0)
-            self._http = httpx.Client(trust_env=False, limits=limits)
+            import httpx
+
+            # no keep-alive: every probe opens a fresh connection, as to a restarted engine
+            self._http = probe_client(limits=httpx.Limits(max_keepalive_connections=0))
         return self._http
 
     def event(self, kind: EventKind | str, model: str | None, message: str, **extra: Any) -> None:
@@ -370,9 +378,15 @@ class Reconciler:
             self.records.restart_done(model_id)
 
 
-def converge(reconciler: Reconciler, timeout_s: float) -> list[PassResult]:
+def converge(
+    reconciler: Reconciler, timeout_s: float, *, meanwhile: Callable[[], None] | None = None
+) -> list[PassResult]:
     """Run passes until settled (all started engines ready, no retry pending) or the timeout.
-    Between passes it waits for the next retry, or for a starting engine to answer."""
+    Between passes it waits for the next retry, or for a starting engine to answer.
+
+    `meanwhile` is called once, after the first pass that leaves something to wait for: the
+    caller's own preparation (apply imports what prints its output) overlaps the engines'
+    start instead of delaying the return once they are ready."""
     deadline = reconciler.clock() + timeout_s
     results = []
     while True:
@@ -381,6 +395,9 @@ def converge(reconciler: Reconciler, timeout_s: float) -> list[PassResult]:
         now = reconciler.clock()
         if result.settled or now >= deadline:
             return results
+        if meanwhile is not None:
+            meanwhile()
+            meanwhile, now = None, reconciler.clock()
         wake = result.next_wake if result.next_wake is not None else now + 0.5
         wake = min(max(wake, now + 0.05), deadline)
         client = reconciler.http_client()

@@ -14,8 +14,7 @@ import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-
-import httpx
+from typing import TYPE_CHECKING
 
 from reconciler.core import health
 from reconciler.core.desired import DesiredState
@@ -28,6 +27,9 @@ from reconciler.engines.base import Engine, EngineError, Handle
 from reconciler.engines.health import probe
 from reconciler.loop.records import Records, retry_of, state_from_handle, with_retry
 from reconciler.state.statefile import ModelState
+
+if TYPE_CHECKING:
+    import httpx  # the client comes from the caller; apply imports httpx after its launches
 
 log = logging.getLogger("reconciler.loop.supervision")
 

@@ -71,15 +71,26 @@ class Revision:
 
 def open_repo(path: str | os.PathLike[str]) -> git.Repo | None:
     """The repository holding `path` (searching upwards), or None outside any repository."""
-    import git
-
     start = Path(path)
     while not start.exists() and start != start.parent:
         start = start.parent  # a directory not created yet still belongs to its repository
+    if not _may_be_in_git(start):
+        return None  # without importing GitPython (~30 ms) and running `git version` twice
+    import git
+
     try:
         return git.Repo(start, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         return None
+
+
+def _may_be_in_git(start: Path) -> bool:
+    """False when GitPython's upward search from `start` cannot find a repository: no
+    directory on the way holds a `.git` entry or is itself a git directory (HEAD)."""
+    if os.environ.get("GIT_DIR"):
+        return True  # git's own override: GitPython follows it wherever `start` is
+    here = Path(os.path.abspath(start))  # as GitPython walks: absolute, symlinks kept
+    return any((d / ".git").exists() or (d / "HEAD").exists() for d in (here, *here.parents))
 
 
 def require_repo(path: str | os.PathLike[str]) -> git.Repo:

@@ -75,7 +75,9 @@ GPUs = Annotated[list[int], BeforeValidator(_gpu_list)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True)
+    # defer_build: the validators are built when a file is first read, not on import; a pass
+    # that finds no state file (a host's first `apply`) launches its engines without them
+    model_config = ConfigDict(strict=True, frozen=True, defer_build=True)
 
 
 class ModelRecord(_Strict):
