@@ -132,6 +132,11 @@ class Views:
     # state, specs, engines
 
     def state(self) -> State | None:
+        """As the loop's last pass left it (the bulletin's copy); before this run's first pass,
+        the state file."""
+        found = self.bulletin()
+        if found is not None and found.state is not None:
+            return found.state
         return self._state_file.get()
 
     def specs(self) -> Mapping[str, ModelSpec]:

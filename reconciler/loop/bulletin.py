@@ -1,9 +1,11 @@
 """The loop's bulletin: what the last pass left, for readers in other processes (the HTTP API).
 
 After every pass the daemon replaces `loop.json` in the state directory: loop progress, a digest
-of the plan (each model's reason and demand), the memory figures it knows and the engines it
-observed. Readers never ask the loop anything to answer a request, so no amount of traffic
-takes CPU from it; the price is that what they show is as old as the last pass.
+of the plan (each model's reason and demand), the memory figures it knows, the engines it
+observed, and the state it wrote (as JSON: readers parse it several times faster than the YAML
+of state.yaml, which stays the durable record). Readers never ask the loop anything to answer a
+request, so no amount of traffic takes CPU from it; the price is that what they show is as old
+as the last pass.
 
 A bulletin carries the daemon's run id: one left by an earlier run is not the loop of this one
 (its pass count would make a fresh daemon look ready before its first pass).
@@ -23,6 +25,7 @@ from typing import Any
 from reconciler.core.memory import MemoryFigures
 from reconciler.core.plan import Plan
 from reconciler.engines.base import Handle
+from reconciler.state.statefile import State, state_document, state_from_document
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Bulletin:
     plan: PlanDigest | None = None
     memory: Mapping[str, MemoryFigures] = field(default_factory=dict)
     handles: Mapping[str, tuple[Handle, ...]] = field(default_factory=dict)
+    state: State | None = None
 
 
 def digest(plan: Plan) -> PlanDigest:
@@ -73,6 +77,7 @@ def encode(bulletin: Bulletin) -> bytes:
         "handles": {
             mid: [dataclasses.asdict(h) for h in hs] for mid, hs in bulletin.handles.items()
         },
+        "state": state_document(bulletin.state) if bulletin.state is not None else None,
     }
     if bulletin.plan is not None:
         doc["plan"] = {
@@ -105,6 +110,7 @@ def decode(data: bytes) -> Bulletin:
             m: tuple(Handle(**{**h, "gpus": tuple(h["gpus"])}) for h in hs)
             for m, hs in doc.get("handles", {}).items()
         },
+        state=state_from_document(doc["state"], "loop.json") if doc.get("state") else None,
     )
 
 

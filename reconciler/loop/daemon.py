@@ -221,6 +221,7 @@ class Daemon:
                     plan=bulletin.digest(plan) if plan is not None else None,
                     memory=self.memory_figures(),
                     handles={m: tuple(hs) for m, hs in self.reconciler.last_handles.items()},
+                    state=self.reconciler.last_state,
                 ),
             )
         except OSError:  # a full disk must not stop the loop; readers show the last one

@@ -112,7 +112,7 @@ def render_state(state: State) -> str:
     when PyYAML has it (~10x faster than ruamel's on a host of hundreds of models: the state
     is rewritten on every pass), else by ruamel; both write text that YAML 1.1 and 1.2 readers
     read back the same (a test holds them to it)."""
-    document = _state_document(state)
+    document = state_document(state)
     if _StateDumper is not None:
         body = _pyyaml.dump(
             document,
@@ -139,7 +139,8 @@ class _Quoted(str):
     __slots__ = ()
 
 
-def _state_document(state: State) -> dict[str, Any]:
+def state_document(state: State) -> dict[str, Any]:
+    """The state as plain values (what the file holds; JSON can carry it too)."""
     return {
         "version": state.version,
         "revision": _text(state.revision),
@@ -272,7 +273,7 @@ def read_state(path: str | os.PathLike[str]) -> State | None:
     if fast is not None:
         return fast
     try:
-        return _state_from_yaml(_load_yaml(text, str(target)), str(target))
+        return state_from_document(_load_yaml(text, str(target)), str(target))
     except ShapeError as exc:
         raise CorruptState(str(exc)) from None
 
@@ -286,7 +287,7 @@ def _read_with_libyaml(text: str, source: str) -> State | None:
     if _CSafeLoader is None:
         return None
     try:
-        return _state_from_yaml(_pyyaml.load(text, Loader=_CSafeLoader), source)
+        return state_from_document(_pyyaml.load(text, Loader=_CSafeLoader), source)
     except Exception:  # ruamel's reading decides, and words the problem
         return None
 
@@ -338,7 +339,8 @@ def _load_yaml(text: str, source: str) -> Any:
         raise ShapeError(f"{source}: not valid YAML: {exc}") from None
 
 
-def _state_from_yaml(data: Any, source: str) -> State:
+def state_from_document(data: Any, source: str) -> State:
+    """The state from plain values, shape-checked (ShapeError naming `source` otherwise)."""
     version = data.get("version") if isinstance(data, dict) else None
     if version != STATE_VERSION or isinstance(version, bool):
         found = "no version" if version is None else f"version {version}"

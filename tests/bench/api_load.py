@@ -26,6 +26,7 @@ Pass duration is the mean of reconciler_reconcile_duration_seconds (its _sum/_co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -259,6 +260,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=4, help="saturating phase: clients")
     parser.add_argument("--rate", type=float, default=40.0, help="steady phase: requests/s")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=19,
+        help="niceness of this process (the load generator) once the daemon runs: it stands in "
+        "for clients on other machines; 0 lets it compete with the daemon for this host's CPUs",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="api-load-") as tmp:
@@ -271,6 +279,8 @@ def main() -> int:
         ) as daemon:
             daemon.wait_ready(120)
             wait_settled(daemon, args.models, args.running)
+            os.nice(args.client_nice)  # after the daemon started: it keeps its own niceness
+            print(f"load generator (this process) at nice {args.client_nice}")
             state_models = len(daemon.host.state().models)
             print(
                 f"{state_models} models in the state file; passes run back to back in every phase"
