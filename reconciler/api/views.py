@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.memory import MemoryFigures
+from reconciler.core.replicas import instances
 from reconciler.core.spec import ClusterSpec, ModelSpec
 from reconciler.engines.base import Engine, Handle
 from reconciler.engines.registry import engines
@@ -70,9 +71,11 @@ def _parse_state(path: Path, _data: bytes) -> State | None:
 
 
 def _parse_desired(_path: Path, data: bytes) -> tuple[dict[str, ModelSpec], ClusterSpec]:
-    """(specs by id, cluster) of the last valid desired state, as the reconciler recorded it."""
+    """(specs by id, cluster) of the last valid desired state, as the reconciler recorded it:
+    one spec per engine instance, as the loop sees them (`replicas: 2` is `m` and `m.1`)."""
     doc = json.loads(data)
-    specs = {m["id"]: ModelSpec.model_validate(m) for m in doc.get("models", [])}
+    written = (ModelSpec.model_validate(m) for m in doc.get("models", []))
+    specs = {copy.id: copy for spec in written for copy in instances(spec)}
     return specs, ClusterSpec.model_validate(doc["cluster"])
 
 

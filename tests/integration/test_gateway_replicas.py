@@ -123,3 +123,12 @@ def test_two_replicas_serve_every_request_while_one_is_killed(tmp_path: Path) ->
         # the daemon noticed the kill and started the instance again
         daemon.wait_statuses({"chat": "running", "chat.1": "running"})
         assert detail(daemon, "chat.1")["restarts"] >= 1, daemon.log()
+        # an instance is a model of the API's: listed as desired, and restarted on request
+        listed_models = {m["id"]: m for m in daemon.json("/api/v1/models")}
+        assert (
+            listed_models["chat.1"]["desired"] and listed_models["chat.1"]["replica_of"] == "chat"
+        )
+        before = detail(daemon, "chat.1")["pid"]
+        r = httpx.post(f"{daemon.url}/api/v1/models/chat.1/restart", timeout=10)
+        assert r.status_code == 202, r.text
+        assert wait_for(lambda: detail(daemon, "chat.1")["pid"] not in (None, before), 30, 0.2)
