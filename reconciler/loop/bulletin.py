@@ -91,6 +91,8 @@ def encode(bulletin: Bulletin) -> bytes:
 def decode(data: bytes) -> Bulletin:
     """ValueError (or KeyError, TypeError) for what is not a bulletin."""
     doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError("a bulletin is a JSON object")
     plan = doc.get("plan")
     return Bulletin(
         run_id=str(doc["run_id"]),
