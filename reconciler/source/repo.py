@@ -160,9 +160,19 @@ def revision_of(commit: git.Commit, dirty: bool = False, dirty_summary: str = ""
 
 
 def uncommitted(repo: git.Repo, rel: str) -> list[str]:
-    """Paths under `rel` (relative to it) that differ from HEAD: staged, unstaged or untracked."""
+    """Paths under `rel` (relative to it) that differ from HEAD: staged, unstaged or untracked.
+
+    Without git's optional locks: a plain `git status` refreshes the index and holds
+    `index.lock` meanwhile, and an operator's `git commit` at that moment fails with "Another
+    git process seems to be running". The loop and the API run this in the background."""
     text = repo.git.status(
-        "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--", rel
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--no-renames",
+        "--",
+        rel,
+        env={"GIT_OPTIONAL_LOCKS": "0"},
     )
     prefix = "" if rel == "." else rel + "/"
     paths = [entry[3:] for entry in text.split("\0") if len(entry) > 3]
