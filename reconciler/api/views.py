@@ -25,7 +25,7 @@ from reconciler.engines.registry import engines
 from reconciler.loop.bulletin import Bulletin, PlanDigest, decode
 from reconciler.source import history as git_history
 from reconciler.source import repo as git_repo
-from reconciler.state.memory import MEMORY_FILE, read_learned
+from reconciler.state.memory import MEMORY_FILE, parse_learned
 from reconciler.state.paths import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 from reconciler.state.statefile import CorruptState, ModelState, State, read_state
 
@@ -103,9 +103,7 @@ class Views:
         self._state_file = ParsedFile(self.state_dir / STATE_FILE, _parse_state)
         self._desired_file = ParsedFile(self.state_dir / LAST_VALID_FILE, _parse_desired)
         self._bulletin_file = ParsedFile(self.state_dir / BULLETIN_FILE, self._parse_bulletin)
-        self._learned_file = ParsedFile(
-            self.state_dir / MEMORY_FILE, lambda p, _: read_learned(p.parent)
-        )
+        self._learned_file = ParsedFile(self.state_dir / MEMORY_FILE, lambda _, b: parse_learned(b))
         self._engines: dict[str, Engine] | None = None
         self.plan_memo = Memo(2.0)
         self.gpu_memo = Memo(2.0)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.loop.reconcile import Reconciler, Settings, converge
+from reconciler.loop.converge import converge
+from reconciler.loop.reconcile import Reconciler, Settings
 
 from . import command_app, options
 from .options import (

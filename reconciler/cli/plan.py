@@ -24,7 +24,7 @@ from reconciler.core.plan import (
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.planning import Requirements, plan_desired
 from reconciler.state.memory import read_learned
-from reconciler.state.statefile import ObservedFileError, read_observed
+from reconciler.state.observed import ObservedFileError, read_observed
 
 from . import command_app
 from .desired import read_desired, validate_here

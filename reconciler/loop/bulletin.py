@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 from reconciler.core.memory import MemoryFigures
 from reconciler.core.plan import Plan
 from reconciler.engines.base import Handle
+from reconciler.state.files import atomic_write
 from reconciler.state.statefile import State, state_document, state_from_document
 
 
@@ -119,11 +118,4 @@ def decode(data: bytes) -> Bulletin:
 def publish(path: Path, bulletin: Bulletin) -> None:
     """Replace the bulletin atomically. Not fsynced: it is rewritten after every pass and a
     lost one only means readers wait for the next pass (the durable record is the state file)."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(encode(bulletin))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, encode(bulletin), durable=False)

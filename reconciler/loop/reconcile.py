@@ -3,7 +3,7 @@
 Level-triggered: a pass recomputes everything from the desired state and from what the engines
 really are (processes and containers, found afresh every pass); the state file only carries what
 cannot be observed (restart counts, failed probes, backoff, the last error) and is rebuilt when
-it is corrupt. `converge()` repeats passes until nothing is pending: that is `reconciler apply`;
+it is corrupt. converge.py repeats passes until nothing is pending: that is `reconciler apply`;
 the daemon (controller.py) runs passes on triggers instead.
 
 Split by concern: records, supervision (crashes, health, sockets), isolation (an unusable spec
@@ -28,7 +28,7 @@ from reconciler.core.replicas import per_instance
 from reconciler.core.retry import JITTER, cleared
 from reconciler.core.validate import validate
 from reconciler.engines.base import Engine, Handle
-from reconciler.engines.health import probe_client, wait_ready
+from reconciler.engines.health import probe_client
 from reconciler.engines.process import observe_all
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.engines.registry import engines as default_engines
@@ -376,34 +376,6 @@ class Reconciler:
                 if model_id in handles:
                     handles[model_id].clear()
             self.records.restart_done(model_id)
-
-
-def converge(
-    reconciler: Reconciler, timeout_s: float, *, meanwhile: Callable[[], None] | None = None
-) -> list[PassResult]:
-    """Run passes until settled (all started engines ready, no retry pending) or the timeout.
-    Between passes it waits for the next retry, or for a starting engine to answer.
-
-    `meanwhile` is called once, after the first pass that leaves something to wait for: the
-    caller's own preparation (apply imports what prints its output) overlaps the engines'
-    start instead of delaying the return once they are ready."""
-    deadline = reconciler.clock() + timeout_s
-    results = []
-    while True:
-        result = reconciler.pass_once()
-        results.append(result)
-        now = reconciler.clock()
-        if result.settled or now >= deadline:
-            return results
-        if meanwhile is not None:
-            meanwhile()
-            meanwhile, now = None, reconciler.clock()
-        wake = result.next_wake if result.next_wake is not None else now + 0.5
-        wake = min(max(wake, now + 0.05), deadline)
-        client = reconciler.http_client()
-        wait_ready(
-            result.starting_urls, wake - now, interval=0.05, probe_timeout=0.5, client=client
-        )
 
 
 def _revision_of(source: Source | None) -> Revision | None:

@@ -27,13 +27,21 @@ def read_learned(state_dir: str | os.PathLike[str]) -> Learned:
     """What was learned; an unreadable or foreign file is nothing learned (it is only a cache of
     measurements: the next measurement rebuilds it)."""
     try:
-        data = json.loads((Path(state_dir) / MEMORY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return parse_learned((Path(state_dir) / MEMORY_FILE).read_bytes())
+    except OSError:
         return {}
-    if not isinstance(data, dict) or data.get("version") != VERSION:
+
+
+def parse_learned(data: bytes) -> Learned:
+    """memory.json's content, as read_learned reads it (nothing learned if it is not one)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
         return {}
     learned: Learned = {}
-    for model_id, hashes in (data.get("models") or {}).items():
+    for model_id, hashes in (doc.get("models") or {}).items():
         if not isinstance(hashes, dict):
             continue
         for spec_hash, fields in hashes.items():

@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.representer import RoundTripRepresenter
 
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.observed import Status
 
 try:  # PyYAML built with libyaml: the fast path; without it ruamel reads and writes everything
     import yaml as _pyyaml
@@ -38,7 +38,6 @@ except ImportError:  # pragma: no cover - PyYAML without its C extension
     _CSafeLoader = None  # type: ignore[assignment,misc]
 from reconciler.state.files import atomic_write
 from reconciler.state.shape import (
-    ObservedRecord,
     ShapeError,
     StateRecord,
     check,
@@ -51,10 +50,6 @@ END_MARKER = "# end of reconciler state"
 
 class CorruptState(Exception):
     """The state file exists but is not a complete version-1 state; the message says why."""
-
-
-class ObservedFileError(Exception):
-    """An observed-state file cannot be used; the message names the file, line and field."""
 
 
 @dataclass
@@ -273,7 +268,7 @@ def read_state(path: str | os.PathLike[str]) -> State | None:
     if fast is not None:
         return fast
     try:
-        return state_from_document(_load_yaml(text, str(target)), str(target))
+        return state_from_document(load_yaml(text, str(target)), str(target))
     except ShapeError as exc:
         raise CorruptState(str(exc)) from None
 
@@ -329,7 +324,7 @@ def _remove_stale_temp_files(target: Path) -> None:
             temp.unlink()
 
 
-def _load_yaml(text: str, source: str) -> Any:
+def load_yaml(text: str, source: str) -> Any:
     try:
         return YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
@@ -348,7 +343,7 @@ def state_from_document(data: Any, source: str) -> State:
     record = check(StateRecord, data, source)
     models = {}
     for model_id, m in record.models.items():
-        _check_id(data, source, model_id, m.id)
+        check_id(data, source, model_id, m.id)
         fields = m.model_dump(exclude={"id"})
         models[model_id] = ModelState(id=model_id, **fields)
     return State(
@@ -361,72 +356,14 @@ def state_from_document(data: Any, source: str) -> State:
     )
 
 
-def _check_id(data: Any, source: str, model_id: str, inner: str | None) -> None:
+def check_id(data: Any, source: str, model_id: str, inner: str | None) -> None:
     if inner is not None and inner != model_id:
-        line = _line_of(data["models"][model_id], "id")
+        line = line_of(data["models"][model_id], "id")
         where = f"{source}:{line}" if line else source
         raise ShapeError(f"{where}: models.{model_id}.id: id {inner!r} under key {model_id!r}")
 
 
-def _line_of(mapping: Any, key: str) -> int | None:
+def line_of(mapping: Any, key: str) -> int | None:
     with contextlib.suppress(Exception):
         return mapping.lc.key(key)[0] + 1
     return None
-
-
-# ---- observed-state files (`reconciler plan --observed FILE`) -------------------------------
-
-
-def to_observed(state: State) -> dict[str, ObservedModel]:
-    """The planner's view of a state: what runs where, reserving how much."""
-    return {model_id: _observed(model_id, model) for model_id, model in state.models.items()}
-
-
-def _observed(model_id: str, model: Any) -> ObservedModel:
-    """A ModelState or an observed file's record, as the planner sees it."""
-    return ObservedModel(
-        id=model_id,
-        status=model.status,
-        gpus=tuple(model.gpus),
-        memory_mb=model.memory_mb,
-        port=model.port,
-        spec_hash=model.spec_hash,
-        given_up=model.given_up,
-        last_error=model.last_error,
-    )
-
-
-def read_observed(path: str | os.PathLike[str]) -> dict[str, ObservedModel]:
-    """An observed-state file: a state file, or a hand-written minimal one.
-
-    `{version: 1, models: {id: {status, gpus, memory_mb, port, spec_hash}}}`; every key may be
-    left out: version 1, status running (a listed model is one that runs), no GPUs, 0 MiB per
-    GPU, no port, and no spec_hash, which means "started from the current spec". A misspelt
-    key is an error, not a silent default.
-    """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ObservedFileError(f"{source}: cannot read: {exc}") from exc
-    try:
-        return parse_observed(_load_yaml(text, source), source)
-    except ShapeError as exc:
-        raise ObservedFileError(str(exc)) from None
-
-
-def parse_observed(data: Any, source: str = "<observed>") -> dict[str, ObservedModel]:
-    """Observed models from already-loaded YAML/JSON data (see read_observed)."""
-    try:
-        record = check(ObservedRecord, {} if data is None else data, source)
-        if record.version != STATE_VERSION:
-            line = _line_of(data, "version")
-            where = f"{source}:{line}" if line else source
-            raise ShapeError(f"{where}: version: version {record.version}; expected 1")
-        observed = {}
-        for model_id, m in record.models.items():
-            _check_id(data, source, model_id, m.id)
-            observed[model_id] = _observed(model_id, m)
-        return observed
-    except ShapeError as exc:
-        raise ObservedFileError(str(exc)) from None

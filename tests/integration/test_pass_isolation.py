@@ -28,8 +28,9 @@ from reconciler.engines.base import Engine, EnginePlacement, Handle
 from reconciler.engines.registry import engines as registry_engines
 from reconciler.loop import isolation
 from reconciler.loop.controller import Controller
+from reconciler.loop.converge import converge
 from reconciler.loop.planning import Requirements
-from reconciler.loop.reconcile import Reconciler, Settings, converge
+from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.state.paths import namespace_for
 
 CONVERGE_S = 120.0  # a generous bound: only a hang runs into it

@@ -20,17 +20,15 @@ from hypothesis import strategies as st
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.problems import Problem
 from reconciler.state import statefile
+from reconciler.state.observed import ObservedFileError, read_observed, to_observed
 from reconciler.state.statefile import (
     END_MARKER,
     CorruptState,
     ModelState,
-    ObservedFileError,
     State,
-    read_observed,
     read_state,
     read_state_or_recover,
     render_state,
-    to_observed,
     write_state,
 )
 
