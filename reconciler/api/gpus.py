@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from reconciler.core.observed import OCCUPYING
 from reconciler.gpus import InventoryError, inventory
 
-from .responses import GpuModelOut, GpuOut, errors
+from .readiness import UNAVAILABLE, require_first_pass, unavailable
+from .responses import GpuModelOut, GpuOut
 from .views import Views
 
 
@@ -51,12 +52,13 @@ def list_gpus(views: Views) -> list[GpuOut]:
 def router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
 
-    @routes.get("/gpus", response_model=list[GpuOut], responses=errors(503))
+    @routes.get("/gpus", response_model=list[GpuOut], responses=UNAVAILABLE)
     def gpus() -> list[GpuOut]:
         """The GPU inventory in force and the memory each model holds on each GPU."""
+        require_first_pass(views)
         try:
             return list_gpus(views)
         except InventoryError as exc:
-            raise HTTPException(503, f"GPU inventory unavailable: {exc}") from exc
+            raise unavailable(f"GPU inventory unavailable: {exc}") from exc
 
     return routes

@@ -17,6 +17,7 @@ from reconciler.core.spec import ModelSpec
 from reconciler.loop.bulletin import OutcomeDigest, PlanDigest
 from reconciler.state.statefile import ModelState, State
 
+from .readiness import UNAVAILABLE, require_first_pass
 from .responses import InstanceOut, MemoryOut, ModelDetail, ModelSummary, Placement, errors
 from .views import Views
 
@@ -158,16 +159,23 @@ def model_detail(views: Views, model_id: str) -> ModelDetail | None:
 def router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
 
-    @routes.get("/models", response_model=list[ModelSummary])
+    def ready_models() -> bytes:
+        require_first_pass(views)
+        return list_models(views)[1]
+
+    @routes.get("/models", response_model=list[ModelSummary], responses=UNAVAILABLE)
     async def models() -> Response:
-        """Every model desired or running, with its status."""
+        """Every model desired or running, with its status (503 before the first pass)."""
         # pre-serialized, in a worker thread: the state file may have to be parsed
-        body = (await run_in_threadpool(list_models, views))[1]
+        body = await run_in_threadpool(ready_models)
         return Response(body, media_type="application/json")
 
-    @routes.get("/models/{model_id}", response_model=ModelDetail, responses=errors(404))
+    @routes.get(
+        "/models/{model_id}", response_model=ModelDetail, responses={**errors(404), **UNAVAILABLE}
+    )
     def model(model_id: str = PathParam(max_length=253)) -> ModelDetail:
         """One model: spec in force, status, placement, restarts, last error, recent logs."""
+        require_first_pass(views)
         detail = model_detail(views, model_id)
         if detail is None:
             raise HTTPException(404, f"no model {model_id!r} is desired or running")

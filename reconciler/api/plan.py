@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from reconciler.core.plan import Plan
 from reconciler.gpus import InventoryError
 from reconciler.loop.reconcile import Reconciler, Settings
 
-from .responses import ActionOut, GpuPlanOut, PlanOut, ProblemOut, UnschedulableOut, errors
+from .readiness import UNAVAILABLE, require_first_pass, unavailable
+from .responses import ActionOut, GpuPlanOut, PlanOut, ProblemOut, UnschedulableOut
 from .views import Views
 
 
@@ -52,13 +53,14 @@ def plan_out(plan: Plan) -> PlanOut:
 def router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
 
-    @routes.get("/plan", response_model=PlanOut, responses=errors(503))
+    @routes.get("/plan", response_model=PlanOut, responses=UNAVAILABLE)
     def plan() -> PlanOut:
         """What the next pass would do now (a dry run: nothing is changed)."""
+        require_first_pass(views)
         try:
             result = views.plan_memo.get(None, lambda: preview_plan(views))
         except InventoryError as exc:
-            raise HTTPException(503, f"GPU inventory unavailable: {exc}") from exc
+            raise unavailable(f"GPU inventory unavailable: {exc}") from exc
         return plan_out(result)
 
     return routes

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from reconciler.loop.daemon import Daemon, terminate
+from reconciler.state.private import open_append, private_dir
 
 from .link import ControlServer
 
@@ -119,8 +120,8 @@ class ApiService:
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - held for the process's life
+        private_dir(self.log_path.parent)
+        self._log = os.fdopen(open_append(self.log_path), "ab")  # held for the process's life
         try:
             self.process = subprocess.Popen(
                 self.command(theirs.fileno()),

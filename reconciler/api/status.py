@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from reconciler import __version__
 
 from .models import list_models
+from .readiness import UNAVAILABLE, require_first_pass
 from .responses import HistoryOut, ProblemOut, StatusOut
 from .views import Views
 
@@ -38,9 +39,11 @@ def status_out(views: Views) -> StatusOut:
 def router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
 
-    @routes.get("/status", response_model=StatusOut)
+    @routes.get("/status", response_model=StatusOut, responses=UNAVAILABLE)
     def status() -> StatusOut:
-        """Loop progress, the applied revision and its commit, validation problems."""
+        """Loop progress, the applied revision and its commit, validation problems (503 before
+        the first pass: /readyz tells the progress until then)."""
+        require_first_pass(views)
         return status_out(views)
 
     @routes.get("/history", response_model=list[HistoryOut])

@@ -126,6 +126,11 @@ class Views:
         found = self.bulletin()
         return found.passes if found else 0
 
+    def first_pass_done(self) -> bool:
+        """This run's daemon has published a pass: what the API shows is its view, not what an
+        earlier run left."""
+        return self.passes() > 0
+
     def last_plan(self) -> PlanDigest | None:
         found = self.bulletin()
         return found.plan if found else None

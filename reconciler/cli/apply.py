@@ -23,7 +23,7 @@ from .options import (
     RevOpt,
     StateDirOpt,
     TimeoutOpt,
-    resolve_state_dir,
+    private_state_dir,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def _output() -> tuple[Console, Console]:
 
 
 def _reconciler(directory: Path, state_dir: Path | None, rev: str | None = None) -> Reconciler:
-    return Reconciler(Settings(directory, resolve_state_dir(state_dir), rev))
+    return Reconciler(Settings(directory, private_state_dir(state_dir), rev))
 
 
 @app.command("apply")

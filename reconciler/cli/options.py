@@ -76,3 +76,16 @@ TimeoutOpt = Annotated[
 
 def resolve_state_dir(path: Path | None) -> Path:
     return path if path is not None else default_state_dir()
+
+
+def private_state_dir(path: Path | None) -> Path:
+    """The state directory of a command that starts or stops engines: made 0700 if missing,
+    refused (exit 1, nothing started) if another user owns it or group or others may write it."""
+    from reconciler.state.private import UnsafeStateDir, check_private
+
+    directory = resolve_state_dir(path)
+    try:
+        return check_private(directory)
+    except UnsafeStateDir as exc:
+        _console("err").print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from exc

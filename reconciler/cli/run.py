@@ -18,7 +18,7 @@ from reconciler.loop.controller import LoopSettings
 from reconciler.loop.daemon import Daemon, DaemonOptions
 
 from . import command_app
-from .options import DEFAULT_DIR, DirArg, StateDirOpt, out, resolve_state_dir, usage_error
+from .options import DEFAULT_DIR, DirArg, StateDirOpt, out, private_state_dir, usage_error
 
 app = command_app()
 
@@ -80,7 +80,7 @@ def run_cmd(
         )
     options = DaemonOptions(
         desired_dir=directory,
-        state_dir=resolve_state_dir(state_dir),
+        state_dir=private_state_dir(state_dir),
         repo_url=repo,
         branch=branch,
         path=path,

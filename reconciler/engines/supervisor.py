@@ -42,6 +42,7 @@ from reconciler.engines.logs import (
 )
 from reconciler.engines.records import EngineRecord, RecordStore, identity_from_env
 from reconciler.state.paths import namespace_for
+from reconciler.state.private import open_append, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,9 @@ class ProcessSupervisor:
         identity: Handle,
         started_at: float,
     ) -> subprocess.Popen[bytes]:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.logs_dir)
         self._rotate(log_path, rotate_by_rename)
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = open_append(log_path)
         try:
             stamp = datetime.fromtimestamp(started_at, UTC).isoformat(timespec="seconds")
             # one line, whatever the argv holds: quoted as a shell would, newlines escaped

@@ -27,6 +27,7 @@ from reconciler.gateway.routes import (
     write_routes,
 )
 from reconciler.loop.daemon import terminate
+from reconciler.state.private import open_append, private_dir
 from reconciler.state.statefile import ModelState
 
 
@@ -94,8 +95,8 @@ class GatewayService:
         if self.alive():
             return
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 - held for the process's life
+            private_dir(self.log_path.parent)
+            self._log = os.fdopen(open_append(self.log_path), "ab")  # held for its life
         self.process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,

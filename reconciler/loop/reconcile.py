@@ -45,6 +45,7 @@ from reconciler.source.local import LocalSource
 from reconciler.source.protocol import Source
 from reconciler.source.repo import Revision, SourceError
 from reconciler.state.paths import STATE_FILE, namespace_for
+from reconciler.state.private import private_dir
 from reconciler.state.statefile import ModelState, State, read_state_or_recover, write_state
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class Reconciler:
     ) -> None:
         self.settings = settings
         self.state_dir = settings.state_dir
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.namespace = namespace_for(self.state_dir)
         self.engines = dict(engines or default_engines(self.state_dir, self.namespace))
         self.clock = clock

@@ -12,12 +12,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from reconciler.state.private import open_append
+
 
 def append_event(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Append one event; one write() of one line, so concurrent readers never see half of it."""
     line = json.dumps(dict(record), default=str) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    fd = open_append(path)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def read_events(path: str | os.PathLike[str], start: int = 0) -> Iterator[dict[str, Any]]:

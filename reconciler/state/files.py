@@ -2,6 +2,7 @@
 
 A reader sees the old file or the new one, never half of either, and after a power loss the new
 name points at complete data: temp file in the same directory, fsync, rename, fsync the directory.
+Files are 0600 and directories made here 0700 unless told otherwise (private.py says why).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-NEW_FILE_MODE = 0o644
+from reconciler.state.private import FILE_MODE, private_dir
+
 _CHUNK = 1 << 20
 
 
@@ -27,16 +29,17 @@ def atomic_write(
     """Replace `path` with `data` (text, bytes, or a binary file read from where it stands);
     on any error the old file is left as it was.
 
-    `mode` defaults to the existing file's mode (0644 for a new file). `durable=False` skips
+    `mode` defaults to 0600, whatever the file's mode was (one an earlier version left readable
+    by others becomes private when it is next written). `durable=False` skips
     the fsyncs: for a file rewritten so often that losing the latest one to a power cut costs
     nothing (the loop's bulletin); readers still never see half of it.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode if mode is not None else _mode_of(target))
+            os.fchmod(out.fileno(), mode if mode is not None else FILE_MODE)
             if isinstance(data, str):
                 out.write(data.encode("utf-8"))
             elif isinstance(data, bytes | bytearray | memoryview):
@@ -66,10 +69,3 @@ def fsync_directory(directory: Path) -> None:
         pass  # some filesystems cannot fsync a directory; the rename is still atomic
     finally:
         os.close(fd)
-
-
-def _mode_of(target: Path) -> int:
-    try:
-        return target.stat().st_mode & 0o777
-    except OSError:
-        return NEW_FILE_MODE

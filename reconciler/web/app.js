@@ -33,7 +33,11 @@ function el(tag, props = {}, children = []) {
 
 async function api(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
-  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(`${path}: HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
   return response.json();
 }
 
@@ -265,12 +269,18 @@ async function refresh() {
         api("/api/v1/models"),
         api("/api/v1/gpus").catch(() => []),
       ]);
+      document.getElementById("first-pass").hidden = true;
       renderStatus(status);
       renderModels(models);
       renderGpus(gpus);
       if (!state.live) setLive("polling");
     } catch (error) {
-      setLive("offline");
+      if (error.status === 503) {
+        // the API does not know yet what runs: say so, rather than show an empty host
+        waitingForFirstPass();
+      } else {
+        setLive("offline");
+      }
       console.warn(error);
     }
   })();
@@ -280,6 +290,16 @@ async function refresh() {
     state.again = false;
     return refresh();
   }
+}
+
+function waitingForFirstPass() {
+  document.querySelector("#models tbody").replaceChildren();
+  document.getElementById("no-models").hidden = true;
+  document.getElementById("first-pass").hidden = false;
+  document.getElementById("loop").textContent = "waiting for the first pass";
+  if (!state.live) setLive("polling");
+  clearTimeout(soon); // the first pass may bring no event: ask again soon, live or not
+  soon = setTimeout(refresh, 1000);
 }
 
 let soon = null;

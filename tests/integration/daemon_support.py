@@ -171,7 +171,7 @@ class Daemon:
         return response.json()
 
     def passes(self) -> int:
-        return int(self.json("/readyz")["passes"])
+        return int(self.get("/readyz").json()["passes"])  # 503 (with 0) before the first pass
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         ok = wait_for(lambda: self.get("/readyz").status_code == 200, timeout_s, 0.1)
@@ -182,6 +182,8 @@ class Daemon:
 
     def wait_statuses(self, expected: dict[str, str], timeout_s: float = 30.0) -> None:
         def reached() -> bool:
+            if self.get("/readyz").status_code != 200:
+                return False  # the models are not known before the first pass
             now = self.statuses()
             return all(now.get(k) == v for k, v in expected.items())
 
