@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from components import needs
 from ruamel.yaml import YAML
 
 from reconciler.gateway.metrics import GatewayMetrics
@@ -18,7 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "gateway-dashboard.json"
 METRIC_NAME = re.compile(r"\breconciler_gateway_[a-z_]+")
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool")
+needs_promtool = needs(
+    "promtool",
+    "apt-get install -y --no-install-recommends prometheus",
+    shutil.which("promtool") is not None,
+)
 
 
 def exported() -> set[str]:

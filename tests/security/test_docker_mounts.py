@@ -5,12 +5,19 @@ when it existed on the host: `/run` (which holds docker.sock on most hosts) gave
 the Docker daemon. Now only paths below the model roots the host declares
 (RECONCILER_MODEL_ROOTS) are mounted, read-only, and never the Docker socket or a system path,
 even through a symlink or a root that is itself a system path: the start is an engine error that
-names the path, and no container is left behind. Against a real Docker daemon.
+names the path, and no container is left behind. The refusals come before the Docker daemon
+is contacted (DOCKER_HOST points at a tripwire socket that counts connections), so they are
+checked on every machine; a model below a root is mounted read-only, against a real daemon.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +62,7 @@ def namespace(client: docker.DockerClient) -> Iterator[str]:
 
 
 def start(namespace: str, tmp_path: Path, image: str, model_path: str) -> object:
+    """Start a Docker model named m with `model_path`, in its own namespace."""
     engine = engines(tmp_path / "state", namespace)["docker"]
     spec = ModelSpec(
         id="m",
@@ -70,55 +78,106 @@ def containers(client: docker.DockerClient, namespace: str) -> list[object]:
     return client.containers.list(all=True, filters={"label": f"{LABEL_NAMESPACE}={namespace}"})
 
 
-@pytest.mark.parametrize("path", ["/run", "/var/run/docker.sock", "/etc", "/"])
+class Tripwire:
+    """A Unix socket where DOCKER_HOST points that only counts who connects: a start that is
+    refused for its mount must be refused before it asks any Docker daemon anything, so the
+    refusals are checked the same way on every machine, with a daemon or without one."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="tripwire-")  # short: a socket path has a limit
+        self.path = os.path.join(self.dir, "docker.sock")
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(8)
+        self.connections = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def tripwire(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tripwire]:
+    wire = Tripwire()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{wire.path}")
+    yield wire
+    wire.close()
+
+
+def refused(tmp_path: Path, model_path: str, match: str | None = None) -> None:
+    """Starting a Docker model with `model_path` is an engine error (naming `match`), raised
+    before the Docker daemon (the tripwire) is contacted."""
+    with pytest.raises(EngineError, match=None if match is None else re.escape(match)):
+        start(f"sec-{uuid.uuid4().hex[:8]}", tmp_path, "busybox-httpd:test", model_path)
+
+
+def a_socket(path: Path) -> str:
+    """A listening Unix socket at `path` (a stand-in for docker.sock, on every machine)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.close()  # the socket file stays: what the mount check looks at
+    return str(path)
+
+
+@pytest.mark.parametrize("path", ["/etc", "/proc", "/", "a socket"])
 def test_a_host_path_outside_the_model_roots_is_never_mounted(
-    client: docker.DockerClient,
-    image: str,
-    namespace: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    path: str,
+    tripwire: Tripwire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    if not os.path.exists(path):
-        pytest.skip(f"{path} does not exist on this host")
+    if path == "a socket":
+        path = a_socket(Path(tripwire.dir) / "engine.sock")
     monkeypatch.setenv(ROOTS, str(tmp_path / "models"))
-    with pytest.raises(EngineError, match=path.rstrip("/") or "/"):
-        start(namespace, tmp_path, image, path)
-    assert containers(client, namespace) == []
+    refused(tmp_path, path, path.rstrip("/") or "/")
+    assert tripwire.connections == 0
 
 
-@pytest.mark.parametrize("root", ["/run", "/var/run", "/"])
+@pytest.mark.parametrize(
+    ("root", "path"), [("/etc", "/etc/passwd"), ("/proc", "/proc/self/status"), ("/", None)]
+)
 def test_a_system_path_declared_as_a_root_still_is_not_mounted(
-    client: docker.DockerClient,
-    image: str,
-    namespace: str,
+    tripwire: Tripwire,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     root: str,
+    path: str | None,
 ) -> None:
-    socket = "/var/run/docker.sock"
-    if not os.path.exists(socket):
-        pytest.skip(f"{socket} does not exist on this host")
+    if path is None:  # below "/", in a directory nothing else forbids
+        (tmp_path / "m.gguf").write_text("weights\n")
+        path = str(tmp_path / "m.gguf")
     monkeypatch.setenv(ROOTS, root)
-    with pytest.raises(EngineError):
-        start(namespace, tmp_path, image, socket)
-    assert containers(client, namespace) == []
+    refused(tmp_path, path)
+    assert tripwire.connections == 0
+
+
+def test_a_socket_below_a_declared_root_is_not_mounted(
+    tripwire: Tripwire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    socket_path = a_socket(Path(tripwire.dir) / "models" / "docker.sock")
+    monkeypatch.setenv(ROOTS, str(Path(socket_path).parent))
+    refused(tmp_path, socket_path, "a socket")
+    assert tripwire.connections == 0
 
 
 def test_a_symlink_below_a_root_to_a_system_path_is_not_mounted(
-    client: docker.DockerClient,
-    image: str,
-    namespace: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    tripwire: Tripwire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    (models / "innocent").symlink_to("/run")
+    (models / "innocent").symlink_to("/etc")
     monkeypatch.setenv(ROOTS, str(models))
-    with pytest.raises(EngineError):
-        start(namespace, tmp_path, image, str(models / "innocent"))
-    assert containers(client, namespace) == []
+    refused(tmp_path, str(models / "innocent"), "/etc")
+    assert tripwire.connections == 0
 
 
 def test_a_model_below_a_declared_root_is_mounted_read_only(
