@@ -178,12 +178,15 @@ class Daemon:
         assert ok, f"not ready within {timeout_s}s\n{self.log()}"
 
     def statuses(self) -> dict[str, str]:
-        return {m["id"]: m["status"] for m in self.json("/api/v1/models")}
+        """Every model's status; none before the first pass (the API answers 503 until then)."""
+        response = self.get("/api/v1/models")
+        if response.status_code == 503:
+            return {}
+        assert response.status_code == 200, f"GET /api/v1/models: {response.status_code}"
+        return {m["id"]: m["status"] for m in response.json()}
 
     def wait_statuses(self, expected: dict[str, str], timeout_s: float = 30.0) -> None:
         def reached() -> bool:
-            if self.get("/readyz").status_code != 200:
-                return False  # the models are not known before the first pass
             now = self.statuses()
             return all(now.get(k) == v for k, v in expected.items())
 
