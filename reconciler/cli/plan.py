@@ -3,6 +3,7 @@ with --base/--head, the review of a pull request."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from reconciler.core.plan import (
     render_markdown,
     render_text,
 )
+from reconciler.core.secrets import secret_uses
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.planning import Requirements, plan_desired
 from reconciler.state.memory import read_learned
@@ -113,11 +115,23 @@ def plan_cmd(
         learned = read_learned(resolve_state_dir(state_dir))
         requirements = Requirements(lambda m, h: learned.get(m, {}).get(h))
         plan, desired = _plan_offline(directory, rev, observed or {}, requirements)
+    plan = with_secrets(plan, desired)
     text = render_plan(plan, fmt)
     if fmt is not PlanFormat.json and plan.valid and desired is not None:
         text += memory_basis(requirements, desired)
     sys.stdout.write(text + "\n")
     raise typer.Exit(0 if plan.valid else 1)
+
+
+def with_secrets(
+    plan: Plan, desired: DesiredState | None, base: DesiredState | None = None
+) -> Plan:
+    """The plan with every secret the desired state names and where it goes: a reviewer sees
+    a new destination of a credential in the pull request's plan."""
+    if desired is None:
+        return plan
+    uses = secret_uses(desired.cluster, base.cluster if base is not None else None)
+    return dataclasses.replace(plan, secrets=uses)
 
 
 def memory_basis(requirements: Requirements, desired: DesiredState) -> str:
@@ -149,4 +163,4 @@ def _plan_review(
     text = render_diff(
         diff_desired(base_desired, head_desired), diff_cluster(base_desired, head_desired)
     )
-    return head_plan, text or "no spec changes"
+    return with_secrets(head_plan, head_desired, base_desired), text or "no spec changes"

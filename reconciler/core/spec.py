@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from reconciler.core.gateway_spec import GatewayConfig
-from reconciler.core.strict import ENV_NAME_PATTERN, Strict
+from reconciler.core.strict import ENV_NAME_PATTERN, SECRET_NAME_PATTERN, Strict
 
 # Which engine runs the model. The choices are the engine registry's (reconciler.engines): the
 # core does not know them; validation checks the name against the catalog it is handed, and the
@@ -37,6 +37,7 @@ ModelAlias = Annotated[
 ]
 MAX_REPLICAS = 64
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
+SecretName = Annotated[str, Field(pattern=SECRET_NAME_PATTERN)]
 DAY_S = 86400  # probe timers: a larger value is a mistake, and one past C's timeval raises
 
 
@@ -170,7 +171,7 @@ NOTIFICATION_KINDS: tuple[NotificationKind, ...] = (
 _TARGET_FIELDS = {
     "webhook": {"url", "url_env"},
     "slack": {"url", "url_env"},
-    "email": {"host", "port", "from_", "to", "username_env", "password_env", "starttls"},
+    "email": {"url_env", "host", "port", "from_", "to", "username_env", "password_env", "starttls"},
 }
 _COMMON_TARGET_FIELDS = {"type", "name", "events", "timeout_s"}
 
@@ -181,7 +182,8 @@ class NotificationTarget(Strict):
     One flat model rather than a union per type: the JSON Schema then names a mistyped field
     ("did you mean 'url'?") instead of "not valid under any of the given schemas"; the rules per
     type are checked below. Secrets never live in git: webhook URLs that embed a token (Slack's
-    do) and SMTP credentials are read from environment variables named here.
+    do) and SMTP credentials are read from RECONCILER_SECRET_* variables named here, and go
+    only where the host binds them (reconciler.core.secrets).
     """
 
     # `from` is a Python keyword: the field is from_, written `from` in YAML and in dumps.
@@ -208,8 +210,10 @@ class NotificationTarget(Strict):
         pattern=r"^https?://",
         description="webhook/slack: the URL; prefer url_env when the URL carries a token",
     )
-    url_env: EnvName | None = Field(
-        None, description="webhook/slack: environment variable that holds the URL"
+    url_env: SecretName | None = Field(
+        None,
+        description="RECONCILER_SECRET_* variable that holds the URL: webhook/slack https://..., "
+        "email smtp://user:password@host:port (STARTTLS) or smtps://... (TLS)",
     )
     host: str | None = Field(None, min_length=1, description="email: SMTP server")
     port: Port | None = Field(None, description="email: SMTP port (default 587, or 25 without TLS)")
@@ -217,11 +221,15 @@ class NotificationTarget(Strict):
     to: list[Annotated[str, Field(pattern=r"@")]] = Field(
         default_factory=list, description="email: recipients"
     )
-    username_env: EnvName | None = Field(
-        None, description="email: environment variable that holds the SMTP user name"
+    username_env: SecretName | None = Field(
+        None,
+        description="email: RECONCILER_SECRET_* variable that holds the SMTP user name; the host "
+        "lists the servers it may go to in <name>_HOSTS",
     )
-    password_env: EnvName | None = Field(
-        None, description="email: environment variable that holds the SMTP password"
+    password_env: SecretName | None = Field(
+        None,
+        description="email: RECONCILER_SECRET_* variable that holds the SMTP password; the host "
+        "lists the servers it may go to in <name>_HOSTS",
     )
     starttls: bool | None = Field(None, description="email: upgrade with STARTTLS (default true)")
 
@@ -237,8 +245,16 @@ class NotificationTarget(Strict):
             raise _target_error(f"{names}: not a field of a {self.type} target")
         if self.type in ("webhook", "slack") and (self.url is None) == (self.url_env is None):
             raise _target_error(f"a {self.type} target needs exactly one of url or url_env")
+        if self.type == "email" and self.url_env is not None:
+            held = [n for n in ("host", "port", "username_env", "password_env") if getattr(self, n)]
+            if held:
+                raise _target_error(
+                    f"{', '.join(held)}: url_env holds the server and its credentials (one "
+                    "smtp:// or smtps:// URL), so these stay unset"
+                )
         if self.type == "email":
-            missing = [n for n, v in (("host", self.host), ("from", self.from_)) if v is None]
+            needed = (("host (or url_env)", self.host or self.url_env), ("from", self.from_))
+            missing = [n for n, v in needed if v is None]
             if not self.to:
                 missing.append("to")
             if missing:
@@ -246,6 +262,10 @@ class NotificationTarget(Strict):
             if (self.username_env is None) != (self.password_env is None):
                 raise _target_error("username_env and password_env go together")
         return self
+
+    def smtp_port(self) -> int:
+        """email with `host`: the port it is sent to (587 with STARTTLS, 25 without)."""
+        return self.port or (587 if self.starttls is not False else 25)
 
 
 def _target_error(message: str) -> PydanticCustomError:

@@ -25,8 +25,10 @@ from reconciler.core.engine_input import (
 )
 from reconciler.core.names import alias_problems
 from reconciler.core.problems import Problem
+from reconciler.core.secrets import CREDENTIAL_FIELDS, not_secret_name
 from reconciler.core.spec import ClusterSpec, ModelSpec, cluster_json_schema, model_json_schema
 
+_CREDENTIAL_PATHS = {(name,) for name in CREDENTIAL_FIELDS}
 PathCheck = Callable[[ModelSpec], str | None]
 """Returns a warning message when the model's files are not available on this host."""
 
@@ -121,6 +123,8 @@ def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> A
                 message = _not_dns_label(err["input"])  # "a\n": Python's `$` lets it pass
             elif path[:1] == ("env",) and path[-1:] == ("[key]",):
                 path, message = path[:-1], not_env_name(str(path[1]))
+            elif err["type"] == "string_pattern_mismatch" and path[-1:] in _CREDENTIAL_PATHS:
+                message = not_secret_name(err["input"])
             problems.append(Problem(doc.file, doc.line_of(path), _dotted(path), message))
         return None
 
@@ -183,6 +187,8 @@ def _message(error: jsonschema.ValidationError, path: tuple) -> str:
         return f"missing required field '{missing}'"
     if path and path[0] == "parameters" and error.validator in ("anyOf", "type"):
         return f"parameter value must be a scalar or a list of scalars, got {error.instance!r}"
+    if error.validator == "pattern" and path and path[-1] in CREDENTIAL_FIELDS:
+        return not_secret_name(error.instance)
     if error.validator == "pattern" and path and path[-1] in ("id", "fallback"):
         return _not_dns_label(error.instance)
     if error.validator == "pattern" and path == ("health_check", "path"):

@@ -68,7 +68,7 @@ class ProcessEngine:
         raise NotImplementedError
 
     def env(self, spec: ModelSpec, placement: EnginePlacement) -> dict[str, str]:
-        """Pure: spec.env + CUDA_VISIBLE_DEVICES + markers (the delta over os.environ).
+        """Pure: spec.env + CUDA_VISIBLE_DEVICES + markers (over environment.inherited_env).
 
         Names the engine reads as its listen address or port never come from the spec (the
         host and the planner decide those): they are dropped here and from the inherited

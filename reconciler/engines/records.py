@@ -44,7 +44,7 @@ _HANDLE_FIELDS = frozenset(f.name for f in dataclasses.fields(Handle))
 def engine_env(
     spec: ModelSpec, placement: EnginePlacement, framework: str, namespace: str
 ) -> dict[str, str]:
-    """Pure: the variables an engine gets on top of the reconciler's own environment.
+    """Pure: the variables an engine gets on top of what it inherits (environment.py).
 
     spec.env first, then the placement's GPUs and the markers, so a spec can never hide an
     engine from its reconciler or escape its placement.

@@ -32,6 +32,7 @@ import psutil
 
 from reconciler.engines import processes as procs
 from reconciler.engines.base import MARKER_NAMESPACE, Command, EngineError, Handle
+from reconciler.engines.environment import inherited_env
 from reconciler.engines.logs import (
     LOG_BACKUPS,
     LOG_MAX_BYTES,
@@ -48,9 +49,6 @@ log = logging.getLogger(__name__)
 
 KILL_WAIT_S = 5.0
 """How long to wait for the group to vanish after SIGKILL (the kernel needs a moment)."""
-
-# The daemon's own secrets never reach an engine: its log is served by the API.
-DAEMON_SECRETS = frozenset({"RECONCILER_API_TOKEN", "RECONCILER_WEBHOOK_SECRET"})
 
 
 def default_namespace(state_dir: str | os.PathLike[str]) -> str:
@@ -101,9 +99,9 @@ class ProcessSupervisor:
         self._refuse_duplicate(identity.model_id)
         if procs.port_in_use(host, identity.port):
             raise EngineError(f"port {identity.port} is already in use")
-        dropped = DAEMON_SECRETS | command.unset_env
-        inherited = {k: v for k, v in os.environ.items() if k.upper() not in dropped}
-        env = inherited | command.env
+        # a short allow list of the host's variables, then the spec's env and our values: never
+        # the daemon's secrets (environment.py)
+        env = inherited_env(os.environ, command.unset_env) | command.env
         if not command.argv or procs.find_executable(command.argv[0], env.get("PATH")) is None:
             name = command.argv[0] if command.argv else "(empty argv)"
             raise EngineError(f"executable not found: {name}")

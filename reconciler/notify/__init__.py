@@ -1,9 +1,10 @@
 """Notifications of important events: a JSON webhook, a Slack incoming webhook, e-mail over SMTP.
 
 Targets come from cluster.yaml's `notifications:` list (reconciler.core.spec.NotificationTarget);
-their secrets (a URL that carries a token, SMTP credentials) come from environment variables the
-spec names, read at delivery time, so they never live in git and can be rotated by restarting
-nothing but the environment file.
+their secrets (a URL that carries a token, SMTP credentials) come from RECONCILER_SECRET_*
+variables the spec names, read at delivery time, so they never live in git. A credential goes only
+where the host binds it (reconciler.core.secrets): a target that would send one elsewhere is
+refused when it is configured (an error in the log) and at every delivery.
 
 The reconcile loop must never wait for a notification: `notify()` only classifies the event and
 puts it on each subscribed target's bounded queue. Every target has its own worker thread, so a
@@ -27,6 +28,7 @@ from typing import Any
 
 from reconciler.core.events import EventKind
 from reconciler.core.retry import backoff_delay
+from reconciler.core.secrets import credential_refusals, target_label
 from reconciler.core.spec import NotificationTarget
 from reconciler.notify.delivery import (
     DESIRED_STATE,
@@ -50,6 +52,7 @@ __all__ = [
     "post_json",
     "recovered_message",
     "redact_url",
+    "refused_secrets",
     "send_email",
 ]
 
@@ -170,6 +173,8 @@ class Notifier:
                     self._workers[key] = self._start_worker(index, target)
         for problem in missing_secrets(targets, self._environ):
             log.warning("notifications: %s", problem)
+        for problem in refused_secrets(targets, self._environ):
+            log.error("notifications: %s", problem)
 
     def notify(self, event: Mapping[str, Any]) -> str | None:
         """Queue the notification this event calls for, if any; returns its kind. Never blocks
@@ -232,7 +237,7 @@ class Notifier:
         )
 
     def _start_worker(self, index: int, target: NotificationTarget) -> _Worker:
-        label = target.name or f"{target.type}-{index}"
+        label = target_label(index, target)
         for outcome in OUTCOMES:  # zeros from the start, so that a dashboard shows the target
             self._counts.setdefault((label, outcome), 0)
         delivery = _Delivery(target, self._environ)
@@ -252,11 +257,24 @@ def missing_secrets(
     env = os.environ if environ is None else environ
     problems = []
     for index, target in enumerate(targets):
-        label = target.name or f"{target.type}-{index}"
+        label = target_label(index, target)
         for name in (target.url_env, target.username_env, target.password_env):
             if name and not env.get(name):
                 problems.append(f"{label}: environment variable {name} is not set")
     return problems
+
+
+def refused_secrets(
+    targets: Sequence[NotificationTarget], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per credential a target would send where the host does not bind it: such a
+    target delivers nothing until the host binds it or cluster.yaml changes."""
+    env = os.environ if environ is None else environ
+    return [
+        f"{target_label(index, target)}: refused: {refusal}"
+        for index, target in enumerate(targets)
+        for refusal in credential_refusals(target, env)
+    ]
 
 
 def _key(index: int, target: NotificationTarget) -> str:

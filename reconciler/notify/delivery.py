@@ -1,4 +1,8 @@
-"""Sending one notification: a JSON webhook or Slack over HTTP, or e-mail over SMTP."""
+"""Sending one notification: a JSON webhook or Slack over HTTP, or e-mail over SMTP.
+
+Before every delivery the target's credentials are checked against the host's bindings
+(reconciler.core.secrets): a secret whose destination git alone chose is never sent.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from reconciler.core.secrets import credential_refusals
 from reconciler.core.spec import NotificationTarget
 from reconciler.source.redact import redact_url
 
@@ -80,6 +86,9 @@ class _Delivery:
             self.client = httpx.Client(timeout=target.timeout_s, follow_redirects=False)
 
     def send(self, notification: Notification) -> None:
+        refusals = credential_refusals(self.target, self.environ)
+        if refusals:
+            raise DeliveryError("refused: " + "; ".join(refusals), retryable=False)
         if self.client is None:
             send_email(self.target, notification, self.environ)
             return
@@ -123,22 +132,64 @@ def post_json(client: httpx.Client, url: str, payload: Mapping[str, Any]) -> Non
     raise DeliveryError(f"{where}: HTTP {response.status_code}", retryable=retryable)
 
 
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where an e-mail goes and how: from the target's host and port, or from one URL secret."""
+
+    host: str
+    port: int
+    tls: str
+    """starttls | tls (implicit, smtps://) | none"""
+    credentials: tuple[str, str] | None
+
+    def __str__(self) -> str:  # never the credentials
+        return f"smtp://{self.host}:{self.port}"
+
+
+def smtp_server(target: NotificationTarget, environ: Mapping[str, str]) -> SmtpServer:
+    """The server of an e-mail target, read at delivery time so that a rotated secret counts."""
+    starttls = target.starttls is not False
+    if target.url_env is None:
+        tls = "starttls" if starttls else "none"
+        credentials = _smtp_credentials(target, environ)
+        return SmtpServer(target.host or "", target.smtp_port(), tls, credentials)
+    url = environ.get(target.url_env)
+    if not url:
+        raise DeliveryError(f"environment variable {target.url_env} is not set", retryable=False)
+    try:  # credential_refusals checked scheme and host; urlsplit raises on a bad port
+        parts = urlsplit(url.strip())
+        implicit = parts.scheme.lower() == "smtps"
+        tls = "tls" if implicit else "starttls" if starttls else "none"
+        port = parts.port or (465 if implicit else 587 if starttls else 25)
+    except ValueError:
+        raise DeliveryError(f"{target.url_env} holds no usable URL", retryable=False) from None
+    credentials = None
+    if parts.username is not None:
+        credentials = (unquote(parts.username), unquote(parts.password or ""))
+    return SmtpServer(parts.hostname or "", port, tls, credentials)
+
+
 def send_email(
     target: NotificationTarget, notification: Notification, environ: Mapping[str, str]
 ) -> None:
-    """Send one e-mail: STARTTLS (certificate verified) unless `starttls: false`, and log in
-    when credentials are configured."""
-    starttls = target.starttls is not False
-    port = target.port or (587 if starttls else 25)
-    credentials = _smtp_credentials(target, environ)
+    """Send one e-mail: STARTTLS (certificate verified) unless `starttls: false`, TLS from the
+    start for an smtps:// URL, and log in when credentials are configured."""
+    server = smtp_server(target, environ)
     message = _email(target, notification)
-    where = f"smtp://{target.host}:{port}"
+    where = str(server)
+    context = ssl.create_default_context()
     try:
-        with smtplib.SMTP(target.host or "", port, timeout=target.timeout_s) as smtp:
-            if starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if credentials:
-                smtp.login(*credentials)
+        if server.tls == "tls":
+            smtp = smtplib.SMTP_SSL(
+                server.host, server.port, timeout=target.timeout_s, context=context
+            )
+        else:
+            smtp = smtplib.SMTP(server.host, server.port, timeout=target.timeout_s)
+        with smtp:
+            if server.tls == "starttls":
+                smtp.starttls(context=context)
+            if server.credentials:
+                smtp.login(*server.credentials)
             smtp.send_message(message)
     except smtplib.SMTPRecipientsRefused as exc:
         codes = [code for code, _ in exc.recipients.values()]

@@ -142,6 +142,16 @@ def hanging() -> Iterator[Hanging]:
 class Mailbox:
     def __init__(self) -> None:
         self.messages: queue.Queue[tuple[Envelope, Message]] = queue.Queue()
+        self.logins: list[tuple[bytes, bytes]] = []
+        """every user name and password a client sent, right or wrong"""
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            self.logins.append((data.login, data.password))
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"rec", b"s3cret")
+        return AuthResult(success=ok, handled=False)  # not handled: the server answers 535
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
         self.messages.put((envelope, message_from_bytes(envelope.content)))  # type: ignore[arg-type]
@@ -154,21 +164,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accept_user(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"rec", b"s3cret")
-    return AuthResult(success=ok, handled=False)  # not handled: the server answers 535 itself
-
-
 @contextlib.contextmanager
-def smtp_server(**kwargs: Any) -> Iterator[tuple[Mailbox, int]]:
+def smtp_server(*, login: bool = False, **kwargs: Any) -> Iterator[tuple[Mailbox, int]]:
+    """aiosmtpd on 127.0.0.1; with `login`, it takes AUTH (rec / s3cret) without TLS."""
     mailbox = Mailbox()
     port = free_port()
+    if login:
+        kwargs.update(authenticator=mailbox.authenticate, auth_require_tls=False)
     controller = Controller(mailbox, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     try:
         yield mailbox, port
     finally:
         controller.stop()
+
+
+USER, PASSWORD = "RECONCILER_SECRET_T_SMTP_USER", "RECONCILER_SECRET_T_SMTP_PASSWORD"
+LOGIN = {"username_env": USER, "password_env": PASSWORD}
+BOUND_HERE = {f"{USER}_HOSTS": "127.0.0.1", f"{PASSWORD}_HOSTS": "127.0.0.1"}
+"""the host lets the credentials go to the test's SMTP server"""
 
 
 def email_target(port: int, **fields: Any) -> NotificationTarget:
@@ -210,8 +224,10 @@ def test_webhook_receives_the_json_document(receiver: Receiver) -> None:
 
 
 def test_slack_receives_text_from_a_url_in_the_environment(receiver: Receiver) -> None:
-    target = NotificationTarget(type="slack", url_env="TEST_SLACK_URL", events=["preempted"])
-    environ = {"TEST_SLACK_URL": f"{receiver.url}/services/T0/B0/secret"}
+    target = NotificationTarget(
+        type="slack", url_env="RECONCILER_SECRET_SLACK_URL", events=["preempted"]
+    )
+    environ = {"RECONCILER_SECRET_SLACK_URL": f"{receiver.url}/services/T0/B0/secret"}
     notifier = Notifier([target], environ=environ, host="gpu1", **FAST)
     notifier.notify(event("error"))  # not subscribed
     notifier.notify(event("preempt", model="small", message="preempted by qwen2-7b (priority 8)"))
@@ -248,9 +264,9 @@ def test_a_rejected_notification_is_not_retried(receiver: Receiver) -> None:
 
 
 def test_email_is_delivered_over_smtp_with_login() -> None:
-    with smtp_server(authenticator=accept_user, auth_require_tls=False) as (mailbox, port):
-        target = email_target(port, username_env="T_SMTP_USER", password_env="T_SMTP_PASSWORD")
-        environ = {"T_SMTP_USER": "rec", "T_SMTP_PASSWORD": "s3cret"}
+    with smtp_server(login=True) as (mailbox, port):
+        target = email_target(port, **LOGIN)
+        environ = {USER: "rec", PASSWORD: "s3cret", **BOUND_HERE}
         notifier = Notifier([target], environ=environ, host="gpu1", **FAST)
         notifier.notify(event("desired-invalid", model=None, message="2 problem(s)"))
         envelope, message = mailbox.messages.get(timeout=10)
@@ -264,10 +280,24 @@ def test_email_is_delivered_over_smtp_with_login() -> None:
     assert '"kind": "desired-invalid"' in body
 
 
+def test_email_takes_server_and_login_from_one_url_secret() -> None:
+    with smtp_server(login=True) as (mailbox, port):
+        fields = email_target(port).model_dump(exclude={"host", "port"}, exclude_none=True)
+        target = NotificationTarget.model_validate({**fields, "url_env": "RECONCILER_SECRET_URL"})
+        environ = {"RECONCILER_SECRET_URL": f"smtp://rec:s3cr%65t@127.0.0.1:{port}"}
+        notifier = Notifier([target], environ=environ, **FAST)
+        notifier.notify(event("error"))
+        envelope, _ = mailbox.messages.get(timeout=10)
+        assert notifier.close()
+    assert mailbox.logins == [(b"rec", b"s3cret")]  # percent-encoding decoded
+    assert envelope.rcpt_tos == ["oncall@example.com", "gpu-team@example.com"]
+
+
 def test_wrong_smtp_credentials_fail_without_retrying() -> None:
-    with smtp_server(authenticator=accept_user, auth_require_tls=False) as (mailbox, port):
-        target = email_target(port, username_env="U", password_env="P")
-        notifier = Notifier([target], environ={"U": "rec", "P": "wrong"}, **FAST)
+    with smtp_server(login=True) as (mailbox, port):
+        target = email_target(port, **LOGIN)
+        environ = {USER: "rec", PASSWORD: "wrong", **BOUND_HERE}
+        notifier = Notifier([target], environ=environ, **FAST)
         notifier.notify(event("error"))
         assert notifier.close(timeout_s=10)
     assert notifier.counts()[("email-0", "failed")] == 1

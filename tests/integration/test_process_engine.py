@@ -137,14 +137,16 @@ def test_start_observe_and_adopt(state_dir: Path) -> None:
 
 
 def test_engine_is_detached_with_its_environment(state_dir: Path, monkeypatch) -> None:
-    monkeypatch.setenv("RECONCILER_TEST_INHERITED", "yes")
+    monkeypatch.setenv("RECONCILER_TEST_INHERITED", "yes")  # the daemon's: never an engine's
+    monkeypatch.setenv("TZ", "Europe/Berlin")  # on the allow list (engines/environment.py)
     engine = StandIn(state_dir)
     handle = engine.start(model(env={"EXTRA": "1"}), placement((1, 3)))
     proc = psutil.Process(handle.pid)
     env = proc.environ()
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
     assert env["EXTRA"] == "1"
-    assert env["RECONCILER_TEST_INHERITED"] == "yes"
+    assert "RECONCILER_TEST_INHERITED" not in env
+    assert env["TZ"] == "Europe/Berlin"
     assert env[MARKER_MODEL] == "m1"
     assert env[MARKER_NAMESPACE] == engine.namespace
     assert os.getsid(handle.pid) == handle.pid  # its own session...

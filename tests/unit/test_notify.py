@@ -156,7 +156,11 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 
 def webhook(name: str, events: list[str] | None = None) -> NotificationTarget:
     # url_env that is not set: every delivery fails at once, permanently, and is counted
-    fields: dict[str, Any] = {"type": "webhook", "name": name, "url_env": "UNSET_TEST_URL"}
+    fields: dict[str, Any] = {
+        "type": "webhook",
+        "name": name,
+        "url_env": "RECONCILER_SECRET_UNSET_TEST_URL",
+    }
     if events is not None:
         fields["events"] = events
     return NotificationTarget.model_validate(fields)
@@ -174,7 +178,7 @@ def test_only_subscribed_targets_get_a_notification() -> None:
 
 
 def test_targets_without_a_name_are_labelled_by_type_and_position() -> None:
-    targets = [NotificationTarget(type="slack", url_env="A"), webhook("mine")]
+    targets = [NotificationTarget(type="slack", url_env="RECONCILER_SECRET_A"), webhook("mine")]
     notifier = Notifier(targets, environ={})
     assert {label for label, _ in notifier.counts()} == {"slack-0", "mine"}
     notifier.close()
@@ -200,7 +204,7 @@ def test_configuring_the_same_targets_again_changes_nothing(
         notifier = Notifier([webhook("a")], environ={})
         notifier.configure([webhook("a")])
     assert [r.getMessage() for r in caplog.records] == [
-        "notifications: a: environment variable UNSET_TEST_URL is not set"
+        "notifications: a: environment variable RECONCILER_SECRET_UNSET_TEST_URL is not set"
     ]
     notifier.close()
 
@@ -217,16 +221,17 @@ def test_malformed_events_and_events_after_close_are_harmless() -> None:
 
 def test_missing_secrets_are_listed_for_the_startup_log() -> None:
     targets = [
-        NotificationTarget(type="slack", url_env="SLACK_URL"),
+        NotificationTarget(type="slack", url_env="RECONCILER_SECRET_SLACK_URL"),
         NotificationTarget.model_validate(
             {"type": "email", "host": "smtp", "from": "r@x", "to": ["o@x"],
-             "username_env": "SMTP_USER", "password_env": "SMTP_PASSWORD"}
+             "username_env": "RECONCILER_SECRET_SMTP_USER",
+             "password_env": "RECONCILER_SECRET_SMTP_PASSWORD"}
         ),
         NotificationTarget(type="webhook", url="https://example.com/hook"),
     ]  # fmt: skip
-    assert missing_secrets(targets, {"SMTP_USER": "me"}) == [
-        "slack-0: environment variable SLACK_URL is not set",
-        "email-1: environment variable SMTP_PASSWORD is not set",
+    assert missing_secrets(targets, {"RECONCILER_SECRET_SMTP_USER": "me"}) == [
+        "slack-0: environment variable RECONCILER_SECRET_SLACK_URL is not set",
+        "email-1: environment variable RECONCILER_SECRET_SMTP_PASSWORD is not set",
     ]
 
 
@@ -234,7 +239,11 @@ def test_missing_secrets_are_listed_for_the_startup_log() -> None:
 
 GOOD_TARGETS = [
     {"type": "webhook", "url": "http://127.0.0.1:9000/reconciler"},
-    {"type": "slack", "url_env": "SLACK_WEBHOOK_URL", "events": ["error", "recovered"]},
+    {
+        "type": "slack",
+        "url_env": "RECONCILER_SECRET_SLACK_WEBHOOK_URL",
+        "events": ["error", "recovered"],
+    },
     {
         "type": "email",
         "name": "oncall",
@@ -242,8 +251,8 @@ GOOD_TARGETS = [
         "port": 587,
         "from": "reconciler@example.com",
         "to": ["oncall@example.com"],
-        "username_env": "SMTP_USER",
-        "password_env": "SMTP_PASSWORD",
+        "username_env": "RECONCILER_SECRET_SMTP_USER",
+        "password_env": "RECONCILER_SECRET_SMTP_PASSWORD",
         "starttls": True,
     },
 ]
@@ -265,13 +274,19 @@ def test_good_targets_pass_the_schema_and_the_model_and_survive_a_dump() -> None
     [
         ({"type": "webhook"}, "a webhook target needs exactly one of url or url_env"),
         (
-            {"type": "slack", "url": "https://x", "url_env": "X"},
+            {"type": "slack", "url": "https://x", "url_env": "RECONCILER_SECRET_X"},
             "a slack target needs exactly one of url or url_env",
         ),
         ({"type": "email", "host": "smtp", "to": ["a@b"]}, "an email target needs from"),
         ({"type": "webhook", "url": "https://x", "host": "smtp"}, "host: not a field of a webhook"),
         (
-            {"type": "email", "host": "h", "from": "a@b", "to": ["c@d"], "username_env": "U"},
+            {
+                "type": "email",
+                "host": "h",
+                "from": "a@b",
+                "to": ["c@d"],
+                "username_env": "RECONCILER_SECRET_U",
+            },
             "username_env and password_env go together",
         ),
     ],

@@ -8,6 +8,7 @@ from typing import Literal, NamedTuple
 
 from reconciler.core.observed import Status
 from reconciler.core.problems import Problem
+from reconciler.core.secrets import SecretUse
 
 ActionKind = Literal["start", "stop", "restart", "preempt"]
 
@@ -67,6 +68,8 @@ class Plan:
     gpus: tuple[GpuUsage, ...] = ()
     models: Mapping[str, Outcome] = field(default_factory=dict)
     """Every desired or observed model -> its outcome, sorted by id."""
+    secrets: tuple[SecretUse, ...] = ()
+    """Every secret the desired state names and where it goes (`reconciler plan` fills it)."""
 
     def count(self, action: ActionKind) -> int:
         return sum(a.action == action for a in self.actions)

@@ -35,6 +35,8 @@ def render_json(plan: Plan) -> str:
         document["on_demand"] = [
             {"model": m, "demand": o.demand, "reason": o.reason} for m, o in on_demand
         ]
+    if plan.secrets:
+        document["secrets"] = [use.to_dict() for use in plan.secrets]
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
 
 
@@ -67,6 +69,9 @@ def render_text(plan: Plan) -> str:
             f"  GPU {g.index}: {g.used_mb_before} -> {g.used_mb_after} of {g.memory_mb}"
             for g in plan.gpus
         )
+    if plan.secrets:
+        lines.append("Secrets (where git sends each):")
+        lines.extend(f"  {use}" for use in plan.secrets)
     if plan.problems:
         lines.append("Problems:")
         lines.extend(f"  {p}" for p in plan.problems)
@@ -103,6 +108,13 @@ def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
                 f"| {g.index} | {g.memory_mb} MiB | {g.used_mb_before} MiB "
                 f"| {g.used_mb_after} MiB |"
                 for g in plan.gpus
+            ] + [""]
+        if plan.secrets:
+            out += ["#### Secrets", "", "| Secret | Goes to | Use | |", "|---|---|---|---|"]
+            out += [
+                f"| `{u.name}` | {_cell(u.destination)} | {_cell(u.use)} | "
+                f"{'**new**' if u.new else ''} |"
+                for u in plan.secrets
             ] + [""]
     if plan.problems:
         out += ["#### Validation problems", ""]
