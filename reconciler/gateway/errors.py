@@ -8,6 +8,18 @@ from aiohttp import web
 MODEL_HEADER = "X-Reconciler-Model"
 INVALID = "invalid_request_error"
 UNAVAILABLE = "service_unavailable"
+FORBIDDEN = "permission_error"
+SHOWN_CHARS = 64
+"""what a refusal echoes of a client's text (a model name, a path): enough to recognise it,
+never a multi-megabyte reflection"""
+
+
+def shown(text: str) -> str:
+    """A client's text as a refusal may repeat it: short, and printable (no escape sequences
+    or surrogates from undecodable bytes reach the client's terminal)."""
+    short = text[:SHOWN_CHARS].encode("ascii", "backslashreplace").decode("ascii")
+    short = "".join(c if c.isprintable() else "?" for c in short)
+    return short + ("..." if len(text) > SHOWN_CHARS else "")
 
 
 class Refusal(Exception):
@@ -53,7 +65,7 @@ def missing_model() -> Refusal:
 
 
 def unknown_model(name: str) -> Refusal:
-    return Refusal(404, f"the model `{name}` does not exist", INVALID, "model_not_found")
+    return Refusal(404, f"the model `{shown(name)}` does not exist", INVALID, "model_not_found")
 
 
 def disabled(model: str) -> Refusal:
@@ -65,10 +77,10 @@ def unavailable(model: str, status: str, retry_after: int) -> Refusal:
     return Refusal(503, message, UNAVAILABLE, "model_unavailable", retry_after=retry_after)
 
 
-def queue_full(model: str, size: int) -> Refusal:
-    return Refusal(
-        429, f"the queue of `{model}` is full ({size})", "rate_limit_error", "queue_full"
-    )
+def queue_full(model: str, size: int, retry_after: int = 1) -> Refusal:
+    # Retry-After: clients' retry logic (the openai package's among them) honours it on a 429
+    message = f"the queue of `{model}` is full ({size})"
+    return Refusal(429, message, "rate_limit_error", "queue_full", retry_after=retry_after)
 
 
 def queue_timeout(model: str, seconds: float, retry_after: int) -> Refusal:
@@ -78,12 +90,58 @@ def queue_timeout(model: str, seconds: float, retry_after: int) -> Refusal:
 
 def no_upstream(model: str, problem: str, retry_after: int) -> Refusal:
     message = f"no instance of `{model}` answered: {problem}"
-    return Refusal(502, message, UNAVAILABLE, "upstream_unavailable", retry_after=retry_after)
+    # 503, not 502: no instance answering is the model being unavailable for now, which
+    # clients retry after Retry-After (one engine's bad answer was already failed over)
+    return Refusal(503, message, UNAVAILABLE, "upstream_unavailable", retry_after=retry_after)
 
 
 def not_found(method: str, path: str) -> Refusal:
-    return Refusal(404, f"no route for {method} {path}", INVALID, "not_found")
+    return Refusal(404, f"no route for {shown(method)} {shown(path)}", INVALID, "not_found")
 
 
 def forbidden() -> Refusal:
-    return Refusal(403, "loopback only", "permission_error", None)
+    return Refusal(403, "loopback only", FORBIDDEN, None)
+
+
+def too_deep() -> Refusal:
+    return Refusal(400, "malformed JSON: nested too deeply", INVALID, "invalid_json")
+
+
+def bad_path() -> Refusal:
+    message = "the path has dot or empty segments, escapes or characters no route uses"
+    return Refusal(400, message, INVALID, "invalid_path")
+
+
+def bad_header() -> Refusal:
+    message = "a header the gateway forwards or checks holds non-ASCII or control characters"
+    return Refusal(400, message, INVALID, "invalid_header")
+
+
+def foreign_host() -> Refusal:
+    message = "the Host header does not name this gateway (localhost, 127.0.0.1 or its address)"
+    return Refusal(421, message, INVALID, "misdirected_request")
+
+
+def cross_site() -> Refusal:
+    message = "cross-site requests are refused: this gateway has no API keys"
+    return Refusal(403, message, FORBIDDEN, "cross_site")
+
+
+def not_json() -> Refusal:
+    message = "the request needs `Content-Type: application/json`"
+    return Refusal(415, message, INVALID, "unsupported_media_type")
+
+
+def body_timeout(seconds: float) -> Refusal:
+    message = f"the request body did not arrive within {seconds:g} s"
+    return Refusal(408, message, INVALID, "request_timeout")
+
+
+def over_budget(limit_mb: float, retry_after: int) -> Refusal:
+    message = f"the gateway holds {limit_mb:g} MB of request bodies already: try again later"
+    return Refusal(503, message, UNAVAILABLE, "gateway_busy", retry_after=retry_after)
+
+
+def internal() -> Refusal:
+    message = "the gateway could not handle this request (see gateway.log)"
+    return Refusal(500, message, "server_error", "internal_error")

@@ -57,7 +57,11 @@ class GatewaySettings:
     """waiting requests per model; one more gets 429"""
     drain_timeout_s: float = 30.0
     """how long the daemon waits for in-flight requests before it stops an engine"""
+    upstream_idle_timeout_s: float = 600.0
+    """a request whose engine sends no byte for this long fails (upstream.DEFAULT_IDLE_TIMEOUT_S)"""
     max_body_bytes: int = 16 * 1024 * 1024
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    """request bodies held at once (read, queued, in flight) across all models; 503 past it"""
     retry_after_s: int = 10
     api_keys: tuple[ApiKey, ...] = ()
 

@@ -19,8 +19,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from reconciler.core.gateway_spec import MIN_KEY_CHARS
 from reconciler.gateway import errors
+from reconciler.gateway.connections import Connections
 from reconciler.gateway.errors import MODEL_HEADER, Refusal
+from reconciler.gateway.guard import Guard, is_json, path_problem, unforwardable
 from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics
 from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
 from reconciler.gateway.routes import parse_routes as parse_routes_text
@@ -33,6 +36,8 @@ LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 FORWARDED_HEADERS = ("Content-Type", "Accept")
 RETRY_STATUSES = frozenset({502, 503})
 USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
+BODY_TIMEOUT_S = 60.0
+"""a request body must arrive within this once its head has (a trickle holds buffer budget)"""
 
 
 class Gateway:
@@ -43,6 +48,7 @@ class Gateway:
         poll_s: float = 0.1,
         environ: Mapping[str, str] | None = None,
         require_keys: bool = False,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self.routes_path = routes_path
         self.require_keys = require_keys
@@ -54,6 +60,11 @@ class Gateway:
         self.traffic = TrafficWindow()
         self.keys: list[tuple[str, bytes]] = []
         self.pool = Pool()
+        self.guard = Guard(listen_host)
+        self.connections = Connections(limit=2**31)
+        """the listening socket's (set by __main__.serve): requests mark their connection busy"""
+        self.buffered = 0
+        """bytes of request bodies held (read, queued or in flight), against max_buffered_mb"""
         self._stat: tuple[int, int, int] | None = None
 
     @property
@@ -85,8 +96,15 @@ class Gateway:
         keys = []
         for key in routes.settings.api_keys:
             value = self.environ.get(key.key_env, "")
-            if value:
+            if len(value) >= MIN_KEY_CHARS:
                 keys.append((key.name, value.encode()))
+            elif value:
+                log.error(
+                    "API key %s: $%s is shorter than %d characters; that key is refused",
+                    key.name,
+                    key.key_env,
+                    MIN_KEY_CHARS,
+                )
             else:
                 log.warning(
                     "API key %s: $%s is not set; that key is refused", key.name, key.key_env
@@ -106,7 +124,10 @@ class Gateway:
                 raise errors.keys_required()
             return
         header = request.headers.get("Authorization", "")
-        given = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+        # undecodable bytes come back as they were sent (surrogateescape): they match no key
+        given = header[7:].strip().encode("utf-8", "surrogateescape")
+        if header[:7].lower() != "bearer ":
+            given = b""
         name = None
         for key_name, key in self.keys:  # every key compared: timing does not tell which
             if hmac.compare_digest(given, key) and name is None:
@@ -115,30 +136,99 @@ class Gateway:
             raise errors.unauthorized()
         self.metrics.key_used(name)
 
-    async def read_json(self, request: web.Request) -> tuple[bytes, dict]:
-        limit = self.settings.max_body_bytes
+    async def read_json(self, request: web.Request, held: list[int]) -> tuple[bytes, dict]:
+        """The body and its JSON; `held` counts the bytes taken from the buffer budget (the
+        caller gives them back when the request is done)."""
+        settings = self.settings
+        limit = settings.max_body_bytes
         too_big = errors.too_big(limit)
-        if request.content_length is not None and request.content_length > limit:
+        declared = request.content_length
+        if declared is not None and declared > limit:
             raise too_big
+        self.hold(held, declared or 0)
         body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                raise too_big
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                async for chunk in request.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_big
+                    if len(body) > held[0]:
+                        self.hold(held, len(body) - held[0])
+        except TimeoutError:
+            raise errors.body_timeout(BODY_TIMEOUT_S) from None
         try:
             payload = json.loads(body)
         except ValueError as exc:
             raise errors.bad_json(exc) from None
+        except RecursionError:
+            raise errors.too_deep() from None
         if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
             raise errors.missing_model()
         return bytes(body), payload
 
+    def hold(self, held: list[int], size: int) -> None:
+        """Take `size` bytes of the budget for bodies held across all models, or refuse."""
+        budget = self.settings.max_buffered_bytes
+        if self.buffered + size > budget:
+            raise errors.over_budget(budget / 2**20, self.settings.retry_after_s)
+        self.buffered += size
+        held[0] += size
+
+    def check_client(self, request: web.Request) -> None:
+        """What every request must show (guard.py): a plain path, and without keys no sign
+        of a web page behind it."""
+        refusal = path_problem(request.raw_path)
+        if refusal is None and not self.settings.api_keys:
+            headers = request.headers
+            refusal = self.guard.browser_problem(
+                headers.get("Host"),
+                headers.get("Origin"),
+                headers.get("Sec-Fetch-Site"),
+            )
+            post = request.method == "POST"
+            if refusal is None and post and not is_json(headers.get("Content-Type")):
+                refusal = errors.not_json()
+        if refusal is None and request.method == "POST":
+            refusal = unforwardable(request.headers.get(h, "") for h in FORWARDED_HEADERS)
+        if refusal is not None:
+            raise refusal
+
+    @web.middleware
+    async def client_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        """check_client before any route; the connection counts as busy (not to be closed for
+        a newcomer) while its request is answered; and a fault no check foresaw is one log line
+        and an error in OpenAI's shape, not a traceback per request."""
+        transport = request.transport
+        busy = self.connections.busy
+        busy.add(transport)
+        try:
+            try:
+                self.check_client(request)
+            except Refusal as refusal:
+                return refusal.response("")
+            return await handler(request)
+        except (Refusal, web.HTTPException, asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:
+            log.error(
+                "%s %s: %s: %s",
+                request.method,
+                errors.shown(request.path),
+                type(exc).__name__,
+                errors.shown(str(exc)),
+            )
+            return errors.internal().response("")
+        finally:
+            busy.discard(transport)
+
     async def handle_post(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         label, shown = UNKNOWN_MODEL, ""
+        held = [0]
         try:
             self.authorize(request)
-            body, payload = await self.read_json(request)
+            body, payload = await self.read_json(request, held)
             shown = payload["model"]
             entry = self.table.resolve(shown)
             if entry is None:
@@ -153,6 +243,8 @@ class Gateway:
             code = response.status
         except Refusal as refusal:
             response, code = refusal.response(shown), refusal.status
+        finally:
+            self.buffered -= held[0]
         seconds = time.perf_counter() - started
         self.metrics.request_done(label, code, seconds)
         self.traffic.record(label, code, seconds)
@@ -178,7 +270,9 @@ class Gateway:
                 now = time.monotonic()
                 if not queued:
                     if entry.waiting >= settings.max_queue:
-                        raise errors.queue_full(entry.id, settings.max_queue)
+                        raise errors.queue_full(
+                            entry.id, settings.max_queue, settings.retry_after_s
+                        )
                     queued, deadline = True, now + settings.queue_timeout_s
                     entry.waiting += 1
                     if entry.waiting_since is None:
@@ -246,7 +340,13 @@ class Gateway:
         upstream = None
         try:
             try:
-                upstream = await self.pool.post(instance.url, request.path_qs, body, headers)
+                upstream = await self.pool.post(
+                    instance.url,
+                    request.raw_path,  # checked by check_client: what the engine gets
+                    body,
+                    headers,
+                    idle_timeout_s=self.settings.upstream_idle_timeout_s,
+                )
                 if upstream.status in RETRY_STATUSES:
                     return f"http_{upstream.status}: the engine answered {upstream.status}"
                 content_type = upstream.headers.get("content-type", "application/json")
@@ -258,7 +358,9 @@ class Gateway:
             instance.served += 1
             out_headers = {MODEL_HEADER: target.id, "Content-Type": content_type}
             if content_type.startswith("text/event-stream"):
-                return await self.relay_stream(request, upstream, target.id, out_headers, started)
+                return await self.relay_stream(
+                    request, upstream, target.id, out_headers, started, instance
+                )
             self.metrics.first_byte(target.id, time.perf_counter() - started)
             if upstream.status == 200 and b'"usage"' in data:
                 self.record_usage(target.id, data)
@@ -278,6 +380,7 @@ class Gateway:
         model: str,
         headers: dict[str, str],
         started: float,
+        instance: Instance,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
         response.headers["Cache-Control"] = "no-cache"
@@ -286,6 +389,7 @@ class Gateway:
         usage = b""
         try:
             async for chunk in upstream.iter_chunks():
+                instance.last_byte_at = time.monotonic()  # busy, not dead (the daemon's probes)
                 await response.write(chunk)
                 if first:
                     self.metrics.first_byte(model, time.perf_counter() - started)
@@ -349,6 +453,11 @@ class Gateway:
         return web.json_response(self.traffic.report(), headers={MODEL_HEADER: ""})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
+        if not from_this_host(request):  # key names and model ids are not for everyone
+            try:
+                self.authorize(request)
+            except Refusal as refusal:
+                return refusal.response("")
         response = web.Response(body=self.metrics.exposition(), headers={MODEL_HEADER: ""})
         response.headers["Content-Type"] = CONTENT_TYPE
         return response
@@ -359,7 +468,8 @@ class Gateway:
     # -- the application -------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=2**62)  # read_json applies the table's limit
+        # read_json applies the table's limit
+        app = web.Application(client_max_size=2**62, middlewares=[self.client_middleware])
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_post("/v1/{tail:.+}", self.handle_post)
         app.router.add_get("/internal/inflight", self.handle_inflight)

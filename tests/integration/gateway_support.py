@@ -28,19 +28,28 @@ REPO = Path(__file__).resolve().parents[2]
 UPSTREAM = REPO / "tests" / "bench" / "gateway_upstream.py"
 FAKE_VLLM = REPO / "tests" / "fakes" / "fake_vllm.py"
 KEY_ENV = "RECONCILER_TEST_GATEWAY_KEY"
-KEY = "sk-test-0123456789"
+KEY = "sk-test-0123456789abcdefghijklmnopqrstuv"  # 32+ characters: shorter keys are refused
 
 
 class Upstream:
     """One engine-like process on a free loopback port."""
 
     def __init__(
-        self, argv: list[str], port: int, health: str = "/health", timeout_s: float = 15
+        self,
+        argv: list[str],
+        port: int,
+        health: str = "/health",
+        timeout_s: float = 30,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -60,13 +69,22 @@ class Upstream:
         return cls(argv, port)
 
     @classmethod
-    def vllm(cls, model: str) -> Upstream:
+    def vllm(cls, model: str, served_name: str | None = None, **knobs: str) -> Upstream:
+        """The vLLM stand-in serving `model` (as `served_name` when given); `knobs` are its
+        FAKE_VLLM_* settings without the prefix (ANSWER_STATUS="502", STREAM_GATE=path)."""
         port = free_port()
         argv = [sys.executable, str(FAKE_VLLM), "serve", model, "--host", "127.0.0.1"]
-        return cls([*argv, "--port", str(port), "--tensor-parallel-size", "1"], port)
+        argv += ["--port", str(port), "--tensor-parallel-size", "1"]
+        if served_name is not None:
+            argv += ["--served-model-name", served_name]
+        return cls(argv, port, env={f"FAKE_VLLM_{k}": v for k, v in knobs.items()})
 
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/stats", timeout=5).json()
+
+    def standin_stats(self) -> dict:
+        """The vLLM stand-in's record: {"answered": {status: count}, "models": [...]}."""
+        return httpx.get(f"{self.url}/stand-in/stats", timeout=5).json()
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -1,0 +1,91 @@
+"""What a client's request must show before the gateway acts on it: a clean path, headers it can
+forward, and (when no key protects the gateway) proof that no web page sent it.
+
+Without keys a browser is the threat: any page the operator visits can POST to 127.0.0.1:8000
+(a "simple" cross-site request with `Content-Type: text/plain`) or reach it through a name that
+resolves to loopback (DNS rebinding). Requiring a JSON content type forces a CORS preflight the
+gateway never grants; refusing cross-site `Origin`/`Sec-Fetch-Site` and foreign `Host` names
+closes the rest. With keys configured a page cannot present the key, so these checks step back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from reconciler.gateway import errors
+from reconciler.gateway.errors import Refusal
+
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@.-]+")
+"""RFC 3986 path characters without `%`: no OpenAI route needs an escape, and an escaped dot,
+slash or control character is how a path means something else to the engine behind"""
+SAFE_QUERY = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@./?%-]*")
+PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+def path_problem(raw_path: str) -> Refusal | None:
+    """A 400 for a request target that is not a plain path: dot segments, empty segments
+    (`//`), percent escapes (`%2e%2e`, `%2f`) or characters an engine's parser may split on.
+    The raw target is what the gateway forwards, so what is checked is what the engine gets."""
+    path, _, query = raw_path.partition("?")
+    segments = path.split("/")
+    if segments[0] != "" or len(segments) < 2:
+        return errors.bad_path()
+    for segment in segments[1:]:
+        if segment in ("", ".", "..") or not SAFE_SEGMENT.fullmatch(segment):
+            return errors.bad_path()
+    if not SAFE_QUERY.fullmatch(query):
+        return errors.bad_path()
+    return None
+
+
+def host_name(value: str) -> str:
+    """The name of a Host header or an origin's authority, without port, lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    name, colon, port = value.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        value = name
+    return value.rstrip(".")
+
+
+class Guard:
+    """The browser-facing checks of a gateway without keys (see the module docstring)."""
+
+    def __init__(self, listen_host: str) -> None:
+        self.names = LOCAL_NAMES | {host_name(listen_host)}
+
+    def browser_problem(
+        self, host: str | None, origin: str | None, fetch_site: str | None
+    ) -> Refusal | None:
+        if host is None or host_name(host) not in self.names:
+            return errors.foreign_host()
+        if fetch_site is not None and fetch_site.strip().lower() == "cross-site":
+            return errors.cross_site()
+        if origin is not None and not self.local_origin(origin):
+            return errors.cross_site()
+        return None
+
+    def local_origin(self, origin: str) -> bool:
+        scheme, sep, authority = origin.strip().partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or "/" in authority:
+            return False  # "null" (sandboxed frames, file:) included
+        return host_name(authority.rpartition("@")[2]) in self.names
+
+
+def is_json(content_type: str | None) -> bool:
+    """application/json, parameters allowed (`; charset=utf-8`)."""
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def unforwardable(values: Iterable[str]) -> Refusal | None:
+    """A 400 for a header value the gateway would pass to the engine but cannot (non-ASCII,
+    control characters): the engine's request head is written as plain ASCII."""
+    for value in values:
+        if not PRINTABLE.fullmatch(value):
+            return errors.bad_header()
+    return None
