@@ -1,12 +1,21 @@
 """The OpenAI-shaped HTTP server shared by the engine stand-ins (fake_vllm.py, fake_sglang.py).
 
 Endpoints every stand-in serves: GET /health, GET /v1/models, POST /v1/completions and
-POST /v1/chat/completions (deterministic text); a stand-in adds its engine's own GET routes.
+POST /v1/chat/completions (deterministic text; `"stream": true` gets it as server-sent events,
+one word per chunk, in chunked HTTP/1.1 as the real servers send it); a stand-in adds its
+engine's own GET routes. Like vLLM, a request whose `model` is not one of the served names is a
+404 in vLLM's error shape: a gateway that forwards the client's name instead of the engine's is
+caught. GET /stand-in/stats says what it was asked: {"answered": {status: count}, "models":
+[each POST's model]} (not a real engine's route: tests read it).
+
 Test knobs (environment, with the stand-in's prefix, e.g. FAKE_VLLM_): <PREFIX>STARTUP_S delays
 listening (model loading); <PREFIX>IGNORE_SIGTERM=1 makes it ignore SIGTERM (a hung engine);
 <PREFIX>EXIT_IF_EXISTS=PATH makes it exit 1 at once while PATH exists (a broken dependency that
 an operator can repair: the engine crashes at start until then); <PREFIX>HOLD_MB=N makes it hold
-N MiB of resident memory (a model's weights and KV cache, as far as memory measurement can tell).
+N MiB of resident memory (a model's weights and KV cache, as far as memory measurement can tell);
+<PREFIX>ANSWER_STATUS=N answers every POST with status N and an error body (an overloaded or
+broken engine: 502, 503); <PREFIX>STREAM_GATE=PATH holds every stream after its first chunk
+until PATH exists (the test decides when the second chunk is sent: no sleep to race).
 Standard library only.
 """
 
@@ -61,7 +70,18 @@ def _usage(prompt: str, text: str, max_tokens: int) -> dict[str, int]:
     }
 
 
-def _answer(path: str, body: dict, default_model: str) -> object | None:
+def not_served(model: str) -> dict[str, object]:
+    """vLLM's answer (HTTP 404) to a `model` it does not serve."""
+    return {
+        "object": "error",
+        "message": f"The model `{model}` does not exist.",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
+
+
+def _answer(path: str, body: dict, default_model: str) -> dict | None:
     model = body.get("model") or default_model
     if path == "/v1/completions":
         prompt = str(body.get("prompt", ""))
@@ -87,10 +107,49 @@ def _answer(path: str, body: dict, default_model: str) -> object | None:
     }
 
 
+def stream_events(answer: dict) -> list[dict]:
+    """`answer` as the chunks a streaming server sends: one word of its text per chunk."""
+    choice = answer["choices"][0]
+    text = choice["message"]["content"] if "message" in choice else choice["text"]
+    chat = answer["object"] == "chat.completion"
+    events = []
+    for word in text.split(" ")[1:]:
+        piece = {"delta": {"content": " " + word}} if chat else {"text": " " + word}
+        events.append(
+            {
+                "id": answer["id"],
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": 0,
+                "model": answer["model"],
+                "choices": [{"index": 0, **piece, "finish_reason": None}],
+            }
+        )
+    return events
+
+
+def wait_for_gate(gate: str | None, limit_s: float = 300.0) -> None:
+    """Hold until the file `gate` exists (the test opens it), or `limit_s` passed."""
+    deadline = time.monotonic() + limit_s
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def make_handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
+    status_env = os.environ.get(standin.prefix + "ANSWER_STATUS")
+    forced_status = int(status_env) if status_env else None
+    gate = os.environ.get(standin.prefix + "STREAM_GATE")
+    answered: dict[str, int] = {}
+    models: list[str] = []
+    lock = threading.Lock()
+
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # as uvicorn answers: kept-alive, chunked streams
+
         def do_GET(self) -> None:
-            if self.path == "/health":
+            if self.path == "/stand-in/stats":
+                with lock:
+                    self._send(200, {"answered": dict(answered), "models": list(models)})
+            elif self.path == "/health":
                 self._send(200, None)
             elif self.path == "/v1/models":
                 data = [
@@ -115,14 +174,45 @@ def make_handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send(400, {"error": {"message": "invalid JSON"}})
                 return
-            answer = _answer(self.path, body if isinstance(body, dict) else {}, standin.served[0])
-            if answer is None:
+            body = body if isinstance(body, dict) else {}
+            model = body.get("model")
+            with lock:
+                models.append(str(model))
+            answer = _answer(self.path, body, standin.served[0])
+            if forced_status is not None:
+                self._send(forced_status, {"error": {"message": f"stand-in {forced_status}"}})
+            elif answer is None:
                 self._send(404, {"detail": "Not Found"})
+            elif model is not None and model not in standin.served:
+                self._send(404, not_served(str(model)))
+            elif body.get("stream") is True:
+                self._stream(answer)
             else:
                 self._send(200, answer)
 
+        def _stream(self, answer: dict) -> None:
+            self._count(200)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            events = [json.dumps(e).encode() for e in stream_events(answer)] + [b"[DONE]"]
+            for index, event in enumerate(events):
+                if index == 1:
+                    wait_for_gate(gate)
+                data = b"data: " + event + b"\n\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+        def _count(self, status: int) -> None:
+            with lock:
+                answered[str(status)] = answered.get(str(status), 0) + 1
+
         def _send(self, status: int, payload: object) -> None:
             body = b"" if payload is None else json.dumps(payload).encode()
+            if self.command == "POST":
+                self._count(status)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

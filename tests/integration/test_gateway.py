@@ -150,6 +150,7 @@ def test_full_queue_429_and_queue_timeout_503(gw: Harness) -> None:
     with pytest.raises(openai.RateLimitError) as full:
         chat(gw.client(), "m")
     assert full.value.body["code"] == "queue_full"
+    assert full.value.response.headers["Retry-After"] == "10"  # the table's retry_after_s
     first.join()
     started = time.monotonic()
     timed_out = gw.post("/v1/completions", {"model": "m"})

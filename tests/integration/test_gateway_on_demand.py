@@ -7,6 +7,7 @@ the real `openai` client. Timeouts are generous; nothing asserts how fast anythi
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from daemon_support import Daemon, running_daemon
 
 CHAT = [{"role": "user", "content": "hello"}]
 GPU = [{"index": 0, "name": "Simulated", "memory_mb": 2000}]
+IDLE_S = 4
 
 
 def on_demand(model_id: str, **fields: Any) -> dict[str, Any]:
@@ -97,3 +99,26 @@ def test_two_on_demand_models_share_one_gpu_by_swapping(tmp_path: Path) -> None:
             assert first.result(timeout=120)
             assert all(w.result(timeout=120) for w in waiting)
         assert (starts(daemon, "alpha"), starts(daemon, "beta")) == (3, 3), daemon.log()
+
+
+def test_replicas_in_use_outlive_their_idle_timeout_and_stop_once_idle(tmp_path: Path) -> None:
+    gpus = [{"index": i, "name": "Simulated", "memory_mb": 2000} for i in range(2)]
+    memory = {"resource_requirements": {"gpu_count": 1, "gpu_memory_mb": 800}}
+    model = on_demand("busy", replicas=2, idle_timeout_s=IDLE_S, **memory)
+    instances = ("busy", "busy.1")
+    # a pass every second, so that passes do run while the model is in use
+    with running_daemon(tmp_path / "host", [model], gpus=gpus, extra_args=("--resync", "1")) as d:
+        d.wait_ready()
+        chat(d, "busy")
+        d.wait_statuses(dict.fromkeys(instances, "running"), timeout_s=60)
+        began = time.monotonic()
+        while time.monotonic() - began < 3 * IDLE_S:  # in use all along, through many passes
+            chat(d, "busy")
+        assert [d.host.events("stop", i) for i in instances] == [[], []], d.log()
+        assert [starts(d, i) for i in instances] == [1, 1]
+        assert all(d.statuses()[i] == "running" for i in instances)
+        # nobody asks any more: both instances go once idle_timeout_s has passed
+        d.wait_statuses(dict.fromkeys(instances, "stopped"), timeout_s=60)
+        for instance in instances:
+            stop = d.host.events("stop", instance)
+            assert len(stop) == 1 and "idle" in stop[0]["message"], stop

@@ -19,6 +19,7 @@ from reconciler.core.activation import (
 from reconciler.core.desired import DesiredState
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import make_plan, render_json, render_markdown, render_text
+from reconciler.core.replicas import instances
 from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
 from reconciler.gpus import declared
 
@@ -88,6 +89,32 @@ def test_without_a_request_the_idle_clock_starts_when_the_loop_first_saw_it() ->
     specs = {"a": lazy("a", idle_timeout_s=5)}
     assert decide(specs, {}, {"a"}, {"a": 98.0}, now=100.0).keep == frozenset({"a"})
     assert decide(specs, {}, {"a"}, {"a": 90.0}, now=100.0).expired == {"a": 10.0}
+
+
+def test_an_engine_in_use_is_not_stopped_idle_timeout_s_after_it_started() -> None:
+    specs = {"a": lazy("a", idle_timeout_s=5)}
+    started = {"a": 0.0}  # the loop first saw it running at 0; requests came ever since
+    used = {"a": Traffic(last_request_at=97.0)}
+    decision = decide(specs, used, {"a"}, started, now=100.0)
+    assert decision.keep == frozenset({"a"}) and decision.expired == {}
+    assert decision.idle == {"a": 97.0}  # its last use, not its start, orders the LRU
+    assert decide(specs, used, {"a"}, started, now=102.5).expired == {"a": 5.5}
+
+
+def test_replicas_are_as_busy_as_their_model() -> None:
+    """The gateway counts requests per model; every instance of a replicated model shares them:
+    an instance no request reached by name is not idle while its model is in use."""
+    model = lazy("m", idle_timeout_s=5, replicas=3)
+    specs = {s.id: s for s in instances(model)}
+    assert sorted(specs) == ["m", "m.1", "m.2"]
+    busy = decide(specs, {"m": Traffic(inflight=1)}, {"m"}, {"m": 0.0}, now=100.0)
+    assert busy.keep == frozenset(specs) and busy.expired == {}
+    assert busy.newcomers == frozenset({"m.1", "m.2"})  # wanted: the others start too
+    recent = decide(specs, {"m": Traffic(last_request_at=98.0)}, set(specs), {}, now=100.0)
+    assert recent.keep == frozenset(specs) and recent.expired == {}
+    assert recent.idle == dict.fromkeys(specs, 98.0)
+    quiet = decide(specs, {"m": Traffic(last_request_at=90.0)}, set(specs), {}, now=100.0)
+    assert quiet.keep == frozenset() and quiet.expired == dict.fromkeys(specs, 10.0)
 
 
 def test_a_null_timeout_or_an_offline_plan_keeps_a_running_engine() -> None:
