@@ -26,6 +26,10 @@ NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # "-1" cannot be take
 # Every process engine reads its address and port from these (llama-cpp-python's settings,
 # case-insensitively), whatever its rules add: the host decides where engines listen.
 LISTEN_ENV_FLOOR = frozenset({"HOST", "PORT"})
+# The host's settings, its secrets and the markers that say whose engine a process is: an engine
+# never gets one of these from a spec (nor from the host's environment: engines/environment.py).
+HOST_PREFIX = "RECONCILER_"
+HOST_ONLY = "RECONCILER_* variables are the host's (its settings, secrets, engine markers)"
 # Single-line strings take no control character; values may hold tab and line breaks (a
 # multi-line chat template); NUL and the rest (escapes that rewrite a terminal) never.
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -63,6 +67,8 @@ def engine_input_problems(
                 ("env", name),
                 f"{spec.framework} reads '{name}' as its listen address or port: {why}",
             )
+        elif name.upper().startswith(HOST_PREFIX):
+            yield ("env", name), f"'{name}': {HOST_ONLY}"
         yield from _text(("env", name), value, CONTROL_IN_TEXT)
 
 

@@ -21,6 +21,7 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
+from reconciler.engines.environment import HOST_ONLY_PREFIX
 from reconciler.engines.processes import find_executable, port_in_use
 from reconciler.engines.records import MARKER_FRAMEWORK, EngineRecord, engine_env
 from reconciler.engines.supervisor import ProcessSupervisor, default_namespace
@@ -36,6 +37,12 @@ __all__ = [
     "observe_all",
     "port_in_use",
 ]
+
+
+def _spec_may_set(name: str, reserved: frozenset[str]) -> bool:
+    """Not a listen address or port, and not one of the host's RECONCILER_* variables."""
+    upper = name.upper()
+    return upper not in reserved and not upper.startswith(HOST_ONLY_PREFIX)
 
 
 class ProcessEngine:
@@ -72,11 +79,12 @@ class ProcessEngine:
 
         Names the engine reads as its listen address or port never come from the spec (the
         host and the planner decide those): they are dropped here and from the inherited
-        environment (Command.unset_env), whatever validation let through.
+        environment (Command.unset_env), whatever validation let through; so are the host's
+        RECONCILER_* names.
         """
         reserved = self.reserved_env
         kept = spec.model_copy(
-            update={"env": {k: v for k, v in spec.env.items() if k.upper() not in reserved}}
+            update={"env": {k: v for k, v in spec.env.items() if _spec_may_set(k, reserved)}}
         )
         return engine_env(kept, placement, self.framework, self.namespace)
 

@@ -6,6 +6,7 @@ inherits (engines/environment.py), and what a container gets."""
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -23,8 +24,11 @@ from reconciler.core.spec import ClusterSpec, ModelSpec, NotificationTarget
 from reconciler.engines.base import EnginePlacement
 from reconciler.engines.docker_container import container_env
 from reconciler.engines.environment import PASS_THROUGH, PASS_THROUGH_PREFIXES, inherited_env
+from reconciler.engines.vllm import VllmEngine
 
 RULE_TAIL = f": {SECRET_RULE}"
+MODEL = {"id": "m", "framework": "vllm", "model_path": "org/m"}
+PLACED = EnginePlacement(gpus=(0,), port=8123)
 
 
 def email(**fields: object) -> NotificationTarget:
@@ -264,3 +268,30 @@ def test_a_container_gets_the_spec_env_and_our_values_only(
     )
     env = container_env(spec, EnginePlacement(gpus=(), port=8123))
     assert env == {"A": "1", "PORT": "8123", "MODEL_PATH": "/m"}
+
+
+@pytest.mark.parametrize("name", ["RECONCILER_SECRET_X", "RECONCILER_MODEL_ID", "reconciler_api"])
+def test_a_spec_cannot_hand_an_engine_a_reconciler_variable(name: str) -> None:
+    spec = f"id: m\nframework: llama_cpp\nmodel_path: /models/m.gguf\nenv:\n  {name}: x\n"
+    result = check({"desired-state/models/m.yaml": spec})
+    assert result.problems == [
+        error(
+            "desired-state/models/m.yaml",
+            5,
+            f"env.{name}",
+            f"'{name}': RECONCILER_* variables are the host's (its settings, secrets, engine "
+            "markers)",
+        )
+    ]
+
+
+def test_a_spec_that_bypassed_validation_still_hands_no_reconciler_variable(
+    tmp_path: Path,
+) -> None:
+    # e.g. a last valid desired state written by an older reconciler: the engine drops them too
+    env = {"RECONCILER_SECRET_X": "x", "RECONCILER_MODEL_ID": "other", "KEPT": "1"}
+    spec = ModelSpec.model_construct(**{**ModelSpec.model_validate(MODEL).__dict__, "env": env})
+    command = VllmEngine(tmp_path, "ns", executable="vllm").command(spec, PLACED)
+    assert command.env["KEPT"] == "1"
+    assert "RECONCILER_SECRET_X" not in command.env
+    assert command.env["RECONCILER_MODEL_ID"] == "m"  # the marker, not the spec's value
