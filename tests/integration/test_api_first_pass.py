@@ -4,7 +4,8 @@ says not ready; /healthz stays a liveness probe.
 
 The first pass is held back by something real: the daemon follows a git remote served over
 plain HTTP (git's "dumb" protocol: the bare repository's files), and that server does not answer
-until the test lets it. The daemon's API is up meanwhile, as it is while a real clone is slow.
+until the test lets it. The daemon's API is up meanwhile, as it is while a real clone is slow,
+beside the bulletin an earlier run left (a restarted daemon).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 import pytest
 from apply_support import managed_host, stand_in
 from daemon_support import Daemon, free_port, git, init_repo
+
+from reconciler.loop.bulletin import Bulletin, publish
+from reconciler.state.paths import BULLETIN_FILE
 
 QUIET = {"health_check": {"interval_s": 3600}}
 HOLD_S = 120.0
@@ -73,6 +77,11 @@ def held(tmp_path: Path) -> Iterator[tuple[Daemon, HeldGitServer]]:
         bare = tmp_path / "remote.git"
         subprocess.run(["git", "clone", "-q", "--bare", str(host.root), str(bare)], check=True)
         git(bare, "update-server-info")  # what a dumb-HTTP client reads first
+        # a daemon restarted on this host: the earlier run's bulletin is still there, and is not
+        # this run's first pass
+        host.state_dir.mkdir(mode=0o700)
+        earlier = Bulletin(run_id="an-earlier-run", pid=1, passes=42, last_pass_at=1.0)
+        publish(host.state_dir / BULLETIN_FILE, earlier)
         with HeldGitServer(bare) as server:
             args = ("--repo", server.url, "--path", "desired-state", "--resync", "3600")
             daemon = Daemon(host, free_port(), None, None, extra_args=args)
