@@ -16,8 +16,8 @@ llama-cpp-python's server settings (pydantic-settings, case-insensitive) read HO
 beat its --host/--port: a spec may not set them, and they are removed from the environment the
 engine inherits.
 
-Readiness: llama-server answers /health; llama_cpp.server has no /health and answers
-/v1/models (health_path() substitutes it when a spec keeps the default /health).
+Readiness: llama-server answers /health; llama_cpp.server has no /health, and health_path()
+substitutes llama_cpp_python.HEALTH_PATH when a spec keeps the default (why that path: there).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from reconciler.engines.base import (
     KubernetesContainer,
 )
 from reconciler.engines.llama_cpp_memory import estimate_hook
+from reconciler.engines.llama_cpp_python import HEALTH_PATH as PYTHON_SERVER_HEALTH_PATH
 from reconciler.engines.llama_cpp_python import python_server_args, python_server_unsupported
 from reconciler.engines.process import ProcessEngine, find_executable
 from reconciler.models import files as modelfiles
@@ -222,7 +223,7 @@ class LlamaCppEngine(ProcessEngine):
     def health_path(self, spec: ModelSpec) -> str:
         path = spec.health_check.path
         if path == "/health" and self.backend.kind == "llama_cpp.server":
-            return "/v1/models"
+            return PYTHON_SERVER_HEALTH_PATH
         return path
 
 

@@ -30,6 +30,15 @@ GGML_TYPES: dict[str, int] = {
 SPLIT_MODES: dict[str, int] = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
 ROPE_SCALING: dict[str, int] = {"none": 0, "linear": 1, "yarn": 2, "longrope": 3}
 
+HEALTH_PATH = "/openapi.json"
+"""What the daemon probes when a spec keeps the default /health, which llama_cpp.server lacks.
+Not /v1/models: that route takes the model's lock, so it waits while the engine generates (a
+long answer made its probes time out and the engine was restarted mid-answer), and while it
+waits it interrupts a streamed answer (llama_cpp.server's `interrupt_requests`, on by default,
+ends a stream when another request waits for the lock). FastAPI's own /openapi.json is served
+by the event loop, without the lock, so the engine answers it while it generates; the server
+listens only once its model is loaded, so an answer still means ready."""
+
 Converter = Callable[[ParameterValue], list[str] | None]
 """A value -> the words after the flag; [] = leave the flag out; None = cannot be expressed."""
 

@@ -28,6 +28,9 @@ class Instance:
     draining: bool = False
     listed: bool = True
     down_until: float = 0.0
+    last_byte_at: float | None = None
+    """monotonic time it last sent bytes to a client (the daemon's health checks: a busy
+    engine is not a dead one)"""
 
     @property
     def routable(self) -> bool:
@@ -157,6 +160,7 @@ class Table:
             self.instances.pop(instance.url, None)
 
     def inflight_report(self) -> dict:
+        now = time.monotonic()
         return {
             "generation": self.routes.generation,
             "instances": {
@@ -166,6 +170,8 @@ class Table:
                     "served": i.served,
                     "draining": i.draining,
                     "listed": i.listed,
+                    # an age, not a time: the daemon's clock is not this process's monotonic one
+                    "last_byte_age_s": None if i.last_byte_at is None else now - i.last_byte_at,
                 }
                 for url, i in sorted(self.instances.items())
             },

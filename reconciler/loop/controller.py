@@ -54,6 +54,9 @@ class LoopSettings:
     failed_pass_retry_s: float = 1.0
     """a pass that raised is retried after this long, doubling while it keeps failing (up to
     resync_s): a failure that repeats must not keep a CPU busy"""
+    probe_wait_s: float = 2.0
+    """how long a pass (or the probes between passes) waits for the health probes it started;
+    a probe still running after that is judged by a later pass, which its end asks for"""
 
 
 @dataclass

@@ -96,6 +96,10 @@ class Daemon:
             settings=options.loop or LoopSettings(),
             on_pass=self._after_pass,
         )
+        self.reconciler.probe_beside(
+            self.controller.settings.probe_wait_s,
+            lambda: self.controller.trigger("a health probe ended"),
+        )
         self.notifier = Notifier()
         self.registry = CollectorRegistry()
         self.metrics = ReconcilerMetrics(

@@ -1,4 +1,5 @@
-"""Carrying out a plan: stops first (so that memory and ports are free), then starts.
+"""Carrying out a plan: stops first (so that memory and ports are free), then starts. The
+engines a plan stops are drained first, all together (the gateway finishes their requests).
 
 Each action is one model's business: whatever a stop or a start raises (an EngineError, a
 ValueError from an environment the OS refuses, an OSError, anything) is recorded as that model's
@@ -79,6 +80,10 @@ class Executor:
         """Carry out the plan; one human line per action done (or failed)."""
         executed: list[str] = []
         failed: set[str] = set()
+        # one drain for every engine this plan stops: they drain together, so the pass waits
+        # for the slowest of them (at most drain_timeout_s), not for each in turn
+        stopping = [a.model for a in plan.actions if a.action in STOPS]
+        self._drain([h for m in stopping for h in handles.get(m, []) if h.alive])
         for action in plan.actions:
             if action.action in STOPS:
                 line = self._stop(action, handles.get(action.model, []), states, now)
@@ -133,7 +138,6 @@ class Executor:
         self, action: Action, handles: list[Handle], states: dict[str, ModelState], now: float
     ) -> str:
         state = states.get(action.model) or ModelState(id=action.model)
-        self._drain([h for h in handles if h.alive])
         try:
             for handle in handles:
                 if handle.alive:

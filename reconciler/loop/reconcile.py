@@ -311,6 +311,13 @@ class Reconciler:
         states = self.last_state.models if self.last_state is not None else {}
         return self.supervisor.probe_due(self.last_desired, self.last_handles, states, self.clock())
 
+    def probe_beside(self, wait_s: float, on_late: Callable[[], None]) -> None:
+        """The daemon's way: a pass waits at most `wait_s` for the probes it started, and a
+        probe that ends after that calls `on_late` (which asks for a pass to judge it). Without
+        this (one-shot `apply`), a pass waits until its probes end, all at once."""
+        self.supervisor.probe_wait_s = wait_s
+        self.supervisor.prober.on_late = on_late
+
     # -- the host's side ---------------------------------------------------------------------
 
     def http_client(self) -> httpx.Client:

@@ -6,6 +6,12 @@ engine listens on), acts (stops engines) and records (events, the model's record
 
 An engine that listens anywhere but its assigned address and port is stopped and left in
 `error` until its spec changes or an operator restarts it: restarting would only repeat it.
+
+Probes run beside the pass (engines.health.Prober): a pass starts the probes that are due, all
+at once, waits for them at most `probe_wait_s` (None, for one-shot `apply`: until they end),
+and judges those that ended. A probe still running is not judged yet; a later pass takes its
+result, and its end asks for one (`prober.on_late`). So one engine whose probe waits out a long
+`timeout_s` holds up neither the pass nor the other engines' probes.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from reconciler.core.retry import Failure, cleared, record_failure, record_perma
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import sockets
 from reconciler.engines.base import Engine, EngineError, Handle
-from reconciler.engines.health import probe
+from reconciler.engines.health import Prober
 from reconciler.loop.records import Records, retry_of, state_from_handle, with_retry
 from reconciler.state.statefile import ModelState
 
@@ -44,6 +50,7 @@ class Supervisor:
         stop_grace_s: float,
         http: Callable[[], httpx.Client],
         jitter: Callable[[], float],
+        probe_wait_s: float | None = None,
     ) -> None:
         self.engines = engines
         self.records = records
@@ -51,6 +58,12 @@ class Supervisor:
         self.stop_grace_s = stop_grace_s
         self.http = http
         self.jitter = jitter
+        self.probe_wait_s = probe_wait_s
+        """how long a pass waits for the probes it started; None: until they end"""
+        self.prober = Prober()
+        self.activity: Callable[[], Mapping[int, health.Activity]] | None = None
+        """the gateway's view of each engine (by port), asked when a probe times out: a busy
+        engine is not a dead one (set by whoever runs a gateway)"""
         self.last_probe: dict[str, tuple[float, float]] = {}
         """model id -> (time of the last probe of its engine, the probe interval)"""
         self.starting_urls: list[str] = []
@@ -70,23 +83,37 @@ class Supervisor:
         at one model (a probe, a stop, psutil) is that model's error; the others go on."""
         self.starting_urls = []
         out = dict(states)
+        probed: dict[str, tuple[ModelSpec, Handle]] = {}
+        started: list[str] = []
         for model_id in sorted(set(handles) | set(states)):
             spec = desired.models.get(model_id)
             state = out.get(model_id) or ModelState(id=model_id)
             try:
-                new = self._model(state, spec, handles.get(model_id, []), now, dry_run)
+                new = self._model(
+                    state, spec, handles.get(model_id, []), now, dry_run, probed, started
+                )
             except Exception as exc:
                 log.exception("supervising %s failed", model_id)
                 new = self.fail(state, spec, Failure(f"supervision failed: {describe(exc)}"), now)
+                probed.pop(model_id, None)
             if new is None:
                 out.pop(model_id, None)
             else:
                 out[model_id] = new
-        probed = {
-            m for m, hs in handles.items() if m in desired.models and any(h.alive for h in hs)
-        }
-        for gone in set(self.last_probe) - probed:  # its due probe would wake the loop forever
+        alive = {m for m, hs in handles.items() if m in desired.models and any(h.alive for h in hs)}
+        for gone in set(self.last_probe) - alive:  # its due probe would wake the loop forever
             del self.last_probe[gone]
+        self.prober.keep(alive)
+        # only the probes started now: one still running from before had its wait already
+        self.prober.wait(started, self.probe_wait_s)
+        for model_id, (spec, handle) in probed.items():
+            state = out[model_id]
+            try:
+                out[model_id] = self._judge(state, spec, handle, now, dry_run)
+            except Exception as exc:
+                log.exception("judging the health of %s failed", model_id)
+                failure = Failure(f"supervision failed: {describe(exc)}")
+                out[model_id] = self.fail(state, spec, failure, now)
         return out
 
     def _model(
@@ -96,6 +123,8 @@ class Supervisor:
         handles: Sequence[Handle],
         now: float,
         dry_run: bool,
+        probed: dict[str, tuple[ModelSpec, Handle]],
+        started: list[str],
     ) -> ModelState | None:
         if spec is not None and state.given_up and state.spec_hash not in (None, spec.spec_hash()):
             state = with_retry(state, cleared(retry_of(state)))  # a changed spec: a new chance
@@ -118,11 +147,6 @@ class Supervisor:
         state = state_from_handle(state, handle)
         if spec is None:
             return state
-        return self._check(state, spec, handle, now, dry_run)
-
-    def _check(
-        self, state: ModelState, spec: ModelSpec, handle: Handle, now: float, dry_run: bool
-    ) -> ModelState:
         # where it listens is looked at on every pass (a few reads of /proc), not only when a
         # probe is due: a daemon woken by a misplaced socket must act on it
         wrong = self.listen_violation(handle)
@@ -131,24 +155,54 @@ class Supervisor:
                 return state
             self._engine(handle).stop(handle, self.stop_grace_s)
             return self.errored(state, wrong, now)
-        check = spec.health_check
         ready = state.status == Status.running
         last = self.last_probe.get(spec.id)
-        if not health.probe_due(check, ready=ready, last_probe_at=last and last[0], now=now):
-            return state
-        self.last_probe[spec.id] = (now, check.interval_s)
+        if health.probe_due(
+            spec.health_check, ready=ready, last_probe_at=last and last[0], now=now
+        ):
+            self.last_probe[spec.id] = (now, spec.health_check.interval_s)
+            if self._start_probe(spec, handle):
+                started.append(spec.id)
+        probed[spec.id] = (spec, handle)  # a probe started earlier may have ended since
+        return state
+
+    def _start_probe(self, spec: ModelSpec, handle: Handle) -> bool:
+        timeout = health.probe_timeout_s(spec.health_check)
+        port, activity = handle.port, self.activity
+
+        def busy() -> health.Activity | None:
+            return activity().get(port) if activity is not None and port else None
+
         url = self.url(spec, handle)
-        result = probe(url, health.probe_timeout_s(check), client=self.http())
-        if not result.ok:
-            result = health.ProbeResult(False, f"GET {self.path(spec, handle)}: {result.error}")
-        verdict = health.judge(
-            check,
-            result,
-            ready=ready,
-            started_at=handle.started_at,
-            failures=state.probe_failures,
-            now=now,
-        )
+        return self.prober.start(spec.id, owner(handle), url, timeout, self.http(), busy)
+
+    def _judge(
+        self, state: ModelState, spec: ModelSpec, handle: Handle, now: float, dry_run: bool
+    ) -> ModelState:
+        """What the engine's probe, if it ended, says of its health."""
+        check = spec.health_check
+        ready = state.status == Status.running
+        result = self.prober.take(spec.id, owner(handle))
+        if result is None:
+            verdict = health.judge_unanswered(
+                check,
+                ready=ready,
+                started_at=handle.started_at,
+                failures=state.probe_failures,
+                now=now,
+            )
+        else:
+            if not result.ok:
+                error = f"GET {self.path(spec, handle)}: {result.error}"
+                result = replace(result, error=error)
+            verdict = health.judge(
+                check,
+                result,
+                ready=ready,
+                started_at=handle.started_at,
+                failures=state.probe_failures,
+                now=now,
+            )
         state = replace(state, probe_failures=verdict.failures)
         if verdict.became_ready:
             seconds = now - handle.started_at
@@ -159,7 +213,7 @@ class Supervisor:
             return replace(state, last_transition=now)
         if verdict.failure is None:
             if not verdict.ready:
-                self.starting_urls.append(url)
+                self.starting_urls.append(self.url(spec, handle))
                 return replace(state, status=Status.starting)
             return state
         if dry_run:
@@ -193,10 +247,12 @@ class Supervisor:
         states: Mapping[str, ModelState],
         now: float,
     ) -> bool:
-        """The liveness probes that are due, without a pass: True when every one answered and
-        nothing needs recording (the daemon then skips the pass); False as soon as one did not,
-        listens where it must not, cannot be probed from what the last pass saw, or answered
-        after failures that the state file still counts (a pass then probes and records)."""
+        """The liveness probes that are due, without a pass: True when nothing needs recording
+        (the daemon then skips the pass); False as soon as one failed, listens where it must
+        not, cannot be probed from what the last pass saw, or answered after failures that the
+        state file still counts (a pass then takes its result and records). A probe still
+        running after `probe_wait_s` is left to run: its end asks for a pass (on_late)."""
+        due: list[tuple[str, ModelSpec, Handle]] = []
         for model_id, (last, interval) in sorted(self.last_probe.items()):
             if now - last < interval:
                 continue
@@ -204,13 +260,24 @@ class Supervisor:
             alive = [h for h in handles.get(model_id, []) if h.alive]
             if spec is None or len(alive) != 1 or self.listen_violation(alive[0]) is not None:
                 return False
-            timeout = health.probe_timeout_s(spec.health_check)
-            if not probe(self.url(spec, alive[0]), timeout, client=self.http()):
-                return False
-            recorded = states.get(model_id)
-            if recorded is not None and recorded.probe_failures:
-                return False
             self.last_probe[model_id] = (now, interval)
+            handle = alive[0]
+            if self._start_probe(spec, handle) or self.prober.result(model_id, owner(handle)):
+                due.append((model_id, spec, handle))  # started now, or ended and not judged
+        self.prober.wait([model_id for model_id, _, _ in due], self.probe_wait_s)
+        for model_id, spec, handle in due:
+            result = self.prober.result(model_id, owner(handle))
+            if result is None:
+                continue
+            recorded = states.get(model_id)
+            if result.ok:
+                if recorded is not None and recorded.probe_failures:
+                    return False  # the pass takes this result and resets the count
+            elif recorded is None or recorded.status != Status.running:
+                return False
+            elif not health.excused(spec.health_check, result):
+                return False  # the pass takes this result and counts it
+            self.prober.take(model_id, owner(handle))
         return True
 
     # -- failures ----------------------------------------------------------------------------
@@ -285,6 +352,11 @@ def exit_message(handle: Handle) -> str:
             name = f"signal {-code}"
         return f"engine killed by {name}"
     return f"engine exited with code {code}"
+
+
+def owner(handle: Handle) -> tuple[int | None, str | None, float]:
+    """Which engine a probe was about: a result is never judged against its successor."""
+    return handle.pid, handle.container_id, handle.started_at
 
 
 def ident(handle: Handle) -> str:

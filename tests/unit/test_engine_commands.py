@@ -333,7 +333,9 @@ def test_backend_selection(tmp_path: Path) -> None:
 def test_health_path_for_the_python_server(tmp_path: Path) -> None:
     default = spec()
     custom = spec(health_check={"path": "/v1/models"})
-    assert llama(tmp_path, PYTHON).health_path(default) == "/v1/models"
+    # not /v1/models: llama_cpp.server answers it only between completions
+    assert llama(tmp_path, PYTHON).health_path(default) == "/openapi.json"
+    assert llama(tmp_path, PYTHON).health_path(custom) == "/v1/models"
     assert llama(tmp_path, SERVER).health_path(default) == "/health"
     assert llama(tmp_path, SERVER).health_path(custom) == "/v1/models"
 
