@@ -210,3 +210,30 @@ def test_requests_go_to_the_instance_with_fewer_in_flight(gw: Harness, tmp_path:
     finally:
         gate.touch()
     wait_inflight(gw, "m", 0)
+
+
+def test_a_draining_instance_gets_no_new_request_even_when_it_is_the_least_busy(
+    gw: Harness, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    busy = gw.upstream(Upstream.vllm("m", STREAM_GATE=str(gate)))
+    leaving = gw.upstream(Upstream.vllm("m"))
+    gw.write(model("m", busy.url))
+    body = {"model": "m", "messages": CHAT, "stream": True}
+    try:
+        with httpx.stream(
+            "POST", f"{gw.base}/v1/chat/completions", json=body, timeout=WAIT_S
+        ) as response:
+            lines = response.iter_lines()
+            next(lines)  # `busy` has a request in flight, `leaving` none
+            gw.write(model("m", busy.url, leaving.url, draining=(leaving.url,)))
+            client = gw.client()
+            for _ in range(4):
+                assert chat(client, "m").parse().choices[0].message.content
+            assert leaving.standin_stats()["answered"] == {}
+            assert busy.standin_stats()["answered"] == {"200": 5}
+            gate.touch()
+            for _ in lines:
+                pass
+    finally:
+        gate.touch()

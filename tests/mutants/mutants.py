@@ -1,6 +1,7 @@
 """The deliberate faults of `make mutants`: each names a file, an exact snippet of it, what the
-snippet becomes, and the unit tests that must notice. A snippet must occur exactly once in its
-file; when the code it names is rewritten, the mutant must be rewritten with it."""
+snippet becomes, and the tests that must notice (unit tests, and for the gateway the integration
+tests that run it as a process in front of stand-in engines). A snippet must occur exactly once
+in its file; when the code it names is rewritten, the mutant must be rewritten with it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ SCHEDULE = (
 )
 RETRY = ("tests/unit/test_retry.py",)
 HEALTH = ("tests/unit/test_health.py",)
+# the gateway's own process and real stand-in engines: the fault tests first (they are shorter)
+GATEWAY = ("tests/integration/test_gateway_faults.py", "tests/integration/test_gateway.py")
+ACTIVATION = ("tests/unit/test_activation.py",)
+REPLICAS = ("tests/unit/test_replicas.py",)
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -154,5 +159,163 @@ MUTANTS: tuple[Mutant, ...] = (
         "    return check.timeout_s\n",
         "    return min(check.timeout_s, 2.0)\n",
         HEALTH,
+    ),
+    # -- the gateway ---------------------------------------------------------------------------
+    Mutant(
+        "an engine's 502/503 is passed to the client instead of failing over",
+        "reconciler/gateway/server.py",
+        "RETRY_STATUSES = frozenset({502, 503})",
+        "RETRY_STATUSES = frozenset()",
+        GATEWAY,
+    ),
+    Mutant(
+        "a dead instance is no longer put last",
+        "reconciler/gateway/table.py",
+        "key = (instance.down_until > now, instance.inflight)",
+        "key = (False, instance.inflight)",
+        GATEWAY,
+    ),
+    Mutant(
+        "requests no longer go to the instance with the fewest in flight",
+        "reconciler/gateway/table.py",
+        "key = (instance.down_until > now, instance.inflight)",
+        "key = (instance.down_until > now, 0)",
+        GATEWAY,
+    ),
+    Mutant(
+        "the client's model name is sent to the engine instead of the engine's own",
+        "reconciler/gateway/server.py",
+        'if payload["model"] != served_name:',
+        "if False:",
+        GATEWAY,
+    ),
+    Mutant(
+        "the in-flight gauge never goes down",
+        "reconciler/gateway/server.py",
+        "self.metrics.inflight_add(target.id, -1)",
+        "self.metrics.inflight_add(target.id, 0)",
+        GATEWAY,
+    ),
+    Mutant(
+        "every failover is counted as a connection failure",
+        "reconciler/gateway/server.py",
+        'self.metrics.failover(target.id, result.split(":")[0])',
+        'self.metrics.failover(target.id, "connection")',
+        GATEWAY,
+    ),
+    Mutant(
+        "a stream is buffered and sent at its end",
+        "reconciler/gateway/server.py",
+        "async for chunk in upstream.iter_chunks():",
+        "for chunk in [c async for c in upstream.iter_chunks()]:",
+        GATEWAY,
+    ),
+    Mutant(
+        "a full queue's 429 has no Retry-After",
+        "reconciler/gateway/errors.py",
+        'return Refusal(429, message, "rate_limit_error", "queue_full", retry_after=retry_after)',
+        'return Refusal(429, message, "rate_limit_error", "queue_full")',
+        GATEWAY,
+    ),
+    Mutant(
+        "no instance answering is a 502 without Retry-After",
+        "reconciler/gateway/errors.py",
+        'Refusal(503, message, UNAVAILABLE, "upstream_unavailable", retry_after=retry_after)',
+        'Refusal(502, message, UNAVAILABLE, "upstream_unavailable")',
+        GATEWAY,
+    ),
+    Mutant(
+        "a draining instance still gets new requests",
+        "reconciler/gateway/table.py",
+        "return self.listed and not self.draining",
+        "return self.listed",
+        GATEWAY,
+    ),
+    Mutant(
+        "the queue holds one more request than max_queue",
+        "reconciler/gateway/server.py",
+        "if entry.waiting >= settings.max_queue:",
+        "if entry.waiting > settings.max_queue:",
+        GATEWAY,
+    ),
+    # -- on-demand activation ------------------------------------------------------------------
+    Mutant(
+        "replicas ignore their model's traffic when deciding idleness",
+        "reconciler/core/activation.py",
+        "seen = traffic.get(model_of(model_id), Traffic())",
+        "seen = traffic.get(model_id, Traffic())",
+        ACTIVATION,
+    ),
+    Mutant(
+        "an in-use on-demand model is stopped idle_timeout_s after it started",
+        "reconciler/core/activation.py",
+        "_first_known(seen.last_request_at, running_since.get(model_id), now, 0.0)",
+        "_first_known(running_since.get(model_id), seen.last_request_at, now, 0.0)",
+        ACTIVATION,
+    ),
+    Mutant(
+        "a request in flight does not make a model wanted",
+        "reconciler/core/activation.py",
+        "return self.queued > 0 or self.inflight > 0",
+        "return self.queued > 0",
+        ACTIVATION,
+    ),
+    Mutant(
+        "an idle on-demand model is never stopped for its idle timeout",
+        "reconciler/core/activation.py",
+        "and idle_s >= spec.idle_timeout_s:",
+        "and idle_s >= spec.idle_timeout_s and False:",
+        ACTIVATION,
+    ),
+    Mutant(
+        "the most recently used idle engine is stopped first",
+        "reconciler/core/activation.py",
+        "order = sorted(idle, key=lambda m: (idle[m], m))",
+        "order = sorted(idle, key=lambda m: (-idle[m], m))",
+        ACTIVATION,
+    ),
+    Mutant(
+        "every idle engine is stopped when one would make room",
+        "reconciler/core/activation.py",
+        "        if fit(removed) is Fit.free:\n            return removed\n",
+        "        if fit(removed) is Fit.free:\n            return frozenset(order)\n",
+        ACTIVATION,
+    ),
+    # -- replicas ------------------------------------------------------------------------------
+    Mutant(
+        "instance 0 gets a suffix (going to two replicas restarts the first)",
+        "reconciler/core/replicas.py",
+        'return model_id if index == 0 else f"{model_id}{SEPARATOR}{index}"',
+        'return f"{model_id}{SEPARATOR}{index}"',
+        REPLICAS,
+    ),
+    Mutant(
+        "an instance is not known as its model's (the gateway routes it apart)",
+        "reconciler/core/replicas.py",
+        "return instance.split(SEPARATOR, 1)[0]",
+        "return instance",
+        REPLICAS,
+    ),
+    Mutant(
+        "only instance 0 of a set-aside model is set aside",
+        "reconciler/core/replicas.py",
+        "broken.update(dict.fromkeys(instance_ids(spec) if spec else [model_id], why))",
+        "broken.update(dict.fromkeys([model_id], why))",
+        REPLICAS,
+    ),
+    Mutant(
+        "a replicated model shows its first instance's status, not its best",
+        "reconciler/gateway/routes.py",
+        "status=min(statuses, key=lambda s: _STATUS_RANK.get(s, len(_STATUS_RANK))),",
+        "status=statuses[0],",
+        REPLICAS,
+    ),
+    # -- the Docker engine -----------------------------------------------------------------------
+    Mutant(
+        "the Docker daemon is asked before a model's mount is checked",
+        "reconciler/engines/docker_runtime.py",
+        "            model_mounts(spec.model_path)  # a host path",
+        "            self._client()\n            model_mounts(spec.model_path)  # a host path",
+        ("tests/security/test_docker_mounts.py",),
     ),
 )
