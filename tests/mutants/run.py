@@ -1,8 +1,10 @@
-"""`make mutants`: deliberate faults in a copy of the package; the unit tests must catch each.
+"""`make mutants`: deliberate faults in a copy of the package; the tests must catch each (unit
+tests for the core, the gateway's integration tests, which run the copy's gateway process in front
+of stand-in engines, for the gateway).
 
 For each mutant in mutants.py: the working tree (tracked and untracked files that git does not
 ignore) is copied to a temporary directory once, the mutant's snippet is replaced in its file
-there, and the mutant's unit tests run against that copy (PYTHONPATH and the working directory
+there, and the mutant's tests run against that copy (PYTHONPATH and the working directory
 point at it; the check below makes sure the copy, not the installed package, is imported). The
 tests must fail: the mutant is then killed. A mutant whose snippet is not in its file exactly
 once is "not applied", which is a failure too (the code moved: the mutant must follow it), and so
