@@ -29,7 +29,7 @@ def path_problem(raw_path: str) -> Refusal | None:
     (`//`), percent escapes (`%2e%2e`, `%2f`) or characters an engine's parser may split on.
     The raw target is what the gateway forwards, so what is checked is what the engine gets."""
     path, _, query = raw_path.partition("?")
-    segments = path.split("/")
+    segments = ["", "-"] if path == "/" else path.split("/")
     if segments[0] != "" or len(segments) < 2:
         return errors.bad_path()
     for segment in segments[1:]:

@@ -203,12 +203,11 @@ class Gateway:
         busy = self.connections.busy
         busy.add(transport)
         try:
-            try:
-                self.check_client(request)
-            except Refusal as refusal:
-                return refusal.response("")
+            self.check_client(request)
             return await handler(request)
-        except (Refusal, web.HTTPException, asyncio.CancelledError, ConnectionError):
+        except Refusal as refusal:
+            return refusal.response("")
+        except (web.HTTPException, ConnectionError):
             raise
         except Exception as exc:
             log.error(

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from daemon_support import free_port
+from apply_support import managed_host, wait_for
+from daemon_support import Daemon, free_port, init_repo
 from gateway_support import KEY, KEY_ENV, REPO, Harness, Upstream, harness, model
 
 from reconciler.gateway.routes import ApiKey, GatewaySettings, Routes, write_routes
@@ -369,3 +370,52 @@ def test_gateway_log_is_rotated_by_size(tmp_path: Path) -> None:
     assert all(f.stat().st_size <= max_bytes + 1000 for f in files)
     assert sum(f.stat().st_size for f in files) <= 4 * (max_bytes + 1000)
     assert "Traceback" not in "".join(f.read_text(errors="replace") for f in files)
+
+
+def test_the_daemon_reports_a_short_gateway_key_as_an_error_event(tmp_path: Path) -> None:
+    good_env, short_env = "RECONCILER_SECRET_GW_GOOD", "RECONCILER_SECRET_GW_SHORT"
+    short = "sk-short-key"
+    with managed_host(tmp_path) as host:
+        host.env.update({good_env: KEY, short_env: short})
+        host.write_cluster()
+        cluster = json.loads((host.desired / "cluster.yaml").read_text())
+        cluster["gateway"] = {
+            "api_keys": [
+                {"name": "good", "key_env": good_env},
+                {"name": "tiny", "key_env": short_env},
+            ]
+        }
+        (host.desired / "cluster.yaml").write_text(json.dumps(cluster))
+        init_repo(host)
+        daemon = Daemon(host, free_port(), None, None, extra_args=("--resync", "3600"))
+        try:
+            daemon.start()
+            daemon.wait_ready()
+            events = host.state_dir / "events.jsonl"
+
+            def short_key_events() -> list[dict]:
+                if not events.exists():
+                    return []
+                records = [json.loads(line) for line in events.read_text().splitlines()]
+                return [e for e in records if e["kind"] == "error" and "tiny" in e["message"]]
+
+            found = wait_for(short_key_events, timeout_s=30)
+            assert found and "32" in found[0]["message"] and short not in found[0]["message"]
+            gateway = daemon.gateway_url.removesuffix("/v1")
+            body = {"model": "none", "messages": []}
+
+            def answer(key: str) -> int:
+                headers = {"Authorization": f"Bearer {key}"}
+                response = httpx.post(
+                    f"{gateway}/v1/chat/completions", json=body, headers=headers, timeout=30
+                )
+                return response.status_code
+
+            # the good key passes (404: no such model); the short one is refused
+            assert wait_for(lambda: answer(KEY) == 404, timeout_s=30), answer(KEY)
+            assert answer(short) == 401
+            log = (host.state_dir / "logs" / "gateway.log").read_text()
+            assert "tiny" in log and "shorter than 32" in log and short not in log
+            assert len(short_key_events()) == 1  # once, not once per pass
+        finally:
+            daemon.stop()
