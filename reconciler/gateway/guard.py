@@ -17,11 +17,11 @@ from reconciler.gateway import errors
 from reconciler.gateway.errors import Refusal
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@.-]+")
-"""RFC 3986 path characters without `%`: no OpenAI route needs an escape, and an escaped dot,
-slash or control character is how a path means something else to the engine behind"""
+SAFE_PATH = re.compile(r"(?:/[A-Za-z0-9_~!$&'()*+,;=:@.-]+)+")
+"""segments of RFC 3986 path characters without `%`, none empty: no OpenAI route needs an escape,
+and an escaped dot, slash or control character is how a path means something else to the engine
+behind"""
 SAFE_QUERY = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@./?%-]*")
-PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 def path_problem(raw_path: str) -> Refusal | None:
@@ -29,11 +29,11 @@ def path_problem(raw_path: str) -> Refusal | None:
     (`//`), percent escapes (`%2e%2e`, `%2f`) or characters an engine's parser may split on.
     The raw target is what the gateway forwards, so what is checked is what the engine gets."""
     path, _, query = raw_path.partition("?")
-    segments = ["", "-"] if path == "/" else path.split("/")
-    if segments[0] != "" or len(segments) < 2:
-        return errors.bad_path()
-    for segment in segments[1:]:
-        if segment in ("", ".", "..") or not SAFE_SEGMENT.fullmatch(segment):
+    if path != "/":
+        if not SAFE_PATH.fullmatch(path):
+            return errors.bad_path()
+        ended = path + "/"
+        if "/./" in ended or "/../" in ended:
             return errors.bad_path()
     if not SAFE_QUERY.fullmatch(query):
         return errors.bad_path()
@@ -86,6 +86,6 @@ def unforwardable(values: Iterable[str]) -> Refusal | None:
     """A 400 for a header value the gateway would pass to the engine but cannot (non-ASCII,
     control characters): the engine's request head is written as plain ASCII."""
     for value in values:
-        if not PRINTABLE.fullmatch(value):
+        if not (value.isascii() and value.isprintable()):
             return errors.bad_header()
     return None

@@ -190,7 +190,8 @@ class Gateway:
             if refusal is None and post and not is_json(headers.get("Content-Type")):
                 refusal = errors.not_json()
         if refusal is None and request.method == "POST":
-            refusal = unforwardable(request.headers.get(h, "") for h in FORWARDED_HEADERS)
+            headers = request.headers
+            refusal = unforwardable([headers[h] for h in FORWARDED_HEADERS if h in headers])
         if refusal is not None:
             raise refusal
 
