@@ -354,6 +354,69 @@ def test_slow_clients_give_way_and_a_normal_request_is_served_meanwhile(tmp_path
         stop(process)
 
 
+def test_busy_connections_past_the_cap_are_closed_and_descriptors_never_run_out(
+    tmp_path: Path,
+) -> None:
+    """200 clients streaming at once with the open-files limit at 256 (each also holds a
+    connection to the engine): those past the cap are closed at once, without an answer, instead
+    of the gateway running out of descriptors; once the streams end it serves again."""
+    up = Upstream.fast(chunks=60, delay_ms=100)  # six seconds per stream
+    routes = Routes({"m": model("m", up.url)}, GatewaySettings(), 1)
+    write_routes(tmp_path / "routes.json", routes)
+    process, port = start_gateway(tmp_path, 256)
+    try:
+        body = b'{"model": "m", "stream": true, "messages": []}'
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        clients: list[socket.socket] = []
+        try:
+            most_fds = 0
+            for _ in range(200):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                clients.append(sock)
+                with contextlib.suppress(ConnectionError):
+                    sock.sendall(head + body)
+                most_fds = max(most_fds, psutil.Process(process.pid).num_fds())
+            served = closed = 0
+            for sock in clients:
+                try:
+                    first = sock.recv(64)
+                except ConnectionError:
+                    first = b""
+                if first.startswith(b"HTTP/1.1 200"):
+                    served += 1
+                else:
+                    assert first == b"", first  # never a 5xx: closed unanswered, or served
+                    closed += 1
+                most_fds = max(most_fds, psutil.Process(process.pid).num_fds())
+            assert most_fds < 256 and served >= 20 and closed >= 200 - (256 - 64) // 2
+        finally:
+            for sock in clients:
+                sock.close()
+        log = (tmp_path / "stderr.log").read_text(errors="replace")
+        assert "Too many open files" not in log, log[-2000:]
+        # the clients left: their streams are cut and their slots free again
+        served_again = wait_for(
+            lambda: (
+                httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    content=body.replace(b"true", b"false"),
+                    headers={"Content-Type": "application/json"},
+                    timeout=30,
+                ).status_code
+                == 200
+            ),
+            timeout_s=30,
+            interval_s=0.5,
+        )
+        assert served_again
+    finally:
+        stop(process)
+        up.kill()
+
+
 def test_gateway_log_is_rotated_by_size(tmp_path: Path) -> None:
     log = tmp_path / "gateway.log"
     max_bytes = 20_000
