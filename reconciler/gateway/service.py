@@ -8,6 +8,7 @@ reads back in-flight counts from its loopback-only GET /internal/inflight.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from reconciler.loop.daemon import terminate
 from reconciler.state.private import open_append, private_dir
 from reconciler.state.statefile import ModelState
 
+log = logging.getLogger("reconciler.gateway")
+
 
 class GatewayError(Exception):
     """The gateway process did not start or does not answer."""
@@ -47,6 +50,9 @@ class GatewayService:
         poll_interval_s: float = 0.1,
         settings: GatewaySettings | None = None,
         require_keys: bool = False,
+        unanswered_checks: int = 3,
+        unanswered_for_s: float = 10.0,
+        check_timeout_s: float = 2.0,
     ) -> None:
         self.listen = listen
         self.require_keys = require_keys
@@ -63,6 +69,14 @@ class GatewayService:
         self.draining: set[str] = set()
         self._last: tuple[DesiredState, dict[str, ModelState], tuple[str, ...]] | None = None
         self._last_table: Routes | None = None
+        self.unanswered_checks = unanswered_checks
+        self.unanswered_for_s = unanswered_for_s
+        self.check_timeout_s = check_timeout_s
+        """ensure_running replaces a live gateway once this many checks in a row, spanning at
+        least unanswered_for_s, got no answer within check_timeout_s (a busy gateway answers
+        /internal/inflight within milliseconds; one that does not for that long is hung)"""
+        self._unanswered = 0
+        self._silent_since = 0.0
 
     @property
     def base(self) -> str:
@@ -86,6 +100,7 @@ class GatewayService:
             "--poll-interval",
             str(self.poll_interval_s),
             *(["--require-keys"] if self.require_keys else []),
+            *(["--log-file", str(self.log_path)] if self.log_path is not None else []),
             "--parent-pid",
             str(os.getpid()),
         ]
@@ -94,6 +109,7 @@ class GatewayService:
         """Start the process and return once it answers; GatewayError if it does not."""
         if self.alive():
             return
+        self._unanswered = 0
         if self.log_path is not None:
             private_dir(self.log_path.parent)
             self._log = os.fdopen(open_append(self.log_path), "ab")  # held for its life
@@ -123,13 +139,38 @@ class GatewayService:
         return self.process is not None and self.process.poll() is None
 
     def ensure_running(self) -> bool:
-        """Restart a gateway that died (call once per pass); True when it was restarted."""
-        if self.process is None or self.alive():
+        """Restart a gateway that died or stopped answering (call once per pass); True when it
+        was restarted. A hung one is our child and may not act on SIGTERM: SIGKILL, by pid."""
+        if self.process is None:
             return False
+        if self.alive():
+            if not self._stopped_answering():
+                return False
+            log.warning(
+                "the gateway (pid %d) has not answered %d checks in %.0f s: replacing it",
+                self.process.pid,
+                self._unanswered,
+                time.monotonic() - self._silent_since,
+            )
+            self.process.kill()
+            self.process.wait()
         self._close_log()
         self.restarts += 1
         self.start()
         return True
+
+    def _stopped_answering(self) -> bool:
+        try:
+            self.inflight(timeout_s=self.check_timeout_s)
+        except GatewayError:
+            now = time.monotonic()
+            if self._unanswered == 0:
+                self._silent_since = now
+            self._unanswered += 1
+            enough = self._unanswered >= self.unanswered_checks
+            return enough and now - self._silent_since >= self.unanswered_for_s
+        self._unanswered = 0
+        return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self.process = self.process, None

@@ -4,52 +4,196 @@ aiohttp's client spent most of the gateway's time per request (measured with cPr
 wrk); this one does what the proxy needs (POST a body, read the head, then the whole body or its
 chunks as they come) on asyncio protocols. Engines are on loopback and speak plain HTTP/1.1
 (or 1.0: the body then ends when the connection does).
+
+It trusts no engine (any spec author can run one): the head, Content-Length and every chunk-size
+line are parsed strictly and bounded, and whatever does not parse is an UpstreamError that drops
+the connection; it stops reading from an engine while more than BUFFER_HIGH_BYTES wait for the
+relay (back-pressure: a client that does not read holds a bounded amount); and a wait for the
+engine's next byte, the first included, ends after the idle timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 CONNECT_TIMEOUT_S = 5.0
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+"""the openai client's own default timeout: a non-streaming answer sends nothing until the
+whole generation is done, so this bounds a generation, not only a silence"""
 MAX_HEAD_BYTES = 65536
+MAX_INTERIM_HEADS = 4
+"""1xx heads skipped before the real answer (nothing asks for them; a few are tolerated)"""
+MAX_CHUNK_LINE_BYTES = 4096
+"""a chunk-size line with its extensions; the trailers after the last chunk get MAX_HEAD_BYTES"""
+MAX_BODY_BYTES = 128 * 1024 * 1024
+"""a non-streaming answer is held whole before it is relayed: bounded"""
+SWEEP_S = 0.25
+"""how often waits are checked against their idle timeout (one sweep per pool, not one timer
+per wait: that would cost every request a timer and its cancellation)"""
+BUFFER_HIGH_BYTES = 256 * 1024
+BUFFER_LOW_BYTES = 64 * 1024
+"""reading from the engine pauses above HIGH unread bytes and resumes at LOW"""
+
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
+_FIELD = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*"
+"""a token, a colon, a value without control characters (tab allowed)"""
+_HEADER = re.compile(_FIELD)
+_FIELDS = re.compile(rf"(?:{_FIELD}\r\n)*{_FIELD}")
+_LENGTH = re.compile(r"[0-9]{1,18}")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?[ \t]*")
 
 
 class UpstreamError(Exception):
-    """The engine's connection failed or broke before its answer was complete."""
+    """The engine's connection failed or broke before its answer was complete, or the engine
+    answered something that is not HTTP/1.1 as this client reads it."""
 
 
-def take_chunks(buffer: bytearray) -> tuple[bytes, bool]:
-    """Decode (and remove) the complete chunks of a chunked body at the start of `buffer`, all
-    at once: a relay then writes what arrived together in one go. True once the body ended."""
-    parts, pos, size_of = [], 0, len(buffer)
-    while (eol := buffer.find(b"\r\n", pos)) >= 0:
-        try:
-            size = int(bytes(buffer[pos:eol]).split(b";")[0], 16)
-        except ValueError as exc:
-            raise UpstreamError(f"bad chunk size from the engine: {exc}") from exc
-        if size == 0:  # the last chunk; engines send no trailers, so an empty line follows
-            end = buffer.find(b"\r\n", eol + 2)
-            if end < 0:
+class Head(NamedTuple):
+    version: int
+    """the minor version: 1.0 or 1.1"""
+    status: int
+    headers: dict[str, str]
+    """lower-cased names; repeated fields joined with ", " (Content-Length must repeat equal)"""
+
+
+def parse_head(raw: bytes) -> Head:
+    """A response head without its final blank line; UpstreamError for anything malformed."""
+    text = raw.decode("latin-1")
+    status_line, _, fields = text.partition("\r\n")
+    status = _STATUS_LINE.fullmatch(status_line)
+    if status is None:
+        raise UpstreamError(f"bad status line from the engine: {status_line[:80]!r}")
+    headers: dict[str, str] = {}
+    if fields:
+        if _FIELDS.fullmatch(fields) is None:  # obs-fold, bare CR or LF, controls: not guessed
+            bad = next(line for line in fields.split("\r\n") if not _HEADER.fullmatch(line))
+            raise UpstreamError(f"bad header line from the engine: {bad[:80]!r}")
+        for line in fields.split("\r\n"):
+            name, _, value = line.partition(":")
+            name, value = name.lower(), value.strip(" \t")
+            if name not in headers:
+                headers[name] = value
+            elif name != "content-length":
+                headers[name] = f"{headers[name]}, {value}"
+            elif headers[name] != value:
+                raise UpstreamError("the engine sent two different Content-Length values")
+    return Head(int(status.group(1)), int(status.group(2)), headers)
+
+
+class Framing(NamedTuple):
+    length: int | None
+    """the body's exact size, or None"""
+    chunked: bool
+    keep_alive: bool
+    """the connection may carry the next request once this body was read to its end"""
+
+
+def framing(head: Head) -> Framing:
+    """How the body of `head` ends (RFC 9112 section 6.3, for answers to a POST). Only what
+    engines send is taken: a length of plain digits, or `chunked` alone; anything else, or
+    both at once, is an UpstreamError (which of two framings counts is how answers get
+    smuggled)."""
+    headers = head.headers
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep_alive = "close" not in tokens and (head.version == 1 or "keep-alive" in tokens)
+    coding = headers.get("transfer-encoding")
+    length = headers.get("content-length")
+    if coding is not None and (length is not None or coding.lower() != "chunked"):
+        raise UpstreamError(f"bad Transfer-Encoding from the engine: {coding[:80]!r}")
+    if length is not None and _LENGTH.fullmatch(length) is None:
+        raise UpstreamError(f"bad Content-Length from the engine: {length[:80]!r}")
+    if head.status in (204, 304):
+        return Framing(0, False, keep_alive)
+    if coding is not None:
+        return Framing(None, True, keep_alive)
+    if length is not None:
+        return Framing(int(length), False, keep_alive)
+    return Framing(None, False, False)  # the body ends with the connection
+
+
+class ChunkDecoder:
+    """Chunked transfer coding, decoded as the bytes come: each feed takes what it can from the
+    buffer (partial chunks too, so that a huge chunk is relayed without being held whole)."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._remaining = 0
+        """data bytes of the current chunk still to come"""
+        self._crlf = False
+        """the CRLF that ends a chunk's data is next"""
+        self._trailer_bytes = -1
+        """-1 until the last chunk; then the size of the trailers so far"""
+
+    def feed(self, buffer: bytearray) -> bytes:
+        """Decode (and remove) what `buffer` holds; the data decoded, maybe b""."""
+        parts = []
+        pos, end = 0, len(buffer)
+        while not self.finished:
+            if remaining := self._remaining:
+                take = min(remaining, end - pos)
+                if take:
+                    parts.append(buffer[pos : pos + take])
+                    pos += take
+                self._remaining = remaining = remaining - take
+                if remaining:
+                    break
+                self._crlf = True
+            if self._crlf:
+                if end - pos < 2:
+                    break
+                if buffer[pos : pos + 2] != b"\r\n":
+                    raise UpstreamError("a chunk from the engine is longer than its size")
+                pos += 2
+                self._crlf = False
+            eol = buffer.find(b"\r\n", pos, pos + MAX_CHUNK_LINE_BYTES + 2)
+            if eol < 0:
+                if end - pos > MAX_CHUNK_LINE_BYTES:
+                    raise UpstreamError("a chunk-size line from the engine has no end")
                 break
-            del buffer[: end + 2]
-            return b"".join(parts), True
-        start = eol + 2
-        if size_of < start + size + 2:
-            break
-        parts.append(bytes(buffer[start : start + size]))
-        pos = start + size + 2
-    del buffer[:pos]
-    return b"".join(parts), False
+            line, pos = buffer[pos:eol], eol + 2
+            if self._trailer_bytes >= 0:
+                self._trailer(line)
+                continue
+            if 0 < len(line) < 16 and not line.translate(None, _HEX_DIGITS):
+                self._remaining = int(line, 16)  # hex digits alone: what engines send
+            elif size := _CHUNK_SIZE.fullmatch(line):
+                self._remaining = int(size.group(1), 16)
+            else:
+                raise UpstreamError(f"bad chunk size from the engine: {bytes(line[:80])!r}")
+            if not self._remaining:
+                self._trailer_bytes = 0
+        del buffer[:pos]
+        return b"".join(parts)
+
+    def _trailer(self, line: bytearray) -> None:
+        self._trailer_bytes += len(line) + 2
+        if not line:
+            self.finished = True
+        elif self._trailer_bytes > MAX_HEAD_BYTES:
+            raise UpstreamError("the engine's trailers have no end")
+        elif _HEADER.fullmatch(line.decode("latin-1")) is None:
+            raise UpstreamError(f"bad trailer line from the engine: {bytes(line[:80])!r}")
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, waiting: set[_Connection]) -> None:
+        self._waiting = waiting
+        """the pool's connections in a wait, which its sweeper checks"""
+        self.waiting_since = 0.0
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.closed = False
         self.error: Exception | None = None
+        self.received = 0
+        """bytes received over the connection's life: did the engine answer at all?"""
+        self.idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
+        self.timed_out = False
+        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,6 +201,11 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self.received += len(data)
+        if len(self.buffer) > BUFFER_HIGH_BYTES and not self._paused:
+            self._paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -65,49 +214,84 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed, self.error = True, exc
+        self.closed = True
+        self.error = self.error or exc
         self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _more(self) -> None:
+    def idle_expired(self) -> None:
+        self.timed_out = True
+        self.error = TimeoutError(f"no byte from the engine in {self.idle_timeout_s:g} s")
+        self.close()
+        self._wake()
+
+    def consumed(self) -> None:
+        """The relay took bytes from the buffer: read from the engine again once it is low."""
+        if self._paused and len(self.buffer) <= BUFFER_LOW_BYTES:
+            self._paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    async def more(self) -> None:
+        """Wait until more bytes, the end of the connection, or the idle timeout."""
         if self.closed:
             raise UpstreamError(f"the engine closed the connection ({self.error or 'EOF'})")
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
-        self._waiter = None
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self.waiting_since = loop.time()
+        self._waiting.add(self)
+        try:
+            await waiter
+        finally:
+            self._waiting.discard(self)
+            self._waiter = None
+        if self.timed_out:
+            raise UpstreamError(str(self.error))
 
-    async def read_until(self, marker: bytes) -> bytes:
-        while (end := self.buffer.find(marker)) < 0:
+    async def read_head(self) -> bytes:
+        start = 0
+        while (end := self.buffer.find(b"\r\n\r\n", start)) < 0:
             if len(self.buffer) > MAX_HEAD_BYTES:
                 raise UpstreamError("the engine's answer has no end of head")
-            await self._more()
+            start = max(0, len(self.buffer) - 3)
+            await self.more()
+        if end > MAX_HEAD_BYTES:
+            raise UpstreamError("the engine's answer has no end of head")
         data = bytes(self.buffer[:end])
-        del self.buffer[: end + len(marker)]
+        del self.buffer[: end + 4]
+        self.consumed()
         return data
 
     async def read_upto(self, size: int) -> bytes:
         """Between 1 and `size` bytes, as soon as any have arrived."""
-        if not self.buffer:
-            await self._more()
+        while not self.buffer:
+            await self.more()
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
+        self.consumed()
         return data
 
     async def read_some(self) -> bytes:
         """What has arrived (waiting for something); b"" at the end of the connection."""
-        if not self.buffer:
-            if self.closed:
+        while not self.buffer:
+            if self.closed and not self.timed_out:
                 return b""
-            try:
-                await self._more()
-            except UpstreamError:
-                return b""
+            await self.more()
         data = bytes(self.buffer)
         self.buffer.clear()
+        self.consumed()
         return data
+
+    def send(self, data: bytes) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise UpstreamError("the connection to the engine is closed")
+        try:
+            self.transport.write(data)
+        except (RuntimeError, OSError) as exc:  # uvloop: "handler is closed" on one just gone
+            raise UpstreamError(f"cannot send to the engine: {exc}") from exc
 
     def close(self) -> None:
         self.closed = True
@@ -116,46 +300,57 @@ class _Connection(asyncio.Protocol):
 
 
 class Response:
-    def __init__(
-        self, pool: Pool, key: str, conn: _Connection, status: int, headers: dict[str, str]
-    ) -> None:
+    def __init__(self, pool: Pool, key: str, conn: _Connection, head: Head) -> None:
         self._pool, self._key, self._conn = pool, key, conn
-        self.status, self.headers = status, headers
+        self.status, self.headers = head.status, head.headers
         self.done = False
-        self._keep_alive = headers.get("connection", "").lower() != "close"
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        length = headers.get("content-length")
-        self._length = int(length) if length is not None and not self._chunked else None
-        if self._length is None and not self._chunked:
-            self._keep_alive = False  # the body ends with the connection
+        self._framing = framing(head)
 
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_chunks()])
+    async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        """The whole body; UpstreamError past `limit` bytes."""
+        length = self._framing.length
+        if length is not None and length > limit:
+            self.close()
+            raise UpstreamError(f"the engine's answer is over {limit} bytes")
+        parts, size = [], 0
+        async for chunk in self.iter_chunks():
+            size += len(chunk)
+            if size > limit:
+                self.close()
+                raise UpstreamError(f"the engine's answer is over {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked encoding removed); the connection goes back to the
-        pool once the body was read to its end."""
-        conn = self._conn
-        if self._length is not None:
-            remaining = self._length
-            while remaining:
-                data = await conn.read_upto(remaining)
-                remaining -= len(data)
-                yield data
-        elif self._chunked:
-            while True:
-                data, finished = take_chunks(conn.buffer)
-                if data:
+        pool once the body was read to its end, and is closed on any error."""
+        conn, frame = self._conn, self._framing
+        try:
+            if frame.length is not None:
+                remaining = frame.length
+                while remaining:
+                    data = await conn.read_upto(remaining)
+                    remaining -= len(data)
                     yield data
-                if finished:
-                    break
-                if not data:
-                    await conn._more()
-        else:
-            while data := await conn.read_some():
-                yield data
+            elif frame.chunked:
+                decoder = ChunkDecoder()
+                while True:
+                    data = decoder.feed(conn.buffer)
+                    conn.consumed()
+                    if data:
+                        yield data
+                    if decoder.finished:
+                        break
+                    if not data:
+                        await conn.more()
+            else:
+                while data := await conn.read_some():
+                    yield data
+        except UpstreamError:
+            self.close()
+            raise
         self.done = True
-        if self._keep_alive and not conn.closed and not conn.buffer:
+        if frame.keep_alive and not conn.closed and not conn.buffer:
             self._pool.put_back(self._key, conn)
         else:
             conn.close()
@@ -170,6 +365,8 @@ class Response:
 class Pool:
     def __init__(self) -> None:
         self._idle: dict[str, list[_Connection]] = {}
+        self._waiting: set[_Connection] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     def put_back(self, key: str, conn: _Connection) -> None:
         self._idle.setdefault(key, []).append(conn)
@@ -178,52 +375,77 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, host, port), CONNECT_TIMEOUT_S
+                loop.create_connection(lambda: _Connection(self._waiting), host, port),
+                CONNECT_TIMEOUT_S,
             )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect: {exc}") from exc
         return conn
 
-    async def post(self, base: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
+    async def post(
+        self,
+        base: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        idle_timeout_s: float | None = None,
+    ) -> Response:
         """POST and read the answer's head. A kept-alive connection that turns out closed is
-        replaced once by a new one (the engine may have dropped it while idle)."""
+        replaced once by a new one (the engine may have dropped it while idle). `idle_timeout_s`
+        bounds every wait for the engine's next byte (None: DEFAULT_IDLE_TIMEOUT_S)."""
         parts = urlsplit(base)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"Content-Length: {len(body)}")
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        timeout = DEFAULT_IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
         idle = self._idle.get(base)
         while idle:
             conn = idle.pop()
-            if conn.closed:
+            if conn.closed or conn.buffer:  # gone, or bytes nobody asked for: not to be trusted
+                conn.close()
                 continue
+            conn.idle_timeout_s = timeout
+            received = conn.received
             try:
                 return await self._exchange(base, conn, request)
             except UpstreamError:
-                if conn.buffer:  # the engine had started answering: not a stale connection
-                    raise
-        return await self._exchange(base, await self._connect(host, port), request)
+                if conn.received != received or conn.timed_out:
+                    raise  # the engine answered (badly) or hangs: not a stale connection
+        conn = await self._connect(host, port)
+        conn.idle_timeout_s = timeout
+        return await self._exchange(base, conn, request)
 
     async def _exchange(self, key: str, conn: _Connection, request: bytes) -> Response:
         try:
-            assert conn.transport is not None
-            conn.transport.write(request)
-            head = (await conn.read_until(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            status = int(head[0].split(" ", 2)[1])
-        except (UpstreamError, ValueError, IndexError) as exc:
-            conn.close()
-            raise UpstreamError(str(exc)) from exc
+            conn.send(request)
+            for _ in range(MAX_INTERIM_HEADS + 1):
+                head = parse_head(await conn.read_head())
+                if head.status >= 200:
+                    return Response(self, key, conn, head)
+                if head.status == 101:
+                    raise UpstreamError("the engine switched protocols unasked")
+            raise UpstreamError("the engine sent only interim (1xx) answers")
         except BaseException:
-            conn.close()  # cancelled: the client left; the engine sees the connection go
+            conn.close()  # broken, or cancelled (the client left): the engine sees it go
             raise
-        headers = {}
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return Response(self, key, conn, status, headers)
+
+    async def _sweep(self) -> None:
+        """End the waits that outlived their idle timeout (until the pool is closed)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for conn in list(self._waiting):
+                if now - conn.waiting_since >= conn.idle_timeout_s:
+                    conn.idle_expired()
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()

@@ -2,12 +2,16 @@
 """A minimal, fast OpenAI-shaped upstream: what the gateway bench and tests put behind it.
 
     python tests/bench/gateway_upstream.py --port P [--chunks N] [--chunk-delay-ms D] [--name ID]
+                                           [--stream-bytes B]
 
 Raw asyncio (uvloop when installed) with canned answers, so it serves well over 10k req/s on one
 core and the gateway, not the upstream, is what a bench measures. It answers GET /health,
 GET /v1/models, POST /v1/chat/completions, /v1/completions, /v1/embeddings (a body with
 `"stream": true` gets N SSE chunks, then a usage chunk and [DONE]), and GET /stats:
-{"requests": n, "streams_cut": n} where streams_cut counts streams whose client hung up.
+{"requests": n, "streams_cut": n, "bytes_streamed": n} where streams_cut counts streams whose
+client hung up. With --stream-bytes B a stream is B bytes of 64 KiB events, sent as fast as the
+reader takes them (the engine side of a back-pressure test: it writes only while its socket
+accepts, so what it has sent is what the gateway took).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import contextlib
 import json
 import sys
 
-STATS = {"requests": 0, "streams_cut": 0}
+STATS = {"requests": 0, "streams_cut": 0, "bytes_streamed": 0}
+BIG_EVENT = b"data: " + b"x" * (65536 - 8) + b"\n\n"
+BIG_CHUNK = b"%x\r\n%s\r\n" % (len(BIG_EVENT), BIG_EVENT)
 
 
 def canned(name: str) -> dict[bytes, bytes]:
@@ -110,6 +116,14 @@ class Upstream(asyncio.Protocol):
         tail = b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n"
         self.tail = b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail)
         self.whole_stream = STREAM_HEAD + b"".join(self.chunks) + self.tail
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -144,6 +158,8 @@ class Upstream(asyncio.Protocol):
             self.transport.write(response(b"200 OK", json.dumps(STATS).encode()))
         elif path not in self.answers:
             self.transport.write(response(b"404 Not Found", b'{"detail":"Not Found"}'))
+        elif (b'"stream": true' in body or b'"stream":true' in body) and self.args.stream_bytes:
+            self.streaming = asyncio.ensure_future(self.stream_bytes())
         elif (b'"stream": true' in body or b'"stream":true' in body) and self.args.chunk_delay_ms:
             self.streaming = asyncio.ensure_future(self.stream())
         elif b'"stream": true' in body or b'"stream":true' in body:
@@ -157,6 +173,17 @@ class Upstream(asyncio.Protocol):
         for chunk in self.chunks:
             await asyncio.sleep(self.args.chunk_delay_ms / 1000)
             self.transport.write(chunk)
+        self.transport.write(self.tail)
+
+    async def stream_bytes(self) -> None:
+        assert self.transport is not None
+        self.transport.write(STREAM_HEAD)
+        sent = 0
+        while sent < self.args.stream_bytes and not self.transport.is_closing():
+            await self.writable.wait()
+            self.transport.write(BIG_CHUNK)
+            sent += len(BIG_CHUNK)
+            STATS["bytes_streamed"] += len(BIG_CHUNK)
         self.transport.write(self.tail)
 
 
@@ -178,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="bench-model", help="model name in the answers")
     parser.add_argument("--chunks", type=int, default=8, help="SSE chunks per stream")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument("--stream-bytes", type=int, default=0, help="stream this many bytes")
     args = parser.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop

@@ -12,6 +12,11 @@ PORT beat --host and --port):
 - FAKE_ROGUE_CHILD=ADDR:PORT  a child process listens there (the check covers the process tree);
 - FAKE_ROGUE_HANG_FILE=PATH  while PATH holds this process's pid, /health never answers (a hung
   engine; an engine restarted in its place has another pid and answers).
+- FAKE_ROGUE_ANSWER=KIND  every POST gets a malformed or missing answer, and the connection is
+  held open until the client drops it: `negative-length` (Content-Length: -1), `negative-chunk`
+  (a chunk size of -6; an SSE stream when the request asks for one), `silent` (nothing at all),
+  `stall` (a stream's head and first event, then nothing). GET /stats counts the POSTs and the
+  connections the client dropped: {"posts": n, "dropped": n}.
 
 Without them it behaves. Only the standard library: it starts in milliseconds.
 """
@@ -56,6 +61,19 @@ def hung() -> bool:
         return False
 
 
+ANSWERS = {
+    "negative-length": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    b"Content-Length: -1\r\n\r\n{}",
+    "negative-chunk": b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n"
+    b"\r\n-6\r\ndata: {}\n\n\r\n",
+    "silent": b"",
+    "stall": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked"
+    b'\r\n\r\n1a\r\ndata: {"choices": []}\n\n\r\n',
+}
+STATS = {"posts": 0, "dropped": 0}
+STATS_LOCK = threading.Lock()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fake_rogue")
     parser.add_argument("command")
@@ -82,10 +100,30 @@ def main(argv: list[str]) -> int:
             while self.path == "/health" and hung() and time.monotonic() < deadline:
                 time.sleep(0.05)
             body = b"" if self.path == "/health" else json.dumps({"data": []}).encode()
-            self.send_response(200 if self.path in ("/health", "/v1/models") else 404)
+            if self.path == "/stats":
+                with STATS_LOCK:
+                    body = json.dumps(STATS).encode()
+            self.send_response(200 if self.path in ("/health", "/v1/models", "/stats") else 404)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with STATS_LOCK:
+                STATS["posts"] += 1
+            answer = ANSWERS[os.environ.get("FAKE_ROGUE_ANSWER", "silent")]
+            if b"%s" in answer:
+                stream = b'"stream": true' in body or b'"stream":true' in body
+                answer = answer % (b"text/event-stream" if stream else b"application/json")
+            self.wfile.write(answer)
+            self.wfile.flush()
+            self.connection.settimeout(None)
+            while self.connection.recv(65536):  # held until the client drops it
+                pass
+            with STATS_LOCK:
+                STATS["dropped"] += 1
+            self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:
             pass

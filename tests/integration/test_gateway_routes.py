@@ -13,7 +13,7 @@ from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
 from reconciler.core.spec import ClusterSpec, ModelSpec
 from reconciler.gateway.routes import build_routes, parse_routes
-from reconciler.gateway.upstream import take_chunks
+from reconciler.gateway.upstream import ChunkDecoder
 from reconciler.state.statefile import ModelState
 
 
@@ -104,9 +104,9 @@ def test_chunked_bodies_decode_the_same_however_the_bytes_arrive() -> None:
     body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"data: a\n\n", b"x" * 300, b"z"))
     wire = body + b"0\r\n\r\n"
     for step in (1, 2, 7, 64, len(wire)):
-        buffer, out, finished = bytearray(), b"", False
+        buffer, out, decoder = bytearray(), b"", ChunkDecoder()
         for i in range(0, len(wire), step):
             buffer += wire[i : i + step]
-            data, finished = take_chunks(buffer)
-            out += data
-        assert (out, finished, bytes(buffer)) == (b"data: a\n\n" + b"x" * 300 + b"z", True, b"")
+            out += decoder.feed(buffer)
+        expected = (b"data: a\n\n" + b"x" * 300 + b"z", True, b"")
+        assert (out, decoder.finished, bytes(buffer)) == expected
