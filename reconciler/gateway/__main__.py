@@ -16,7 +16,6 @@ from aiohttp import web
 
 from reconciler.gateway.connections import (
     HEAD_TIMEOUT_S,
-    Connections,
     connection_limit,
     raise_open_files_limit,
 )
@@ -73,8 +72,8 @@ async def serve(gateway: Gateway, host: str, port: int, parent_pid: int | None =
     )
     await runner.setup()
     assert runner.server is not None
-    connections = Connections(connection_limit(raise_open_files_limit()))
-    gateway.connections = connections
+    connections = gateway.connections  # the app's middleware marks its busy ones
+    connections.limit = connection_limit(raise_open_files_limit())
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         connections.factory(runner.server), host, port, backlog=2048, reuse_address=True

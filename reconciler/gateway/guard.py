@@ -10,11 +10,20 @@ closes the rest. With keys configured a page cannot present the key, so these ch
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
 
 from reconciler.gateway import errors
+from reconciler.gateway.connections import Connections
 from reconciler.gateway.errors import Refusal
+
+log = logging.getLogger("reconciler.gateway")
+FORWARDED_HEADERS = ("Content-Type", "Accept")
+"""the client's headers the engine gets (beside the gateway's own)"""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_PATH = re.compile(r"(?:/[A-Za-z0-9_~!$&'()*+,;=:@.-]+)+")
@@ -89,3 +98,54 @@ def unforwardable(values: Iterable[str]) -> Refusal | None:
         if not (value.isascii() and value.isprintable()):
             return errors.bad_header()
     return None
+
+
+def check(guard: Guard, request: web.Request, has_keys: bool) -> None:
+    """Raise the Refusal for what this request lacks (see the module docstring)."""
+    refusal = path_problem(request.raw_path)
+    headers = request.headers
+    post = request.method == "POST"
+    if refusal is None and not has_keys:
+        refusal = guard.browser_problem(
+            headers.get("Host"), headers.get("Origin"), headers.get("Sec-Fetch-Site")
+        )
+        if refusal is None and post and not is_json(headers.get("Content-Type")):
+            refusal = errors.not_json()
+    if refusal is None and post:
+        refusal = unforwardable([headers[h] for h in FORWARDED_HEADERS if h in headers])
+    if refusal is not None:
+        raise refusal
+
+
+def client_middleware(
+    guard: Guard, has_keys: Callable[[], bool], connections: Connections
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """`check` before any route; the connection counts as busy (not to be closed for a
+    newcomer) while its request is answered; and a fault no check foresaw is one log line and an
+    error in OpenAI's shape, not a traceback per request."""
+
+    @web.middleware
+    async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        busy = connections.busy
+        busy.add(transport)
+        try:
+            check(guard, request, has_keys())
+            return await handler(request)
+        except Refusal as refusal:
+            return refusal.response("")
+        except (web.HTTPException, ConnectionError):
+            raise
+        except Exception as exc:
+            log.error(
+                "%s %s: %s: %s",
+                request.method,
+                errors.shown(request.path),
+                type(exc).__name__,
+                errors.shown(str(exc)),
+            )
+            return errors.internal().response("")
+        finally:
+            busy.discard(transport)
+
+    return checked

@@ -21,9 +21,10 @@ from aiohttp import web
 
 from reconciler.core.gateway_spec import MIN_KEY_CHARS
 from reconciler.gateway import errors
+from reconciler.gateway.bodies import Bodies, Claim
 from reconciler.gateway.connections import Connections
 from reconciler.gateway.errors import MODEL_HEADER, Refusal
-from reconciler.gateway.guard import Guard, is_json, path_problem, unforwardable
+from reconciler.gateway.guard import FORWARDED_HEADERS, Guard, client_middleware
 from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics
 from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
 from reconciler.gateway.routes import parse_routes as parse_routes_text
@@ -33,11 +34,8 @@ from reconciler.gateway.window import TrafficWindow
 
 log = logging.getLogger("reconciler.gateway")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
-FORWARDED_HEADERS = ("Content-Type", "Accept")
 RETRY_STATUSES = frozenset({502, 503})
 USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
-BODY_TIMEOUT_S = 60.0
-"""a request body must arrive within this once its head has (a trickle holds buffer budget)"""
 
 
 class Gateway:
@@ -62,9 +60,8 @@ class Gateway:
         self.pool = Pool()
         self.guard = Guard(listen_host)
         self.connections = Connections(limit=2**31)
-        """the listening socket's (set by __main__.serve): requests mark their connection busy"""
-        self.buffered = 0
-        """bytes of request bodies held (read, queued or in flight), against max_buffered_mb"""
+        """the listening socket's (__main__.serve sets the limit): requests mark theirs busy"""
+        self.bodies = Bodies()
         self._stat: tuple[int, int, int] | None = None
 
     @property
@@ -136,99 +133,13 @@ class Gateway:
             raise errors.unauthorized()
         self.metrics.key_used(name)
 
-    async def read_json(self, request: web.Request, held: list[int]) -> tuple[bytes, dict]:
-        """The body and its JSON; `held` counts the bytes taken from the buffer budget (the
-        caller gives them back when the request is done)."""
-        settings = self.settings
-        limit = settings.max_body_bytes
-        too_big = errors.too_big(limit)
-        declared = request.content_length
-        if declared is not None and declared > limit:
-            raise too_big
-        self.hold(held, declared or 0)
-        body = bytearray()
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
-                async for chunk in request.content.iter_any():
-                    body += chunk
-                    if len(body) > limit:
-                        raise too_big
-                    if len(body) > held[0]:
-                        self.hold(held, len(body) - held[0])
-        except TimeoutError:
-            raise errors.body_timeout(BODY_TIMEOUT_S) from None
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise errors.bad_json(exc) from None
-        except RecursionError:
-            raise errors.too_deep() from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
-            raise errors.missing_model()
-        return bytes(body), payload
-
-    def hold(self, held: list[int], size: int) -> None:
-        """Take `size` bytes of the budget for bodies held across all models, or refuse."""
-        budget = self.settings.max_buffered_bytes
-        if self.buffered + size > budget:
-            raise errors.over_budget(budget / 2**20, self.settings.retry_after_s)
-        self.buffered += size
-        held[0] += size
-
-    def check_client(self, request: web.Request) -> None:
-        """What every request must show (guard.py): a plain path, and without keys no sign
-        of a web page behind it."""
-        refusal = path_problem(request.raw_path)
-        if refusal is None and not self.settings.api_keys:
-            headers = request.headers
-            refusal = self.guard.browser_problem(
-                headers.get("Host"),
-                headers.get("Origin"),
-                headers.get("Sec-Fetch-Site"),
-            )
-            post = request.method == "POST"
-            if refusal is None and post and not is_json(headers.get("Content-Type")):
-                refusal = errors.not_json()
-        if refusal is None and request.method == "POST":
-            headers = request.headers
-            refusal = unforwardable([headers[h] for h in FORWARDED_HEADERS if h in headers])
-        if refusal is not None:
-            raise refusal
-
-    @web.middleware
-    async def client_middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        """check_client before any route; the connection counts as busy (not to be closed for
-        a newcomer) while its request is answered; and a fault no check foresaw is one log line
-        and an error in OpenAI's shape, not a traceback per request."""
-        transport = request.transport
-        busy = self.connections.busy
-        busy.add(transport)
-        try:
-            self.check_client(request)
-            return await handler(request)
-        except Refusal as refusal:
-            return refusal.response("")
-        except (web.HTTPException, ConnectionError):
-            raise
-        except Exception as exc:
-            log.error(
-                "%s %s: %s: %s",
-                request.method,
-                errors.shown(request.path),
-                type(exc).__name__,
-                errors.shown(str(exc)),
-            )
-            return errors.internal().response("")
-        finally:
-            busy.discard(transport)
-
     async def handle_post(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         label, shown = UNKNOWN_MODEL, ""
-        held = [0]
+        claim = Claim()
         try:
             self.authorize(request)
-            body, payload = await self.read_json(request, held)
+            body, payload = await self.bodies.read_json(request, self.settings, claim)
             shown = payload["model"]
             entry = self.table.resolve(shown)
             if entry is None:
@@ -244,7 +155,7 @@ class Gateway:
         except Refusal as refusal:
             response, code = refusal.response(shown), refusal.status
         finally:
-            self.buffered -= held[0]
+            self.bodies.release(claim)
         seconds = time.perf_counter() - started
         self.metrics.request_done(label, code, seconds)
         self.traffic.record(label, code, seconds)
@@ -469,7 +380,10 @@ class Gateway:
 
     def app(self) -> web.Application:
         # read_json applies the table's limit
-        app = web.Application(client_max_size=2**62, middlewares=[self.client_middleware])
+        checks = client_middleware(
+            self.guard, lambda: bool(self.settings.api_keys), self.connections
+        )
+        app = web.Application(client_max_size=2**62, middlewares=[checks])
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_post("/v1/{tail:.+}", self.handle_post)
         app.router.add_get("/internal/inflight", self.handle_inflight)
