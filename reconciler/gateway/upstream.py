@@ -73,7 +73,7 @@ def parse_head(raw: bytes) -> Head:
         if _FIELDS.fullmatch(fields) is None:  # obs-fold, bare CR or LF, controls: not guessed
             bad = next(line for line in fields.split("\r\n") if not _HEADER.fullmatch(line))
             raise UpstreamError(f"bad header line from the engine: {bad[:80]!r}")
-        for line in fields.split("\r\n"):
+        for line in fields.split("\r\n"):  # every line matched _FIELD above
             name, _, value = line.partition(":")
             name, value = name.lower(), value.strip(" \t")
             if name not in headers:
@@ -99,8 +99,12 @@ def framing(head: Head) -> Framing:
     both at once, is an UpstreamError (which of two framings counts is how answers get
     smuggled)."""
     headers = head.headers
-    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    keep_alive = "close" not in tokens and (head.version == 1 or "keep-alive" in tokens)
+    connection = headers.get("connection")
+    if connection is None:
+        keep_alive = head.version == 1
+    else:
+        tokens = {t.strip().lower() for t in connection.split(",")}
+        keep_alive = "close" not in tokens and (head.version == 1 or "keep-alive" in tokens)
     coding = headers.get("transfer-encoding")
     length = headers.get("content-length")
     if coding is not None and (length is not None or coding.lower() != "chunked"):
