@@ -12,7 +12,8 @@ from gateway_support import Upstream, harness
 from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
 from reconciler.core.spec import ClusterSpec, ModelSpec
-from reconciler.gateway.routes import build_routes, parse_routes
+from reconciler.gateway.attach import settings_from
+from reconciler.gateway.routes import GatewaySettings, build_routes, parse_routes
 from reconciler.gateway.upstream import ChunkDecoder
 from reconciler.state.statefile import ModelState
 
@@ -110,3 +111,12 @@ def test_chunked_bodies_decode_the_same_however_the_bytes_arrive() -> None:
             out += decoder.feed(buffer)
         expected = (b"data: a\n\n" + b"x" * 300 + b"z", True, b"")
         assert (out, decoder.finished, bytes(buffer)) == expected
+
+
+def test_the_idle_timeout_of_cluster_yaml_reaches_the_gateways_table() -> None:
+    cluster = ClusterSpec.model_validate({"gateway": {"upstream_idle_timeout_s": 42}})
+    settings = settings_from(cluster, GatewaySettings())
+    state = DesiredState({}, cluster)
+    table = parse_routes(build_routes(state, {}, settings).to_json())
+    assert table.settings.upstream_idle_timeout_s == 42
+    assert ClusterSpec().gateway.upstream_idle_timeout_s == 600  # long generations never hit it
