@@ -9,14 +9,18 @@ spec's `timeout_s`) before it looked at the commit at all.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import pytest
 from apply_support import FAKE_ROGUE, Host, managed_host, stand_in, vllm_wrapper, wait_for
 from gitops_support import daemon_running, events_since, local_site, spec_hash, wait_running
+
+from reconciler.engines.health import Prober, probe_client
 
 APPLIED_WITHIN_S = 20.0
 """generous for a busy machine (a pass takes well under a second); the hung probe's engine keeps
@@ -75,3 +79,44 @@ def test_a_hung_probe_does_not_hold_back_another_models_change(host: Host) -> No
         assert probes_waiting(before["hung"], port), "the hung probe ended: the test proves nothing"
         assert events_since(host, seen, "crashed") == []
         hang.write_text("")  # answers again: stop-all and the daemon's exit see a plain engine
+
+
+def test_probes_run_beside_each_other_and_a_late_one_is_reported() -> None:
+    """The Prober on real sockets: a probe that hangs holds up neither the caller nor the probe
+    of another engine; its end, after the caller stopped waiting, is reported."""
+    release = threading.Event()
+
+    class Engine(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/hang":
+                release.wait(60)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    late = threading.Event()
+    prober = Prober(workers=4)
+    prober.on_late = late.set
+    try:
+        with probe_client() as client:
+            assert prober.start("hung", 1, f"{base}/hang", 3600, client)
+            assert prober.start("fine", 2, f"{base}/health", 3600, client)
+            assert not prober.start("hung", 1, f"{base}/hang", 3600, client), "one at a time"
+            began = time.monotonic()
+            prober.wait(["hung", "fine"], 1.0)
+            assert time.monotonic() - began < 30  # not 3600: the wait is the caller's bound
+            fine = prober.take("fine", 2)
+            assert fine is not None and (fine.ok, fine.status_code) == (True, 200)
+            assert prober.take("hung", 1) is None and prober.running("hung")
+            assert not late.is_set()
+            release.set()
+            assert late.wait(30), "the late probe's end was not reported"
+            assert prober.take("hung", 99) is None, "a result about another engine is dropped"
+    finally:
+        server.shutdown()
