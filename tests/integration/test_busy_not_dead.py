@@ -2,7 +2,7 @@
 
 A real `reconciler run` with its gateway; the engine is tests/fakes/fake_busy.py, a single-slot
 stand-in whose health route waits while it streams an answer (llama-cpp-python's server does
-the same on /v1/models), with probes that give up after 1 s and two failures in a row.
+the same on /v1/models), with probes every 2 s that give up after 2 s, two failures in a row.
 - It streams a long answer through the gateway: every probe meanwhile times out, but the engine
   is sending bytes to a client, so it is busy, not dead: the answer completes, nothing restarts.
 - It holds a request and sends nothing: its probes time out and no bytes flow, so it is dead
@@ -22,11 +22,12 @@ from apply_support import REPO, Host, managed_host, stand_in, vllm_wrapper, wait
 from daemon_support import Daemon, free_port, init_repo
 
 FAKE_BUSY = REPO / "tests" / "fakes" / "fake_busy.py"
-PROBES = {"interval_s": 1, "timeout_s": 1, "failure_threshold": 2, "startup_timeout_s": 60}
-TOKENS = 600
+PROBES = {"interval_s": 2, "timeout_s": 2, "failure_threshold": 2, "startup_timeout_s": 60}
+TOKENS = 1000
 TOKEN_S = 0.02
-"""600 events 0.02 s apart: a 12 s answer (longer on a busy machine), during which the old
-health logic counted two failed probes within about 4 s"""
+"""1000 events 0.02 s apart: a 20 s answer (longer on a busy machine), during which the old
+health logic counted two failed probes within about 8 s; a gap of up to 4 s between events (a
+busy machine) still counts as recent"""
 
 
 @pytest.fixture
