@@ -69,7 +69,8 @@ def test_requests_through_the_gateway_show_per_model(two_models: Daemon) -> None
     # a request counts once its second is over; the API keeps an answer for a second
     def counted() -> bool:
         models = traffic(daemon)["models"]
-        return models.get("alpha", {}).get("requests") == 40 and "beta" in models
+        counts = {m: models.get(m, {}).get("requests") for m in ("alpha", "beta")}
+        return counts == {"alpha": 40, "beta": 5}
 
     assert wait_for(counted, 10, 0.2), traffic(daemon)
     report = traffic(daemon)

@@ -141,5 +141,6 @@ def test_the_api_and_metrics_show_estimate_and_measurement_across_a_restart(tmp_
         assert 'reconciler_model_gpu_memory_estimated_bytes{model="seen"}' in metrics
         d.stop()
         d.start()  # a new daemon process (persistence itself: the plan test above)
+        d.wait_ready()  # the API answers 503 until the new daemon's first pass
         again = d.json("/api/v1/models/seen")["memory"]
         assert again["peak_mb"] >= memory["measured_mb"]
