@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -29,7 +29,7 @@ from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetri
 from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
 from reconciler.gateway.routes import parse_routes as parse_routes_text
 from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
-from reconciler.gateway.upstream import Pool, Response, UpstreamError
+from reconciler.gateway.upstream import Pool, UpstreamError
 from reconciler.gateway.window import TrafficWindow
 
 log = logging.getLogger("reconciler.gateway")
@@ -261,16 +261,25 @@ class Gateway:
                 if upstream.status in RETRY_STATUSES:
                     return f"http_{upstream.status}: the engine answered {upstream.status}"
                 content_type = upstream.headers.get("content-type", "application/json")
-                if not content_type.startswith("text/event-stream"):
+                streaming = content_type.startswith("text/event-stream")
+                if streaming:  # its first chunk before the client's head: a bad one fails over
+                    chunks = upstream.iter_chunks()
+                    data = await anext(chunks, b"")
+                else:
                     data = await upstream.read()
             except UpstreamError as exc:
                 instance.down_until = time.monotonic() + DOWN_FOR_S
                 return f"connection: {type(exc).__name__} {exc}"
             instance.served += 1
             out_headers = {MODEL_HEADER: target.id, "Content-Type": content_type}
-            if content_type.startswith("text/event-stream"):
+            if streaming:
                 return await self.relay_stream(
-                    request, upstream, target.id, out_headers, started, instance
+                    request,
+                    (upstream.status, data, chunks),
+                    target.id,
+                    out_headers,
+                    started,
+                    instance,
                 )
             self.metrics.first_byte(target.id, time.perf_counter() - started)
             if upstream.status == 200 and b'"usage"' in data:
@@ -287,24 +296,24 @@ class Gateway:
     async def relay_stream(
         self,
         request: web.Request,
-        upstream: Response,
+        stream: tuple[int, bytes, AsyncIterator[bytes]],
         model: str,
         headers: dict[str, str],
         started: float,
         instance: Instance,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        """Relay an engine's stream: its status, its first chunk (read already, so that a bad
+        one failed over instead) and the rest of its chunks."""
+        status, first_chunk, rest = stream
+        response = web.StreamResponse(status=status, headers=headers)
         response.headers["Cache-Control"] = "no-cache"
         await response.prepare(request)
-        first = True
+        self.metrics.first_byte(model, time.perf_counter() - started)
         usage = b""
         try:
-            async for chunk in upstream.iter_chunks():
+            async for chunk in _chained(first_chunk, rest):
                 instance.last_byte_at = time.monotonic()  # busy, not dead (the daemon's probes)
                 await response.write(chunk)
-                if first:
-                    self.metrics.first_byte(model, time.perf_counter() - started)
-                    first = False
                 if b'"usage"' in chunk:
                     usage = chunk  # engines that repeat usage send running totals: keep the last
         except ConnectionResetError:
@@ -410,3 +419,10 @@ def from_this_host(request: web.Request) -> bool:
         return True
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     return bool(sockname) and request.remote == sockname[0]
+
+
+async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk

@@ -13,8 +13,8 @@ from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
 from reconciler.core.spec import ClusterSpec, ModelSpec
 from reconciler.gateway.attach import settings_from
+from reconciler.gateway.framing import ChunkDecoder
 from reconciler.gateway.routes import GatewaySettings, build_routes, parse_routes
-from reconciler.gateway.upstream import ChunkDecoder
 from reconciler.state.statefile import ModelState
 
 

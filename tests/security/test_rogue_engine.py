@@ -81,11 +81,11 @@ def test_a_malformed_answer_is_a_quick_error_and_the_gateway_keeps_serving(
         ]
     # the rogue's connections are dropped, never kept for the next request
     wait_for(lambda: bad.stats()["dropped"] == bad.stats()["posts"] == 5, "connections dropped")
-    # a stream whose first chunk is malformed ends with the error event, not a hang
+    # a stream whose first chunk is malformed is refused before the client's head, not a hang
     if answer == "negative-chunk":
         streamed = chat(gw, "rogue", stream=True)
-        assert streamed.status_code == 200
-        assert '"upstream_failed"' in streamed.text and "chunk size" in streamed.text
+        assert streamed.status_code in (502, 503), streamed.text
+        assert "chunk size" in streamed.json()["error"]["message"]
     # nothing spins: other models, /metrics and the CPU say so
     assert chat(gw, "good").json()["model"] == "good"
     assert "reconciler_gateway_requests_total" in httpx.get(f"{gw.base}/metrics", timeout=10).text
@@ -95,6 +95,21 @@ def test_a_malformed_answer_is_a_quick_error_and_the_gateway_keeps_serving(
     assert process is not None
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) is not None
+
+
+def test_a_stream_whose_first_chunk_is_malformed_fails_over_to_a_good_instance(
+    gw: Harness,
+) -> None:
+    """The first chunk is read before the client gets a head, so a rogue instance's bad stream
+    is a failover (the client sees only the good instance's stream), not a 200 that breaks."""
+    bad, good = rogue(gw, "negative-chunk"), gw.upstream(Upstream.fast(name="good"))
+    gw.write(model("good", bad.url, good.url))
+    for _ in range(4):  # whichever instance is picked first, every stream comes back whole
+        streamed = chat(gw, "good", stream=True)
+        assert streamed.status_code == 200, streamed.text
+        assert "upstream_failed" not in streamed.text
+        assert streamed.text.rstrip().endswith("data: [DONE]"), streamed.text[-200:]
+    assert bad.stats()["posts"] >= 1  # the rogue was tried
 
 
 def test_an_engine_that_never_answers_fails_after_the_idle_timeout(gw: Harness) -> None:

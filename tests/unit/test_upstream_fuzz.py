@@ -21,13 +21,8 @@ import h11
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from reconciler.gateway.upstream import (
-    MAX_CHUNK_LINE_BYTES,
-    ChunkDecoder,
-    Pool,
-    Response,
-    UpstreamError,
-)
+from reconciler.gateway.framing import MAX_CHUNK_LINE_BYTES, ChunkDecoder, UpstreamError
+from reconciler.gateway.upstream import Pool, Response
 
 try:
     import uvloop
