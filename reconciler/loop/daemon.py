@@ -23,6 +23,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from reconciler.core.events import EventKind
 from reconciler.core.gpu import GPUInfo
 from reconciler.core.memory import MemoryFigures
 from reconciler.core.plan import Plan
@@ -203,7 +204,8 @@ class Daemon:
         self.metrics.record_pass(seconds, "ok" if result.plan.valid else "invalid")
         cluster = self._cluster()
         if cluster is not None:
-            self.notifier.configure(cluster.notifications)
+            for problem in self.notifier.configure(cluster.notifications):
+                self.reconciler.event(EventKind.error, None, f"notifications: {problem}")
         for listener in self.pass_listeners:
             try:
                 listener(result)

@@ -158,14 +158,16 @@ class Notifier:
         self._closed = False
         self.configure(targets)
 
-    def configure(self, targets: Sequence[NotificationTarget]) -> None:
+    def configure(self, targets: Sequence[NotificationTarget]) -> list[str]:
         """Use these targets from now on. An unchanged target keeps its worker and queue; a
         removed one delivers what it already holds, then its thread ends. Cheap when nothing
-        changed, so the daemon may call it after every pass."""
+        changed, so the daemon may call it after every pass. Returns the targets refused for
+        sending a secret where the host did not bind it, once per new configuration (the
+        daemon records them as error events)."""
         wanted = {_key(i, t): (i, t) for i, t in enumerate(targets)}
         with self._lock:
             if self._closed or wanted.keys() == self._workers.keys():
-                return
+                return []
             for key in set(self._workers) - set(wanted):
                 self._workers.pop(key).finish()
             for key, (index, target) in wanted.items():
@@ -173,8 +175,10 @@ class Notifier:
                     self._workers[key] = self._start_worker(index, target)
         for problem in missing_secrets(targets, self._environ):
             log.warning("notifications: %s", problem)
-        for problem in refused_secrets(targets, self._environ):
+        refused = refused_secrets(targets, self._environ)
+        for problem in refused:
             log.error("notifications: %s", problem)
+        return refused
 
     def notify(self, event: Mapping[str, Any]) -> str | None:
         """Queue the notification this event calls for, if any; returns its kind. Never blocks

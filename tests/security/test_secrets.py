@@ -183,6 +183,12 @@ def test_smtp_credentials_never_go_to_a_server_that_only_git_names(tmp_path: Pat
         assert f"notifications: ops: refused: password_env: {refused}" in log  # at start
         assert "a credential goes only where the host binds it" in log
         assert "s3cret" not in log
+        # the refusal is an error event too: the dashboard, the API and alerts see it
+        refusals = [
+            e for e in daemon.host.events("error") if e["message"].startswith("notifications: ops")
+        ]
+        fields = sorted(e["message"].split("refused: ")[1].split(":")[0] for e in refusals)
+        assert fields == ["password_env", "username_env"], refusals  # once each, not every pass
 
 
 def test_smtp_credentials_go_to_a_server_the_host_lists(tmp_path: Path) -> None:
