@@ -267,6 +267,7 @@ class Gateway:
                     data = await anext(chunks, b"")
                 else:
                     data = await upstream.read()
+                instance.last_byte_at = time.monotonic()  # an answer is a sign of life too
             except UpstreamError as exc:
                 instance.down_until = time.monotonic() + DOWN_FOR_S
                 return f"connection: {type(exc).__name__} {exc}"
