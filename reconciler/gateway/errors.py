@@ -68,6 +68,11 @@ def unknown_model(name: str) -> Refusal:
     return Refusal(404, f"the model `{shown(name)}` does not exist", INVALID, "model_not_found")
 
 
+def no_table(retry_after: int) -> Refusal:
+    message = "the gateway has not loaded the reconciler's routing table yet"
+    return Refusal(503, message, UNAVAILABLE, "routes_not_loaded", retry_after=retry_after)
+
+
 def disabled(model: str) -> Refusal:
     return Refusal(404, f"the model `{model}` is disabled", INVALID, "model_disabled")
 

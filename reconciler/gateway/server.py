@@ -143,6 +143,7 @@ class Gateway:
             shown = payload["model"]
             entry = self.table.resolve(shown)
             if entry is None:
+                self.check_table_loaded()
                 raise errors.unknown_model(shown)
             label = shown = entry.id
             if not entry.route.enabled:  # asked by name; it may still run as a fallback
@@ -160,6 +161,12 @@ class Gateway:
         self.metrics.request_done(label, code, seconds)
         self.traffic.record(label, code, seconds)
         return response
+
+    def check_table_loaded(self) -> None:
+        """Before the daemon's first routing table the gateway does not know which models
+        exist: 503 with Retry-After, never a 404 or an empty list that a client would trust."""
+        if self.table.routes.generation == 0:
+            raise errors.no_table(self.settings.retry_after_s)
 
     async def wait_for_target(self, entry: Entry) -> Entry:
         """The model itself when ready, its running fallback when it cannot run, or wait."""
@@ -342,6 +349,7 @@ class Gateway:
     async def handle_models(self, request: web.Request) -> web.Response:
         try:
             self.authorize(request)
+            self.check_table_loaded()
         except Refusal as refusal:
             return refusal.response("")
         data = []

@@ -266,3 +266,23 @@ def test_service_restarts_a_dead_gateway_with_the_table_on_disk(gw: Harness) -> 
     assert gw.service.ensure_running()
     assert gw.service.inflight()["generation"] == generation
     assert chat(gw.client(), "m").headers["X-Reconciler-Model"] == "m"
+
+
+def test_before_its_first_routing_table_the_gateway_says_retry_not_unknown(gw: Harness) -> None:
+    # a daemon starting up: the gateway answers before the first pass has published routes
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    early = httpx.post(f"{gw.base}/v1/chat/completions", json=body, timeout=10)
+    assert early.status_code == 503, early.text
+    assert early.headers["Retry-After"].isdigit()
+    assert early.json()["error"]["code"] == "routes_not_loaded"
+    listed = httpx.get(f"{gw.base}/v1/models", timeout=10)
+    assert listed.status_code == 503 and listed.json()["error"]["code"] == "routes_not_loaded"
+
+    up = gw.upstream(Upstream.fast(name="m"))
+    gw.write(model("m", up.url))
+    assert httpx.get(f"{gw.base}/v1/models", timeout=10).json()["data"][0]["id"] == "m"
+    assert httpx.post(f"{gw.base}/v1/chat/completions", json=body, timeout=10).status_code == 200
+    unknown = httpx.post(
+        f"{gw.base}/v1/chat/completions", json={**body, "model": "nope"}, timeout=10
+    )
+    assert unknown.status_code == 404

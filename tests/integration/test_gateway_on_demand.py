@@ -39,7 +39,12 @@ def chat(daemon: Daemon, model: str) -> str:
 
 def listed_status(daemon: Daemon, model: str) -> str | None:
     client = openai.OpenAI(base_url=daemon.gateway_url, api_key="unused", max_retries=0)
-    for entry in client.models.list().data:
+    try:
+        listed = client.models.list().data
+    except openai.APIStatusError as exc:  # 503 until the gateway has the first routing table
+        assert exc.status_code == 503, exc
+        return None
+    for entry in listed:
         if entry.id == model:
             return entry.model_extra.get("status") if entry.model_extra else None
     return None
@@ -109,6 +114,8 @@ def test_replicas_in_use_outlive_their_idle_timeout_and_stop_once_idle(tmp_path:
     # a pass every second, so that passes do run while the model is in use
     with running_daemon(tmp_path / "host", [model], gpus=gpus, extra_args=("--resync", "1")) as d:
         d.wait_ready()
+        # the gateway loads the routing table of the first pass a moment after the API is ready
+        assert wait_for(lambda: listed_status(d, "busy") == "cold", 20, 0.2), d.log()
         chat(d, "busy")
         d.wait_statuses(dict.fromkeys(instances, "running"), timeout_s=60)
         began = time.monotonic()
