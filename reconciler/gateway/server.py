@@ -1,4 +1,5 @@
-"""The gateway's HTTP server: aiohttp's server, the lean client of upstream.py, one event loop.
+"""The gateway's HTTP server: aiohttp's server, its routes, keys and queues; requests go to the
+engines through relay.py (the lean client of upstream.py), all on one event loop.
 
 Measured on this project's 2-core host (tests/bench/gateway.py, CPU time of the gateway process
 per request under wrk): aiohttp server + aiohttp client ~260 us per non-streaming request,
@@ -9,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import os
-import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -24,18 +23,17 @@ from reconciler.gateway import errors
 from reconciler.gateway.bodies import Bodies, Claim
 from reconciler.gateway.connections import Connections
 from reconciler.gateway.errors import MODEL_HEADER, Refusal
-from reconciler.gateway.guard import FORWARDED_HEADERS, Guard, client_middleware
+from reconciler.gateway.guard import Guard, client_middleware
 from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics
+from reconciler.gateway.relay import Relay
 from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
 from reconciler.gateway.routes import parse_routes as parse_routes_text
-from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
-from reconciler.gateway.upstream import Pool, UpstreamError
+from reconciler.gateway.table import Entry, Table
+from reconciler.gateway.upstream import Pool
 from reconciler.gateway.window import TrafficWindow
 
 log = logging.getLogger("reconciler.gateway")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
-RETRY_STATUSES = frozenset({502, 503})
-USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
 
 
 class Gateway:
@@ -58,6 +56,7 @@ class Gateway:
         self.traffic = TrafficWindow()
         self.keys: list[tuple[str, bytes]] = []
         self.pool = Pool()
+        self.relay = Relay(self.table, self.metrics, self.pool, lambda: self.settings)
         self.guard = Guard(listen_host)
         self.connections = Connections(limit=2**31)
         """the listening socket's (__main__.serve sets the limit): requests mark theirs busy"""
@@ -151,7 +150,7 @@ class Gateway:
             self.table.touch(entry.id)
             target = await self.wait_for_target(entry)
             label = shown = target.id
-            response = await self.forward(request, entry, target, body, payload, started)
+            response = await self.relay.forward(request, entry, target, body, payload, started)
             code = response.status
         except Refusal as refusal:
             response, code = refusal.response(shown), refusal.status
@@ -210,141 +209,6 @@ class Gateway:
                 if current.waiting == 0:
                     current.waiting_since = None
                 self.metrics.queue_add(entry.id, -1)
-
-    async def forward(
-        self,
-        request: web.Request,
-        entry: Entry,
-        target: Entry,
-        body: bytes,
-        payload: dict,
-        started: float,
-    ) -> web.StreamResponse:
-        """Try instances until one answers (failover before the first byte), then relay."""
-        tried: set[str] = set()
-        last_problem = "no instance is ready"
-        while True:
-            instance = self.table.pick(target, tried)
-            if instance is None:
-                fallback = self.table.fallback_of(entry) if target.id == entry.id else None
-                if fallback is None or fallback.id == target.id:
-                    raise errors.no_upstream(target.id, last_problem, self.settings.retry_after_s)
-                self.metrics.failover(entry.id, "fallback")
-                target, tried = fallback, set()
-                continue
-            tried.add(instance.url)
-            result = await self.attempt(request, instance, target, body, payload, started)
-            if isinstance(result, web.StreamResponse):
-                return result
-            last_problem = result
-            self.metrics.failover(target.id, result.split(":")[0])
-
-    async def attempt(
-        self,
-        request: web.Request,
-        instance: Instance,
-        target: Entry,
-        body: bytes,
-        payload: dict,
-        started: float,
-    ) -> web.StreamResponse | str:
-        """One try on one instance: a response, or why to try elsewhere."""
-        served_name = target.route.served_name or target.id
-        if payload["model"] != served_name:
-            body = json.dumps({**payload, "model": served_name}).encode()
-        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-        instance.inflight += 1
-        self.metrics.inflight_add(target.id, 1)
-        upstream = None
-        try:
-            try:
-                upstream = await self.pool.post(
-                    instance.url,
-                    request.raw_path,  # checked by check_client: what the engine gets
-                    body,
-                    headers,
-                    idle_timeout_s=self.settings.upstream_idle_timeout_s,
-                )
-                if upstream.status in RETRY_STATUSES:
-                    return f"http_{upstream.status}: the engine answered {upstream.status}"
-                content_type = upstream.headers.get("content-type", "application/json")
-                streaming = content_type.startswith("text/event-stream")
-                if streaming:  # its first chunk before the client's head: a bad one fails over
-                    chunks = upstream.iter_chunks()
-                    data = await anext(chunks, b"")
-                else:
-                    data = await upstream.read()
-                instance.last_byte_at = time.monotonic()  # an answer is a sign of life too
-            except UpstreamError as exc:
-                instance.down_until = time.monotonic() + DOWN_FOR_S
-                return f"connection: {type(exc).__name__} {exc}"
-            instance.served += 1
-            out_headers = {MODEL_HEADER: target.id, "Content-Type": content_type}
-            if streaming:
-                return await self.relay_stream(
-                    request,
-                    (upstream.status, data, chunks),
-                    target.id,
-                    out_headers,
-                    started,
-                    instance,
-                )
-            self.metrics.first_byte(target.id, time.perf_counter() - started)
-            if upstream.status == 200 and b'"usage"' in data:
-                self.record_usage(target.id, data)
-            return web.Response(body=data, status=upstream.status, headers=out_headers)
-        finally:
-            if upstream is not None:
-                upstream.close()  # a stream the client left is cut here, which stops the engine
-            self.table.touch(target.id)  # before it counts as idle: never idle with one in flight
-            instance.inflight -= 1
-            self.metrics.inflight_add(target.id, -1)
-            self.table.retire_if_idle(instance)
-
-    async def relay_stream(
-        self,
-        request: web.Request,
-        stream: tuple[int, bytes, AsyncIterator[bytes]],
-        model: str,
-        headers: dict[str, str],
-        started: float,
-        instance: Instance,
-    ) -> web.StreamResponse:
-        """Relay an engine's stream: its status, its first chunk (read already, so that a bad
-        one failed over instead) and the rest of its chunks."""
-        status, first_chunk, rest = stream
-        response = web.StreamResponse(status=status, headers=headers)
-        response.headers["Cache-Control"] = "no-cache"
-        await response.prepare(request)
-        self.metrics.first_byte(model, time.perf_counter() - started)
-        usage = b""
-        try:
-            async for chunk in _chained(first_chunk, rest):
-                instance.last_byte_at = time.monotonic()  # busy, not dead (the daemon's probes)
-                await response.write(chunk)
-                if b'"usage"' in chunk:
-                    usage = chunk  # engines that repeat usage send running totals: keep the last
-        except ConnectionResetError:
-            return response  # the client left; closing the upstream (attempt) stops the engine
-        except UpstreamError as exc:
-            # what the client saw cannot be taken back: end the stream with an error event
-            error = {
-                "error": {
-                    "message": f"the engine failed mid-stream: {exc}",
-                    "type": "service_unavailable",
-                    "code": "upstream_failed",
-                }
-            }
-            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-        await response.write_eof()
-        if usage:
-            self.record_usage(model, usage)
-        return response
-
-    def record_usage(self, model: str, data: bytes) -> None:
-        # a regular expression, not a second JSON parse of every answer: this is the hot path
-        for kind, value in USAGE_FIELD.findall(data, data.rfind(b'"usage"')):
-            self.metrics.tokens_add(model, kind.decode(), int(value))
 
     async def handle_models(self, request: web.Request) -> web.Response:
         try:
@@ -428,10 +292,3 @@ def from_this_host(request: web.Request) -> bool:
         return True
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     return bool(sockname) and request.remote == sockname[0]
-
-
-async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    async for chunk in rest:
-        yield chunk

@@ -163,7 +163,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- the gateway ---------------------------------------------------------------------------
     Mutant(
         "an engine's 502/503 is passed to the client instead of failing over",
-        "reconciler/gateway/server.py",
+        "reconciler/gateway/relay.py",
         "RETRY_STATUSES = frozenset({502, 503})",
         "RETRY_STATUSES = frozenset()",
         GATEWAY,
@@ -184,30 +184,30 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "the client's model name is sent to the engine instead of the engine's own",
-        "reconciler/gateway/server.py",
+        "reconciler/gateway/relay.py",
         'if payload["model"] != served_name:',
         "if False:",
         GATEWAY,
     ),
     Mutant(
         "the in-flight gauge never goes down",
-        "reconciler/gateway/server.py",
+        "reconciler/gateway/relay.py",
         "self.metrics.inflight_add(target.id, -1)",
         "self.metrics.inflight_add(target.id, 0)",
         GATEWAY,
     ),
     Mutant(
         "every failover is counted as a connection failure",
-        "reconciler/gateway/server.py",
+        "reconciler/gateway/relay.py",
         'self.metrics.failover(target.id, result.split(":")[0])',
         'self.metrics.failover(target.id, "connection")',
         GATEWAY,
     ),
     Mutant(
         "a stream is buffered and sent at its end",
-        "reconciler/gateway/server.py",
-        "async for chunk in upstream.iter_chunks():",
-        "for chunk in [c async for c in upstream.iter_chunks()]:",
+        "reconciler/gateway/relay.py",
+        "async for chunk in _chained(first_chunk, rest):",
+        "for chunk in [c async for c in _chained(first_chunk, rest)]:",
         GATEWAY,
     ),
     Mutant(
