@@ -27,7 +27,7 @@ NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # "-1" cannot be take
 # case-insensitively), whatever its rules add: the host decides where engines listen.
 LISTEN_ENV_FLOOR = frozenset({"HOST", "PORT"})
 # The host's settings, its secrets and the markers that say whose engine a process is: an engine
-# never gets one of these from a spec (nor from the host's environment: engines/environment.py).
+# never gets one of these from a spec (nor from the host's environment: engines/identity.py).
 HOST_PREFIX = "RECONCILER_"
 HOST_ONLY = "RECONCILER_* variables are the host's (its settings, secrets, engine markers)"
 # Single-line strings take no control character; values may hold tab and line breaks (a

@@ -2,7 +2,7 @@
 
 A process engine is its descriptor's pure argv builder plus an executable found on this host,
 run by the `ProcessSupervisor` (supervisor.py): detached, adopted again by its markers
-(records.py), logged to <state_dir>/logs (logs.py).
+(identity.py), logged to <state_dir>/logs (logs.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
-from reconciler.engines.environment import HOST_ONLY_PREFIX
+from reconciler.engines.identity import HOST_ONLY_PREFIX, MARKER_FRAMEWORK, EngineRecord, engine_env
 from reconciler.engines.processes import find_executable, port_in_use
-from reconciler.engines.records import MARKER_FRAMEWORK, EngineRecord, engine_env
 from reconciler.engines.supervisor import ProcessSupervisor, default_namespace
 
 __all__ = [

@@ -2,13 +2,13 @@
 
 Engines outlive the reconciler, so nothing here depends on the reconciler's memory:
 
-- Identity lives in the process itself (markers in its environment, see records.py); a handle
+- Identity lives in the process itself (markers in its environment, see identity.py); a handle
   carries pid + create_time, so a pid the kernel recycled for another process is never
   mistaken for an engine, and never signalled.
 - Each engine runs in its own session and process group (start_new_session=True): it survives
   the reconciler's terminal or service going away, and stop() signals the whole group, so the
   helper processes an engine spawns (vLLM's workers) go with it.
-- The record of an engine (records.py) reports a dead engine (alive=False, with its exit code
+- The record of an engine (identity.py) reports a dead engine (alive=False, with its exit code
   when this reconciler process was its parent). stop() removes the record, so a stopped engine
   disappears from observe() while a crashed one stays visible until restarted.
 - stdout and stderr go to <state_dir>/logs/<id>.log (logs.py).
@@ -32,7 +32,7 @@ import psutil
 
 from reconciler.engines import processes as procs
 from reconciler.engines.base import MARKER_NAMESPACE, Command, EngineError, Handle
-from reconciler.engines.environment import inherited_env
+from reconciler.engines.identity import EngineRecord, RecordStore, identity_from_env, inherited_env
 from reconciler.engines.logs import (
     LOG_BACKUPS,
     LOG_MAX_BYTES,
@@ -41,7 +41,6 @@ from reconciler.engines.logs import (
     rotate_by_rename,
     tail_lines,
 )
-from reconciler.engines.records import EngineRecord, RecordStore, identity_from_env
 from reconciler.state.paths import namespace_for
 from reconciler.state.private import open_append, private_dir
 
@@ -100,7 +99,7 @@ class ProcessSupervisor:
         if procs.port_in_use(host, identity.port):
             raise EngineError(f"port {identity.port} is already in use")
         # a short allow list of the host's variables, then the spec's env and our values: never
-        # the daemon's secrets (environment.py)
+        # the daemon's secrets (identity.py)
         env = inherited_env(os.environ, command.unset_env) | command.env
         if not command.argv or procs.find_executable(command.argv[0], env.get("PATH")) is None:
             name = command.argv[0] if command.argv else "(empty argv)"

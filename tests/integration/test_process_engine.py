@@ -138,7 +138,7 @@ def test_start_observe_and_adopt(state_dir: Path) -> None:
 
 def test_engine_is_detached_with_its_environment(state_dir: Path, monkeypatch) -> None:
     monkeypatch.setenv("RECONCILER_TEST_INHERITED", "yes")  # the daemon's: never an engine's
-    monkeypatch.setenv("TZ", "Europe/Berlin")  # on the allow list (engines/environment.py)
+    monkeypatch.setenv("TZ", "Europe/Berlin")  # on the allow list (engines/identity.py)
     engine = StandIn(state_dir)
     handle = engine.start(model(env={"EXTRA": "1"}), placement((1, 3)))
     proc = psutil.Process(handle.pid)

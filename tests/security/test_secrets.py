@@ -32,7 +32,7 @@ from reconciler.engines.base import (
     MARKER_NAMESPACE,
     MARKER_PORT,
 )
-from reconciler.engines.records import MARKER_FRAMEWORK
+from reconciler.engines.identity import MARKER_FRAMEWORK
 
 MARKERS = {
     MARKER_GPUS,

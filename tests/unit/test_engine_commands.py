@@ -23,6 +23,7 @@ from reconciler.engines.base import (
     Handle,
 )
 from reconciler.engines.hf import tensor_parallel_size
+from reconciler.engines.identity import identity_from_env
 from reconciler.engines.llama_cpp import (
     LlamaBackend,
     LlamaCppEngine,
@@ -37,7 +38,6 @@ from reconciler.engines.llama_cpp_python import (
 )
 from reconciler.engines.logs import masked_argv
 from reconciler.engines.process import MARKER_FRAMEWORK, default_namespace
-from reconciler.engines.records import identity_from_env
 from reconciler.engines.registry import engines
 from reconciler.engines.vllm import VllmEngine, find_vllm, vllm_args
 

@@ -1,7 +1,7 @@
 """Secrets stay on the host (reconciler.core.secrets): which variables git may name as a
 credential, where each credential may go, and what `reconciler plan` says about them. Plain
 values and hypothesis: the environment is a dict here. Also: which host variables an engine
-inherits (engines/environment.py), and what a container gets."""
+inherits (engines/identity.py), and what a container gets."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from reconciler.core.secrets import (
 from reconciler.core.spec import ClusterSpec, ModelSpec, NotificationTarget
 from reconciler.engines.base import EnginePlacement
 from reconciler.engines.docker_container import container_env
-from reconciler.engines.environment import PASS_THROUGH, PASS_THROUGH_PREFIXES, inherited_env
+from reconciler.engines.identity import PASS_THROUGH, PASS_THROUGH_PREFIXES, inherited_env
 from reconciler.engines.vllm import VllmEngine
 
 RULE_TAIL = f": {SECRET_RULE}"

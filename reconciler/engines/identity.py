@@ -1,13 +1,23 @@
-"""Who an engine process is, as its markers and its record on disk say.
+"""Who an engine is and what it inherits: its markers, its environment, its record on disk.
 
 Identity lives in the process itself: every engine is started with marker variables in its
 environment (model id, spec hash, namespace, GPUs, port, memory, framework), so a restarted
 reconciler adopts its engines by scanning the process table, with no file at all.
 
+What an engine inherits from the host is a short allow list, nothing else. An engine runs
+whatever a spec author chose (an image, a flag, a model's own code), so it must not see the
+daemon's secrets: the API token, the gateway keys, the SMTP password, or any other variable of
+the operator's environment file. A deny list misses the next secret someone adds; an allow list
+does not. Engines get the variables a process needs to run and to find its GPUs and model cache
+(PASS_THROUGH), then the spec's `env`, then the reconciler's own values (GPUs, markers): never a
+`RECONCILER_*` variable of the host, whatever the list says. What is not on the list is missing
+on purpose: proxies (their URLs may carry a password), SSL and credential files, PYTHON*
+settings. A spec that needs such a value sets it in its `env` (in git, where a reviewer sees it).
+
 A small JSON record per engine (<state_dir>/engines/<id>.json, written atomically) remembers
 pid, create_time, argv and start time. It is needed only for engines that died: a dead process
 cannot be scanned, yet the planner must hear that it crashed. The record is the engine's
-`Handle` plus what only the disk needs (namespace, argv): one field list, one conversion.
+`Handle` plus what only the disk needs (namespace, argv).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +51,35 @@ MARKER_FRAMEWORK = "RECONCILER_FRAMEWORK"
 _HANDLE_FIELDS = frozenset(f.name for f in dataclasses.fields(Handle))
 
 
+PASS_THROUGH = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+)
+"""Names a process needs to run: find executables and libraries, its home, time and locale."""
+PASS_THROUGH_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "HF_")
+"""Locale categories; the GPU stack's settings; the Hugging Face cache and hub settings, where
+engines find (or fetch) model files (HF_TOKEN included: engines read gated models with it)."""
+HOST_ONLY_PREFIX = "RECONCILER_"
+"""The daemon's own settings and every secret git may name: never an engine's."""
+
+
+def passes_through(name: str) -> bool:
+    """True when an engine inherits the host's variable `name`."""
+    if name.startswith(HOST_ONLY_PREFIX):
+        return False
+    return name in PASS_THROUGH or name.startswith(PASS_THROUGH_PREFIXES)
+
+
+def inherited_env(environ: Mapping[str, str], dropped: Iterable[str] = ()) -> dict[str, str]:
+    """The host variables an engine starts with; `dropped` (compared upper-case) are left out
+    even when the list has them (e.g. names an engine reads as its listen address)."""
+    drop = {name.upper() for name in dropped}
+    return {k: v for k, v in environ.items() if passes_through(k) and k.upper() not in drop}
+
+
 def engine_env(
     spec: ModelSpec, placement: EnginePlacement, framework: str, namespace: str
 ) -> dict[str, str]:
-    """Pure: the variables an engine gets on top of what it inherits (environment.py).
+    """Pure: the variables an engine gets on top of what it inherits (inherited_env).
 
     spec.env first, then the placement's GPUs and the markers, so a spec can never hide an
     engine from its reconciler or escape its placement.
