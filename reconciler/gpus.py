@@ -12,8 +12,8 @@ from typing import Any
 
 import psutil
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.gpu import MIB, GPUInfo
-from reconciler.core.spec import ClusterSpec
 
 
 class InventoryError(Exception):

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.spec import cluster_json_schema, model_json_schema
+from reconciler.core.cluster import cluster_json_schema
+from reconciler.core.spec import model_json_schema
 from reconciler.engines.registry import FRAMEWORKS
 
 

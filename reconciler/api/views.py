@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.memory import MemoryFigures
 from reconciler.core.replicas import instances
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Engine, Handle
 from reconciler.engines.registry import engines
 from reconciler.loop.bulletin import Bulletin, PlanDigest, decode

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.problems import Problem
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 
 FieldPath = tuple[str | int, ...]
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from reconciler.core.spec import ClusterSpec, NotificationTarget
-from reconciler.core.strict import SECRET_NAME_PATTERN
+from reconciler.core.cluster import ClusterSpec, NotificationTarget
+from reconciler.core.spec import SECRET_NAME_PATTERN
 
 SECRET_NAME = re.compile(SECRET_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 HOSTS_SUFFIX = "_HOSTS"

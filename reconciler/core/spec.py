@@ -1,4 +1,5 @@
-"""What operators write: the pydantic models of a model spec and of cluster.yaml.
+"""What operators write for one model: the pydantic model of a model spec (cluster.yaml's is
+reconciler.core.cluster), and the strict base both share.
 
 These models are the single source of the JSON Schemas in `schemas/` (`reconciler schema export`).
 Unknown fields are errors everywhere: a typo must never be silently ignored.
@@ -10,11 +11,18 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
-from reconciler.core.gateway_spec import GatewayConfig
-from reconciler.core.strict import ENV_NAME_PATTERN, SECRET_NAME_PATTERN, Strict
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""What a POSIX shell and every engine accept as an environment variable name."""
+
+SECRET_NAME_PATTERN = r"^RECONCILER_SECRET_[A-Z0-9_]+$"
+"""The only variables git may name as a credential (reconciler.core.secrets says why)."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 # Which engine runs the model. The choices are the engine registry's (reconciler.engines): the
 # core does not know them; validation checks the name against the catalog it is handed, and the
@@ -152,237 +160,11 @@ class ModelSpec(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class DeclaredGPU(Strict):
-    index: int = Field(ge=0)
-    name: str = "Simulated GPU"
-    memory_mb: int = Field(ge=1, description="total memory in MiB")
-
-
-NotificationKind = Literal["error", "preempted", "unschedulable", "invalid", "recovered"]
-NOTIFICATION_KINDS: tuple[NotificationKind, ...] = (
-    "error",
-    "preempted",
-    "unschedulable",
-    "invalid",
-    "recovered",
-)
-
-# Which fields each target type reads; a field set for another type is an error, not ignored.
-_TARGET_FIELDS = {
-    "webhook": {"url", "url_env"},
-    "slack": {"url", "url_env"},
-    "email": {"url_env", "host", "port", "from_", "to", "username_env", "password_env", "starttls"},
-}
-_COMMON_TARGET_FIELDS = {"type", "name", "events", "timeout_s"}
-
-
-class NotificationTarget(Strict):
-    """Where important events are sent: a JSON webhook, a Slack incoming webhook, or e-mail.
-
-    One flat model rather than a union per type: the JSON Schema then names a mistyped field
-    ("did you mean 'url'?") instead of "not valid under any of the given schemas"; the rules per
-    type are checked below. Secrets never live in git: webhook URLs that embed a token (Slack's
-    do) and SMTP credentials are read from RECONCILER_SECRET_* variables named here, and go
-    only where the host binds them (reconciler.core.secrets).
-    """
-
-    # `from` is a Python keyword: the field is from_, written `from` in YAML and in dumps.
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
-
-    type: Literal["webhook", "slack", "email"]
-    name: str | None = Field(
-        None, min_length=1, description="label in logs and metrics; default <type>-<position>"
-    )
-    events: list[NotificationKind] = Field(
-        default_factory=lambda: list(NOTIFICATION_KINDS),
-        min_length=1,
-        description="which notifications this target receives (default: all)",
-    )
-    timeout_s: float = Field(10, gt=0, le=300, description="seconds per delivery attempt")
-    url: str | None = Field(
-        None,
-        pattern=r"^https?://",
-        description="webhook/slack: the URL; prefer url_env when the URL carries a token",
-    )
-    url_env: SecretName | None = Field(
-        None,
-        description="RECONCILER_SECRET_* variable that holds the URL: webhook/slack https://..., "
-        "email smtp://user:password@host:port (STARTTLS) or smtps://... (TLS)",
-    )
-    host: str | None = Field(None, min_length=1, description="email: SMTP server")
-    port: Port | None = Field(None, description="email: SMTP port (default 587, or 25 without TLS)")
-    from_: str | None = Field(None, alias="from", pattern=r"@", description="email: sender")
-    to: list[Annotated[str, Field(pattern=r"@")]] = Field(
-        default_factory=list, description="email: recipients"
-    )
-    username_env: SecretName | None = Field(
-        None,
-        description="email: RECONCILER_SECRET_* variable that holds the SMTP user name; the host "
-        "lists the servers it may go to in <name>_HOSTS",
-    )
-    password_env: SecretName | None = Field(
-        None,
-        description="email: RECONCILER_SECRET_* variable that holds the SMTP password; the host "
-        "lists the servers it may go to in <name>_HOSTS",
-    )
-    starttls: bool | None = Field(None, description="email: upgrade with STARTTLS (default true)")
-
-    @model_validator(mode="after")
-    def _fields_fit_the_type(self) -> NotificationTarget:
-        allowed = _TARGET_FIELDS[self.type] | _COMMON_TARGET_FIELDS
-        # null or empty counts as unset: a dump of this model (the last valid state) has them all
-        foreign = sorted(
-            f for f in self.model_fields_set - allowed if getattr(self, f) not in (None, [])
-        )
-        if foreign:
-            names = ", ".join("from" if f == "from_" else f for f in foreign)
-            raise _target_error(f"{names}: not a field of a {self.type} target")
-        if self.type in ("webhook", "slack") and (self.url is None) == (self.url_env is None):
-            raise _target_error(f"a {self.type} target needs exactly one of url or url_env")
-        if self.type == "email" and self.url_env is not None:
-            held = [n for n in ("host", "port", "username_env", "password_env") if getattr(self, n)]
-            if held:
-                raise _target_error(
-                    f"{', '.join(held)}: url_env holds the server and its credentials (one "
-                    "smtp:// or smtps:// URL), so these stay unset"
-                )
-        if self.type == "email":
-            needed = (("host (or url_env)", self.host or self.url_env), ("from", self.from_))
-            missing = [n for n, v in needed if v is None]
-            if not self.to:
-                missing.append("to")
-            if missing:
-                raise _target_error(f"an email target needs {', '.join(missing)}")
-            if (self.username_env is None) != (self.password_env is None):
-                raise _target_error("username_env and password_env go together")
-        return self
-
-    def smtp_port(self) -> int:
-        """email with `host`: the port it is sent to (587 with STARTTLS, 25 without)."""
-        return self.port or (587 if self.starttls is not False else 25)
-
-
-def _target_error(message: str) -> PydanticCustomError:
-    # A custom error type keeps the message as written (a ValueError gets "Value error, " in front)
-    return PydanticCustomError("notification_target", message)
-
-
-# DNS subdomain (RFC 1123): names of Kubernetes objects such as a PersistentVolumeClaim.
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-AbsolutePath = Annotated[str, Field(pattern=r"^/")]
-
-
-class LlamaCppContainer(Strict):
-    """The llama.cpp container on Kubernetes: an image whose server is llama-server."""
-
-    image: str = Field(
-        "ghcr.io/ggml-org/llama.cpp:server-cuda",
-        min_length=1,
-        description="image with llama-server (`:server` is the CPU-only build); pin a tag or "
-        "digest for reproducible rollouts",
-    )
-    executable: str = Field(
-        "/app/llama-server",
-        min_length=1,
-        description="llama-server inside the image: the container runs it with the flags the "
-        "reconciler builds",
-    )
-
-
-class VllmContainer(Strict):
-    """The vLLM container on Kubernetes: an image with the `vllm` command."""
-
-    image: str = Field(
-        "vllm/vllm-openai:latest",
-        min_length=1,
-        description="vLLM's OpenAI-compatible server image; pin a tag or digest for "
-        "reproducible rollouts",
-    )
-    executable: str = Field(
-        "vllm",
-        min_length=1,
-        description="the vllm command inside the image: the container runs `vllm serve ...`",
-    )
-
-
-class ModelVolume(Strict):
-    """Where pods find the model files: a directory on every GPU node, or a shared claim."""
-
-    type: Literal["hostPath", "persistentVolumeClaim"] = Field(
-        "hostPath", description="hostPath = a directory on each node; persistentVolumeClaim"
-    )
-    host_path: AbsolutePath = Field("/models", description="hostPath: the directory on the nodes")
-    claim_name: str = Field(
-        "models",
-        pattern=DNS_SUBDOMAIN_PATTERN,
-        description="persistentVolumeClaim: the claim's name (ReadOnlyMany) in the namespace",
-    )
-    mount_path: AbsolutePath = Field("/models", description="where containers see the volume")
-    models_root: AbsolutePath = Field(
-        "/models",
-        description="where the specs' absolute model_path values live on a single host: a "
-        "model_path below it is found at the same place below mount_path",
-    )
-
-
-class KubernetesSpec(Strict):
-    """`reconciler render kubernetes`: how the same specs run on a Kubernetes cluster."""
-
-    namespace: ModelId = Field("default", description="namespace of the rendered objects")
-    llama_cpp: LlamaCppContainer = Field(default_factory=LlamaCppContainer)
-    vllm: VllmContainer = Field(default_factory=VllmContainer)
-    model_volume: ModelVolume = Field(default_factory=ModelVolume)
-    model_paths: dict[ModelId, Annotated[str, Field(pattern=r"^[^/]")]] = Field(
-        default_factory=dict,
-        description="model id -> path of its model inside the volume, where the rule of "
-        "models_root does not fit (packaged models, files elsewhere)",
-    )
-    container_port: Port = Field(8080, description="container port of models without a port")
-    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
-        "ClusterIP", description="type of each model's Service"
-    )
-
-
-class ClusterSpec(Strict):
-    """desired-state/cluster.yaml: the host as a whole."""
-
-    gpus: Literal["auto"] | list[DeclaredGPU] = Field(
-        "auto", description="`auto` = read through NVML; a list = declared (simulated) GPUs"
-    )
-    reserved_memory_mb: int = Field(0, ge=0, description="MiB per GPU kept free for others")
-    placement: Literal["spread", "pack"] = Field(
-        "spread", description="spread = most free memory first; pack = best fit"
-    )
-    port_range: tuple[Port, Port] = Field(
-        (8100, 8199), description="[first, last] ports allocated to models without a fixed port"
-    )
-    kubernetes: KubernetesSpec = Field(
-        default_factory=KubernetesSpec,
-        description="`reconciler render kubernetes`: images, model volume, namespace",
-    )
-    notifications: list[NotificationTarget] = Field(
-        default_factory=list, description="where important events are sent (webhook, slack, email)"
-    )
-    gateway: GatewayConfig = Field(
-        default_factory=GatewayConfig, description="the OpenAI-compatible gateway of `run`"
-    )
-
-
 def model_json_schema() -> dict:
-    return _schema(ModelSpec, "model.schema.json")
+    return json_schema(ModelSpec, "model.schema.json")
 
 
-def cluster_json_schema() -> dict:
-    return _schema(ClusterSpec, "cluster.schema.json")
-
-
-def _schema(model: type[BaseModel], name: str) -> dict:
+def json_schema(model: type[BaseModel], name: str) -> dict:
     schema = model.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -16,6 +16,7 @@ import jsonschema
 from pydantic import ValidationError
 
 from reconciler.core.catalog import Catalog, FrameworkRules
+from reconciler.core.cluster import ClusterSpec, cluster_json_schema
 from reconciler.core.desired import DesiredState, RawDesiredState, SourceDoc, ValidationResult
 from reconciler.core.engine_input import (
     FLAG_NAME,
@@ -26,7 +27,7 @@ from reconciler.core.engine_input import (
 from reconciler.core.names import alias_problems
 from reconciler.core.problems import Problem
 from reconciler.core.secrets import CREDENTIAL_FIELDS, not_secret_name
-from reconciler.core.spec import ClusterSpec, ModelSpec, cluster_json_schema, model_json_schema
+from reconciler.core.spec import ModelSpec, model_json_schema
 
 _CREDENTIAL_PATHS = {(name,) for name in CREDENTIAL_FIELDS}
 PathCheck = Callable[[ModelSpec], str | None]

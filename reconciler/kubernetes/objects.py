@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.core.spec import KubernetesSpec, ModelSpec
+from reconciler.core.cluster import KubernetesSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.kubernetes.pods import (
     GPU_RESOURCE,
     PORT_NAME,

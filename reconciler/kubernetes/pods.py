@@ -13,7 +13,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.core.spec import HealthCheck, KubernetesSpec, ModelSpec
+from reconciler.core.cluster import KubernetesSpec
+from reconciler.core.spec import HealthCheck, ModelSpec
 from reconciler.engines.base import EngineDescriptor, EnginePlacement
 from reconciler.engines.registry import descriptor
 from reconciler.models import files as modelfiles

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from reconciler.core.cluster import KubernetesSpec
 from reconciler.core.desired import DesiredState, RawDesiredState
 from reconciler.core.flags import FlagValueError
 from reconciler.core.problems import Problem
-from reconciler.core.spec import KubernetesSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.kubernetes.objects import (
     ModelContext,
     deployment,

@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.core.cluster import NotificationTarget
 from reconciler.core.events import EventKind
 from reconciler.core.retry import backoff_delay
 from reconciler.core.secrets import credential_refusals, target_label
-from reconciler.core.spec import NotificationTarget
 from reconciler.notify.delivery import (
     DESIRED_STATE,
     DeliveryError,

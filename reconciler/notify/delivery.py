@@ -18,8 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from reconciler.core.cluster import NotificationTarget
 from reconciler.core.secrets import credential_refusals
-from reconciler.core.spec import NotificationTarget
 from reconciler.source.redact import redact_url
 
 DESIRED_STATE = "desired state"

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.core.catalog import Catalog
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState, RawDesiredState, ValidationResult
-from reconciler.core.spec import ClusterSpec
 from reconciler.source.describe import describe_change, validate_raw
 from reconciler.source.load import (
     LoadError,

@@ -29,12 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.gpu import GPUInfo
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import converged_observed, make_plan
 from reconciler.core.schedule import Demand, GpuCapacity, Running, schedule
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 
 SIZES = [(100, 10), (1_000, 100), (10_000, 1_000)]
 PORTS = (20000, 60000)

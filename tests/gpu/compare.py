@@ -16,7 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.cluster import ClusterSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.registry import estimate_spec
 from reconciler.engines.usage import measure
 from reconciler.gpus import inventory

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from cli_support import run_cli
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.estimate import MIB, GGUFFacts, HFFacts
 from reconciler.core.memory import MemoryFigures, with_margin
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
+from reconciler.engines import vllm
+from reconciler.engines.hf_memory import hf_estimate
 from reconciler.engines.llama_cpp_memory import llama_cpp_estimate
-from reconciler.engines.vllm import vllm_estimate
 from reconciler.loop.records import Records
 from reconciler.state.memory import write_learned
 
@@ -83,8 +85,8 @@ def test_llama_cpp_parts_are_derived_from_their_factors(parameters, gpus):
 
 
 def test_vllm_parts_are_derived_including_the_claimed_headroom():
-    estimate = vllm_estimate(
-        QWEN, {"max-model-len": 8192, "gpu-memory-utilization": 0.5}, 1, 80_000
+    estimate = hf_estimate(
+        vllm.FLAGS, QWEN, {"max-model-len": 8192, "gpu-memory-utilization": 0.5}, 1, 80_000
     )
 
     assert estimate.per_gpu_mb == 40_000 == sum(estimate.breakdown.values())

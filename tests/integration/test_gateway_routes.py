@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 from gateway_support import Upstream, harness
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.gateway.attach import settings_from
 from reconciler.gateway.framing import ChunkDecoder
 from reconciler.gateway.routes import GatewaySettings, build_routes, parse_routes

@@ -27,7 +27,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 from components import needs
 
-from reconciler.core.spec import NotificationTarget
+from reconciler.core.cluster import NotificationTarget
 from reconciler.notify import Notifier
 
 FAST = {"retries": 3, "backoff_s": 0.05, "max_backoff_s": 0.2}

@@ -20,10 +20,11 @@ import httpx
 import pytest
 from apply_support import Host, managed_host, running, stand_in, vllm_wrapper
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.observed import Status
 from reconciler.core.problems import Problem
-from reconciler.core.spec import ClusterSpec, ModelSpec, RetryPolicy
+from reconciler.core.spec import ModelSpec, RetryPolicy
 from reconciler.engines.base import Engine, EnginePlacement, Handle
 from reconciler.engines.registry import engines as registry_engines
 from reconciler.loop import isolation

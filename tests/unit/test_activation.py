@@ -16,11 +16,12 @@ from reconciler.core.activation import (
     idle_to_stop,
     planned,
 )
+from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import make_plan, render_json, render_markdown, render_text
 from reconciler.core.replicas import instances
-from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.gpus import declared
 
 

@@ -357,7 +357,7 @@ def test_vllm_argv_is_exact(tmp_path: Path) -> None:
             "dtype": "bfloat16",
         },
     )
-    command = VllmEngine(tmp_path, NS, executable="/opt/vllm/bin/vllm").command(s, PLACED)
+    command = VllmEngine(tmp_path, NS, launcher=("/opt/vllm/bin/vllm",)).command(s, PLACED)
     assert command.argv == (
         "/opt/vllm/bin/vllm",
         "serve",
@@ -386,7 +386,7 @@ def test_vllm_argv_is_exact(tmp_path: Path) -> None:
 
 def test_vllm_local_model_path_is_expanded(tmp_path: Path) -> None:
     s = spec("vllm", model_path="~/models/qwen")
-    argv = VllmEngine(tmp_path, NS, executable="vllm").command(s, CPU).argv
+    argv = VllmEngine(tmp_path, NS, launcher=("vllm",)).command(s, CPU).argv
     assert argv[2] == str(Path.home() / "models" / "qwen")
     assert argv[argv.index("--tensor-parallel-size") + 1] == "1"  # CPU: vLLM's minimum
 
@@ -513,7 +513,7 @@ def test_listen_address_variables_never_reach_the_engine(tmp_path: Path) -> None
     assert "OK" in command.env
     assert not {"HOST", "port", "LLAMA_ARG_HOST"} & set(command.env)
     assert {"HOST", "PORT"} <= command.unset_env  # nor from the reconciler's own environment
-    v = VllmEngine(tmp_path, NS, executable="vllm").command(
+    v = VllmEngine(tmp_path, NS, launcher=("vllm",)).command(
         spec("vllm", env={"VLLM_PORT": "1"}), PLACED
     )
     assert "VLLM_PORT" not in v.env and "VLLM_PORT" in v.unset_env

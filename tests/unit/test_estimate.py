@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -23,16 +24,17 @@ from reconciler.core.estimate import (
     render_estimate,
 )
 from reconciler.core.spec import ModelSpec
-from reconciler.engines import registry
+from reconciler.engines import registry, sglang, vllm
+from reconciler.engines.hf_memory import hf_estimate
 from reconciler.engines.llama_cpp_memory import DEFAULT_CTX, llama_cpp_estimate
 from reconciler.engines.registry import estimate_path
-from reconciler.engines.sglang import sglang_estimate
-from reconciler.engines.vllm import vllm_estimate
 from reconciler.models import facts as modelfacts
 from reconciler.models.facts import FactsError, read_gguf, read_hf_directory
 from reconciler.models.files import resolve
 
 requirement_mb = registry.estimate
+vllm_estimate = functools.partial(hf_estimate, vllm.FLAGS)
+sglang_estimate = functools.partial(hf_estimate, sglang.FLAGS)
 read_facts = registry.read_facts
 
 # A Llama-2-7B-shaped Q4 model: 32 layers of 32 heads x 128, 32k vocabulary, 4k context.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.gateway.demand import DemandWatch, parse
 from reconciler.gateway.service import GatewayService
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import pynvml
 import pytest
 
+from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.gpu import GPUInfo
-from reconciler.core.spec import ClusterSpec, DeclaredGPU
 from reconciler.gpus import InventoryError, declared, inventory, read_nvml
 
 MIB = 1024 * 1024

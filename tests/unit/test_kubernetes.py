@@ -27,8 +27,9 @@ from ruamel.yaml import YAML
 
 from reconciler import kubernetes as k8s
 from reconciler.cli.desired import validate_here
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EnginePlacement
 from reconciler.engines.docker_runtime import DockerEngine
 from reconciler.engines.llama_cpp import LlamaBackend, LlamaCppEngine
@@ -282,7 +283,7 @@ def test_vllm_runs_vllm_serve_with_the_tensor_parallel_size_of_its_gpus(tmp_path
     )
     cluster = {"kubernetes": {"vllm": {"image": "vllm/vllm-openai:v0.9.2"}}}
     container = engine_container(render(spec, cluster=cluster), "m1")
-    expected = VllmEngine(tmp_path, "x", executable="vllm").command(spec, placement(4, 8000))
+    expected = VllmEngine(tmp_path, "x", launcher=("vllm",)).command(spec, placement(4, 8000))
     assert container["command"] == list(expected.argv)
     assert container["command"][:3] == ["vllm", "serve", "Qwen/Qwen2-7B-Instruct"]
     assert "--tensor-parallel-size" in container["command"]

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from reconciler.core.spec import (
+from reconciler.core.cluster import (
     NOTIFICATION_KINDS,
     ClusterSpec,
     NotificationTarget,

@@ -6,6 +6,7 @@ import json
 
 from planner_oracle import apply_plan
 
+from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
 from reconciler.core.gpu import GPUInfo
 from reconciler.core.observed import ObservedModel, Status
@@ -21,7 +22,7 @@ from reconciler.core.plan import (
     render_text,
 )
 from reconciler.core.problems import Problem
-from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.gpus import declared
 
 

@@ -9,12 +9,13 @@ import yaml
 from test_validate import check, error, model, path_of
 
 from reconciler import kubernetes as k8s
+from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
 from reconciler.core.diff import diff_desired, render_diff
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import make_plan
 from reconciler.core.replicas import expand, group, instance_ids, model_of, per_instance
-from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.gateway.routes import build_routes
 from reconciler.gpus import declared
 from reconciler.state.statefile import ModelState

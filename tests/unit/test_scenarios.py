@@ -18,11 +18,12 @@ import pytest
 from planner_oracle import apply_plan
 from ruamel.yaml import YAML
 
+from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
 from reconciler.core.gpu import GPUInfo
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import Plan, make_plan, render_json
-from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
+from reconciler.core.spec import ModelSpec
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 FILES = sorted(SCENARIOS.glob("*.yaml"))

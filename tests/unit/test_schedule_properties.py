@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from planner_oracle import apply_plan
 
+from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
 from reconciler.core.gpu import GPUInfo
 from reconciler.core.observed import ObservedModel, Status
 from reconciler.core.plan import Plan, make_plan, render_json
-from reconciler.core.spec import ClusterSpec, DeclaredGPU, ModelSpec
+from reconciler.core.spec import ModelSpec
 
 IDS = [f"m{i}" for i in range(8)]
 FIRST_PORT = 8100

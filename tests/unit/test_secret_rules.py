@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_validate import CLUSTER, check, error
 
+from reconciler.core.cluster import ClusterSpec, NotificationTarget
 from reconciler.core.plan import Plan, render_json, render_markdown, render_text
 from reconciler.core.secrets import (
     SECRET_RULE,
@@ -20,7 +21,7 @@ from reconciler.core.secrets import (
     is_secret_name,
     secret_uses,
 )
-from reconciler.core.spec import ClusterSpec, ModelSpec, NotificationTarget
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EnginePlacement
 from reconciler.engines.docker_container import container_env
 from reconciler.engines.identity import PASS_THROUGH, PASS_THROUGH_PREFIXES, inherited_env
@@ -291,7 +292,7 @@ def test_a_spec_that_bypassed_validation_still_hands_no_reconciler_variable(
     # e.g. a last valid desired state written by an older reconciler: the engine drops them too
     env = {"RECONCILER_SECRET_X": "x", "RECONCILER_MODEL_ID": "other", "KEPT": "1"}
     spec = ModelSpec.model_construct(**{**ModelSpec.model_validate(MODEL).__dict__, "env": env})
-    command = VllmEngine(tmp_path, "ns", executable="vllm").command(spec, PLACED)
+    command = VllmEngine(tmp_path, "ns", launcher=("vllm",)).command(spec, PLACED)
     assert command.env["KEPT"] == "1"
     assert "RECONCILER_SECRET_X" not in command.env
     assert command.env["RECONCILER_MODEL_ID"] == "m"  # the marker, not the spec's value

@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
+from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import RawDesiredState, SourceDoc, ValidationResult
 from reconciler.core.problems import Problem
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.spec import ModelSpec
 from reconciler.core.validate import _validator, accepted_strictly, validate
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import load_directory, parse_document
