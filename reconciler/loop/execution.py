@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
@@ -37,6 +37,29 @@ FINAL_START_ERRORS: tuple[type[BaseException], ...] = (
 """A start that raised one of these fails the same way next time (a missing executable, a port
 in use, an environment or argv the OS refuses): `error` at once, no retries. Anything else (an
 OSError such as too many open files) is retried with backoff."""
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What carrying out one action did to its model. Decisions read `ok`; `line` is for people
+    (the daemon's log, `apply`'s output) and is empty when there is nothing to say."""
+
+    model: str
+    ok: bool
+    line: str = ""
+
+    @classmethod
+    def done(cls, action: Action) -> ActionResult:
+        return cls(action.model, True, f"{action.action} {action.model}: {action.reason}")
+
+    @classmethod
+    def failed(cls, model: str, message: str) -> ActionResult:
+        return cls(model, False, f"error {model}: {message}")
+
+    @classmethod
+    def quiet(cls, model: str) -> ActionResult:
+        """Nothing done worth a line, nothing failed."""
+        return cls(model, True)
 
 
 class Executor:
@@ -78,7 +101,7 @@ class Executor:
         now: float,
     ) -> list[str]:
         """Carry out the plan; one human line per action done (or failed)."""
-        executed: list[str] = []
+        results: list[ActionResult] = []
         failed: set[str] = set()
         # one drain for every engine this plan stops: they drain together, so the pass waits
         # for the slowest of them (at most drain_timeout_s), not for each in turn
@@ -86,17 +109,14 @@ class Executor:
         self._drain([h for m in stopping for h in handles.get(m, []) if h.alive])
         for action in plan.actions:
             if action.action in STOPS:
-                line = self._stop(action, handles.get(action.model, []), states, now)
-                if line.startswith("error "):
+                done = self._stop(action, handles.get(action.model, []), states, now)
+                if not done.ok:  # its engine may still hold the memory and port a start needs
                     failed.add(action.model)
-                if line:
-                    executed.append(line)
+                results.append(done)
         for action in plan.actions:
             if action.action in STARTS and action.model not in failed:
-                line = self._start(action, desired.models[action.model], states, now)
-                if line:
-                    executed.append(line)
-        return executed
+                results.append(self._start(action, desired.models[action.model], states, now))
+        return [r.line for r in results if r.line]
 
     def set_aside(
         self,
@@ -106,37 +126,49 @@ class Executor:
         now: float,
     ) -> list[str]:
         """Models whose spec cannot be used: `error` with the reason, their engines stopped. Not
-        "given up": the planner never sees them, and a fixed spec starts at once."""
-        lines = []
-        for model_id, reason in sorted(broken.items()):
-            state = states.get(model_id) or ModelState(id=model_id)
-            running = [h for h in handles.get(model_id, []) if h.alive]
-            try:
-                for handle in handles.get(model_id, []):  # an exited one: drops its record
-                    grace = self.stop_grace_s if handle.alive else 0
-                    self.engines[handle.framework].stop(handle, grace)
-            except Exception as exc:
-                reason = f"{reason}; could not stop its engine: {describe(exc)}"
-            if not running and (state.status, state.last_error) == (Status.error, reason):
-                continue  # said already
-            self.records.event(EventKind.error, model_id, reason)
-            lines.append(f"error {model_id}: {reason}")
-            states[model_id] = replace(
-                state,
-                status=Status.error,
-                pid=None,
-                container_id=None,
-                last_error=reason,
-                given_up=False,
-                next_retry_at=None,
-                probe_failures=0,
-                last_transition=now,
-            )
-        return lines
+        "given up": the planner never sees them, and a fixed spec starts at once. One human
+        line per model newly set aside."""
+        results = [
+            self._set_aside(model_id, reason, handles.get(model_id, []), states, now)
+            for model_id, reason in sorted(broken.items())
+        ]
+        return [r.line for r in results if r.line]
+
+    def _set_aside(
+        self,
+        model_id: str,
+        reason: str,
+        handles: list[Handle],
+        states: dict[str, ModelState],
+        now: float,
+    ) -> ActionResult:
+        state = states.get(model_id) or ModelState(id=model_id)
+        running = [h for h in handles if h.alive]
+        try:
+            for handle in handles:  # an exited one: drops its record
+                grace = self.stop_grace_s if handle.alive else 0
+                self.engines[handle.framework].stop(handle, grace)
+        except Exception as exc:
+            reason = f"{reason}; could not stop its engine: {describe(exc)}"
+        if not running and (state.status, state.last_error) == (Status.error, reason):
+            return ActionResult.quiet(model_id)  # said already
+        self.records.event(EventKind.error, model_id, reason)
+        states[model_id] = replace(
+            state,
+            status=Status.error,
+            pid=None,
+            container_id=None,
+            last_error=reason,
+            given_up=False,
+            next_retry_at=None,
+            probe_failures=0,
+            last_transition=now,
+        )
+        return ActionResult.failed(model_id, reason)
 
     def _stop(
         self, action: Action, handles: list[Handle], states: dict[str, ModelState], now: float
-    ) -> str:
+    ) -> ActionResult:
         state = states.get(action.model) or ModelState(id=action.model)
         try:
             for handle in handles:
@@ -146,15 +178,15 @@ class Executor:
             log.exception("stopping %s failed", action.model)
             message = f"could not stop its engine: {describe(exc)}"
             states[action.model] = self.supervisor.errored(state, message, now)
-            return f"error {action.model}: {message}"
+            return ActionResult.failed(action.model, message)
         status = Status.preempted if action.action == "preempt" else Status.stopped
         states[action.model] = replace(
             state, status=status, pid=None, container_id=None, last_transition=now
         )
         if action.action == "restart":
-            return ""  # the start below says it
+            return ActionResult.quiet(action.model)  # the start below says it
         self.records.event(EventKind(action.action), action.model, action.reason)
-        return f"{action.action} {action.model}: {action.reason}"
+        return ActionResult.done(action)
 
     def _drain(self, handles: list[Handle]) -> None:
         if not handles:
@@ -167,10 +199,10 @@ class Executor:
 
     def _start(
         self, action: Action, spec: ModelSpec, states: dict[str, ModelState], now: float
-    ) -> str:
+    ) -> ActionResult:
         state = states.get(spec.id) or ModelState(id=spec.id)
         if waiting(retry_of(state), now):
-            return ""
+            return ActionResult.quiet(spec.id)  # its backoff is not over
         placement = EnginePlacement(
             tuple(action.gpus), action.port, action.memory_mb or 0, host=self.host
         )
@@ -187,12 +219,12 @@ class Executor:
                 self.supervisor.errored(state, message, now), spec_hash=spec.spec_hash()
             )
             states[spec.id] = state
-            return f"error {spec.id}: {message}"
+            return ActionResult.failed(spec.id, message)
         except Exception as exc:
             log.exception("starting %s failed", spec.id)
             failure = Failure(f"could not start: {describe(exc)}")
             states[spec.id] = self.supervisor.fail(state, spec, failure, now)
-            return f"error {spec.id}: {failure.message}"
+            return ActionResult.failed(spec.id, failure.message)
         self.records.event(EventKind(action.action), spec.id, action.reason)
         states[spec.id] = replace(
             state_from_handle(state, handle),
@@ -201,4 +233,4 @@ class Executor:
             next_retry_at=None,
             probe_failures=0,
         )
-        return f"{action.action} {spec.id}: {action.reason}"
+        return ActionResult.done(action)
