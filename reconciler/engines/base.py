@@ -1,8 +1,8 @@
 """The Engine protocol and the engine descriptor: what every engine module exports.
 
 An engine module (llama_cpp, vllm, docker...) exports one `EngineDescriptor`: pure
-knowledge about the framework (its parameters, its argv, its memory estimate, its health path,
-its Kubernetes image) plus a factory for the runtime `Engine`. The registry lists the
+knowledge about the framework (its parameters, its argv, its memory estimate, its Kubernetes
+image) plus a factory for the runtime `Engine`. The registry lists the
 descriptors; validation, estimation, model facts and the Kubernetes render read them, so a new
 engine is one module and one line in the registry.
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from reconciler.core.catalog import FrameworkRules
+from reconciler.core.engine_args import FrameworkRules
 from reconciler.core.estimate import Estimate, ModelFacts, ModelFiles
 from reconciler.core.spec import ModelSpec
 
@@ -114,7 +114,7 @@ Launcher = tuple[str, ...]
 
 ArgvBuilder = Callable[[ModelSpec, EnginePlacement, Launcher], list[str]]
 """Pure: (spec, placement, launcher) -> the argv that runs the engine. No state directory,
-no I/O; raises reconciler.core.flags.FlagValueError for a value that could become a flag."""
+no I/O; raises reconciler.core.engine_args.FlagValueError for a value that could become a flag."""
 
 EstimateHook = Callable[[ModelSpec, ModelFacts, int | None], Estimate]
 """Pure: (spec, the model's facts, the GPU's MiB or None) -> MiB per GPU with a breakdown."""
@@ -149,7 +149,6 @@ class EngineDescriptor:
     model_files: ModelFiles
     kubernetes: KubernetesContainer
     create: EngineFactory
-    health_path: str = "/health"
     reserved_env: frozenset[str] = frozenset()
     """Environment names the engine reads as its listen address or port: never from a spec."""
     needs_image: bool = False

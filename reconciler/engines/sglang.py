@@ -19,29 +19,14 @@ config.json and safetensors headers).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import os
 import sys
 from collections.abc import Mapping
 
-from reconciler.core.flags import FlagStyle, render_flags
-from reconciler.core.spec import ModelSpec, ParameterValue
-from reconciler.engines.base import (
-    EngineDescriptor,
-    EngineError,
-    EnginePlacement,
-    KubernetesContainer,
-)
-from reconciler.engines.hf import (
-    HFFlags,
-    check_local_model,
-    hf_estimate,
-    hf_hook,
-    placement_args,
-    served_name,
-)
-from reconciler.engines.process import ProcessEngine, find_executable
+from reconciler.core.engine_args import FlagStyle
+from reconciler.engines.base import EngineError, Launcher
+from reconciler.engines.hf import HFArgv, HFEngine, hf_descriptor
+from reconciler.engines.hf_memory import HFFlags
 
 ENV_SGLANG = "RECONCILER_SGLANG"
 MODULE = "sglang.launch_server"
@@ -126,104 +111,53 @@ STYLE = FlagStyle(
     multi_value=frozenset({"lora-paths"}),
 )
 
+# `LAUNCHER --model-path M --host H --port P --tp-size N [--param value...]`
+ARGV = HFArgv(subcommand=(), model_flag="--model-path", tp_flag="--tp-size", style=STYLE)
+
 RESERVED_ENV = frozenset({"SGLANG_HOST_IP", "SGLANG_PORT"})
 
+# HFFlags' defaults are SGLang's: chunked-prefill-size 8192 on large GPUs, 256 sequences sampled
+# at once when the spec does not bound them, and 0.9 the documented upper mem-fraction-static
+# (recent versions size it from the GPU).
 FLAGS = HFFlags(
     engine="SGLang",
     max_len="context-length",
-    pipeline="pipeline-parallel-size",
-    # tokens of one prefill chunk on data-centre GPUs (SGLang's default for large GPUs; -1
-    # disables chunking): the activation peak of a forward pass
+    # the tokens of one prefill chunk (-1 disables chunking: the default is used)
     batched_tokens="chunked-prefill-size",
-    batched_tokens_default=8192,
-    # sequences sampled at once when the spec does not bound them
     seqs="max-running-requests",
-    seqs_default=256,
     eager="disable-cuda-graph",
-    # SGLang's documented share of each GPU for weights + KV cache pool (recent versions size it
-    # from the GPU; 0.9 is the documented upper value)
+    # the share of each GPU for weights + the KV cache pool
     fraction="mem-fraction-static",
-    fraction_default=0.9,
 )
 
 
-def find_launcher(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """$RECONCILER_SGLANG, else this interpreter with `-m sglang.launch_server`."""
-    environ = os.environ if environ is None else environ
-    override = environ.get(ENV_SGLANG)
-    return (override,) if override else (sys.executable, "-m", MODULE)
-
-
-def sglang_args(parameters: Mapping[str, ParameterValue]) -> list[str]:
-    """Pure: spec parameters as launch_server flags, in key order."""
-    return render_flags(parameters, STYLE)
-
-
-def sglang_argv(
-    spec: ModelSpec, placement: EnginePlacement, launcher: tuple[str, ...]
-) -> list[str]:
-    """Pure: the descriptor's argv builder."""
-    where = placement_args(spec, placement, model_flag="--model-path", tp_flag="--tp-size")
-    return [*launcher, *where, *sglang_args(spec.parameters)]
-
-
-sglang_estimate = functools.partial(hf_estimate, FLAGS)
-"""SGLang: mem-fraction-static x the GPU, or the minimum it needs to start."""
-
-
-class SglangEngine(ProcessEngine):
+class SglangEngine(HFEngine):
     """SGLang engines as detached processes (see the module docstring)."""
 
-    def __init__(
-        self,
-        state_dir: str | os.PathLike[str],
-        namespace: str | None = None,
-        *,
-        launcher: tuple[str, ...] | None = None,
-    ) -> None:
-        super().__init__(state_dir, namespace)
-        self._launcher = launcher
+    server = "SGLang"
+    package = "sglang"
+    launcher_env = ENV_SGLANG
 
-    @property
-    def launcher(self) -> tuple[str, ...]:
-        """The pinned launcher, else the one this host has now."""
-        return self._launcher or find_launcher()
+    def usual_launcher(self, environ: Mapping[str, str]) -> Launcher:
+        """This interpreter with `-m sglang.launch_server`."""
+        return (sys.executable, "-m", MODULE)
 
-    def preflight(self, spec: ModelSpec, placement: EnginePlacement) -> None:
-        launcher = self.launcher
-        if find_executable(launcher[0]) is None:
-            raise EngineError(
-                f"SGLang is not installed (no executable {launcher[0]!r}; install sglang or "
-                f"set {ENV_SGLANG} to its launcher)"
-            )
+    def check_launcher(self, launcher: Launcher) -> None:
         own_interpreter = launcher == (sys.executable, "-m", MODULE)
         if own_interpreter and importlib.util.find_spec("sglang") is None:
             raise EngineError(
                 f"SGLang is not installed in {sys.executable} (pip install sglang, or set "
                 f"{ENV_SGLANG} to the launcher of an SGLang installation)"
             )
-        check_local_model(spec)
 
 
-def _create(state_dir: str | os.PathLike[str], namespace: str) -> SglangEngine:
-    return SglangEngine(state_dir, namespace)
-
-
-DESCRIPTOR = EngineDescriptor(
+DESCRIPTOR = hf_descriptor(
+    SglangEngine,
     framework="sglang",
     parameters=PARAMETERS,
-    argv=sglang_argv,
-    estimate=hf_hook(FLAGS),
-    model_files="hf",
-    kubernetes=KubernetesContainer(
-        image="lmsysorg/sglang:latest",
-        launcher=("python3", "-m", MODULE),
-        shared_memory=True,
-    ),
-    create=_create,
+    argv=ARGV,
+    flags=FLAGS,
+    image="lmsysorg/sglang:latest",
+    image_launcher=("python3", "-m", MODULE),
     reserved_env=RESERVED_ENV,
-    context_parameter="context-length",
-    hub_ids=True,
-    served_name=served_name,
 )
-SglangEngine.descriptor = DESCRIPTOR

@@ -12,28 +12,13 @@ spec may not set them.
 
 from __future__ import annotations
 
-import functools
-import os
 import shutil
 from collections.abc import Mapping
 
-from reconciler.core.flags import FlagStyle, render_flags
-from reconciler.core.spec import ModelSpec, ParameterValue
-from reconciler.engines.base import (
-    EngineDescriptor,
-    EngineError,
-    EnginePlacement,
-    KubernetesContainer,
-)
-from reconciler.engines.hf import (
-    HFFlags,
-    check_local_model,
-    hf_estimate,
-    hf_hook,
-    placement_args,
-    served_name,
-)
-from reconciler.engines.process import ProcessEngine, find_executable
+from reconciler.core.engine_args import FlagStyle
+from reconciler.engines.base import Launcher
+from reconciler.engines.hf import HFArgv, HFEngine, hf_descriptor
+from reconciler.engines.hf_memory import HFFlags
 
 ENV_VLLM = "RECONCILER_VLLM"
 
@@ -102,96 +87,44 @@ STYLE = FlagStyle(
     multi_value=frozenset({"served-model-name", "lora-modules"}),
 )
 
+# `vllm serve MODEL --host H --port P --tensor-parallel-size N [--param value...]`
+ARGV = HFArgv(subcommand=("serve",), model_flag=None, tp_flag="--tensor-parallel-size", style=STYLE)
+
 RESERVED_ENV = frozenset({"VLLM_HOST_IP", "VLLM_PORT"})
 
+# HFFlags' defaults are vLLM's: V1's max_num_batched_tokens for `vllm serve` on data-centre
+# GPUs is 8192 (older versions used 2048), max_num_seqs 256, and without gpu-memory-utilization
+# vLLM claims 90% of each GPU.
 FLAGS = HFFlags(
     engine="vLLM",
     max_len="max-model-len",
-    pipeline="pipeline-parallel-size",
-    # Tokens of vLLM's start-up profiling forward pass (V1's default max_num_batched_tokens for
-    # `vllm serve` on data-centre GPUs; older versions used 2048): sets the activation peak.
+    # the tokens of vLLM's start-up profiling forward pass
     batched_tokens="max-num-batched-tokens",
-    batched_tokens_default=8192,
-    # vLLM's default max_num_seqs: one row of f32 logits per sequence in the sampler
     seqs="max-num-seqs",
-    seqs_default=256,
     eager="enforce-eager",
-    # without gpu-memory-utilization, vLLM claims 90% of each GPU
     fraction="gpu-memory-utilization",
-    fraction_default=0.9,
 )
 
 
-def find_vllm(environ: Mapping[str, str] | None = None) -> str:
-    """$RECONCILER_VLLM, else `vllm` on PATH; plain `vllm` when neither (start() reports it)."""
-    environ = os.environ if environ is None else environ
-    return environ.get(ENV_VLLM) or shutil.which("vllm", path=environ.get("PATH")) or "vllm"
-
-
-def vllm_args(parameters: Mapping[str, ParameterValue]) -> list[str]:
-    """Pure: spec parameters as `vllm serve` flags, in key order."""
-    return render_flags(parameters, STYLE)
-
-
-def vllm_argv(spec: ModelSpec, placement: EnginePlacement, launcher: tuple[str, ...]) -> list[str]:
-    """Pure: the descriptor's argv builder."""
-    where = placement_args(spec, placement, model_flag=None, tp_flag="--tensor-parallel-size")
-    return [*launcher, "serve", *where, *vllm_args(spec.parameters)]
-
-
-vllm_estimate = functools.partial(hf_estimate, FLAGS)
-"""vLLM: gpu-memory-utilization x the GPU, or the minimum it needs to start."""
-
-
-class VllmEngine(ProcessEngine):
+class VllmEngine(HFEngine):
     """vLLM engines as detached processes (see the module docstring)."""
 
-    def __init__(
-        self,
-        state_dir: str | os.PathLike[str],
-        namespace: str | None = None,
-        *,
-        executable: str | None = None,
-    ) -> None:
-        super().__init__(state_dir, namespace)
-        self._executable = executable
+    server = "vllm"
+    package = "vllm"
+    launcher_env = ENV_VLLM
 
-    @property
-    def executable(self) -> str:
-        """The pinned executable, else the one this host has now."""
-        return self._executable or find_vllm()
-
-    @property
-    def launcher(self) -> tuple[str, ...]:
-        return (self.executable,)
-
-    def preflight(self, spec: ModelSpec, placement: EnginePlacement) -> None:
-        executable = self.executable
-        if find_executable(executable) is None:
-            raise EngineError(
-                f"vllm is not installed (no executable {executable!r}; install vllm or set "
-                f"{ENV_VLLM} to its path)"
-            )
-        check_local_model(spec)
+    def usual_launcher(self, environ: Mapping[str, str]) -> Launcher:
+        """`vllm` on PATH; plain `vllm` when it is not there (start() reports it)."""
+        return (shutil.which("vllm", path=environ.get("PATH")) or "vllm",)
 
 
-def _create(state_dir: str | os.PathLike[str], namespace: str) -> VllmEngine:
-    return VllmEngine(state_dir, namespace)
-
-
-DESCRIPTOR = EngineDescriptor(
+DESCRIPTOR = hf_descriptor(
+    VllmEngine,
     framework="vllm",
     parameters=PARAMETERS,
-    argv=vllm_argv,
-    estimate=hf_hook(FLAGS),
-    model_files="hf",
-    kubernetes=KubernetesContainer(
-        image="vllm/vllm-openai:latest", launcher=("vllm",), shared_memory=True
-    ),
-    create=_create,
+    argv=ARGV,
+    flags=FLAGS,
+    image="vllm/vllm-openai:latest",
+    image_launcher=("vllm",),
     reserved_env=RESERVED_ENV,
-    context_parameter="max-model-len",
-    hub_ids=True,
-    served_name=served_name,
 )
-VllmEngine.descriptor = DESCRIPTOR

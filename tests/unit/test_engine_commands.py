@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pytest
 from components import require_module
 
-from reconciler.core.flags import FlagValueError
+from reconciler.core.engine_args import FlagValueError
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import llama_cpp, registry, vllm
 from reconciler.engines.base import (
@@ -39,7 +40,8 @@ from reconciler.engines.llama_cpp_python import (
 from reconciler.engines.logs import masked_argv
 from reconciler.engines.process import MARKER_FRAMEWORK, default_namespace
 from reconciler.engines.registry import engines
-from reconciler.engines.vllm import VllmEngine, find_vllm, vllm_args
+from reconciler.engines.sglang import SglangEngine
+from reconciler.engines.vllm import VllmEngine
 
 LLAMA_HINT = "make llama (builds llama-cpp-python[server] into the venv)"
 
@@ -399,18 +401,29 @@ def test_vllm_tensor_parallel_size() -> None:
 
 
 def test_vllm_flag_rules() -> None:
-    assert vllm_args({"enable-chunked-prefill": True}) == ["--enable-chunked-prefill"]
-    assert vllm_args({"enforce-eager": False}) == []
-    assert vllm_args({"lora-modules": ["a=/x", "b=/y"]}) == ["--lora-modules", "a=/x", "b=/y"]
-    assert vllm_args({"limit-mm-per-prompt": '{"image": 2}'}) == [
+    assert vllm.ARGV.flags({"enable-chunked-prefill": True}) == ["--enable-chunked-prefill"]
+    assert vllm.ARGV.flags({"enforce-eager": False}) == []
+    assert vllm.ARGV.flags({"lora-modules": ["a=/x", "b=/y"]}) == ["--lora-modules", "a=/x", "b=/y"]
+    assert vllm.ARGV.flags({"limit-mm-per-prompt": '{"image": 2}'}) == [
         "--limit-mm-per-prompt",
         '{"image": 2}',
     ]
 
 
 def test_vllm_executable_lookup(tmp_path: Path) -> None:
-    assert find_vllm({"RECONCILER_VLLM": "/x/vllm"}) == "/x/vllm"
-    assert find_vllm({"PATH": str(tmp_path)}) == "vllm"
+    engine = VllmEngine(tmp_path, NS)
+    assert engine.found_launcher({"RECONCILER_VLLM": "/x/vllm"}) == ("/x/vllm",)
+    assert engine.found_launcher({"PATH": str(tmp_path)}) == ("vllm",)
+    (tmp_path / "vllm").write_text("#!/bin/sh\n")
+    (tmp_path / "vllm").chmod(0o755)
+    assert engine.found_launcher({"PATH": str(tmp_path)}) == (str(tmp_path / "vllm"),)
+
+
+def test_sglang_launcher_lookup(tmp_path: Path) -> None:
+    engine = SglangEngine(tmp_path, NS)
+    assert engine.found_launcher({"RECONCILER_SGLANG": "/x/sglang"}) == ("/x/sglang",)
+    expected = (sys.executable, "-m", "sglang.launch_server")
+    assert engine.found_launcher({"PATH": str(tmp_path)}) == expected
 
 
 def test_vllm_table_drops_removed_flags() -> None:
@@ -489,7 +502,7 @@ def test_a_value_that_would_start_a_flag_is_refused(tmp_path: Path, parameters: 
         if backend is PYTHON:  # and the python server, which would split it, refuses to start
             assert python_server_unsupported(parameters) == ["tensor-split"]
     with pytest.raises(FlagValueError):
-        vllm_args({"served-model-name": ["a", "--host"]})
+        vllm.ARGV.flags({"served-model-name": ["a", "--host"]})
 
 
 def test_numbers_stay_values_even_when_negative(tmp_path: Path) -> None:
