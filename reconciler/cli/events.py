@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.text import Text
 
-from reconciler.api.eventlog import events_end, read_events_after, read_recent_events
-from reconciler.state.paths import EVENTS_FILE
+from reconciler.state.directory import EVENTS_FILE
+from reconciler.state.eventlog import Logged, events_end, read_events_after, read_recent_events
 
 from . import command_app
 from .options import StateDirOpt, out, resolve_state_dir, usage_error
@@ -34,30 +34,30 @@ def events_cmd(
         raise usage_error("--limit must not be negative")
     path = resolve_state_dir(state_dir) / EVENTS_FILE
     recent = read_recent_events(path, limit, model=model) if limit else []
-    for event in recent:
-        _print_event(event, as_json)
+    for logged in recent:
+        _print_event(logged, as_json)
     if not follow:
         return
     # the event log is the record: tail it (works with `run`, `apply` and `restart` alike)
-    offset = recent[-1]["id"] if recent else events_end(path)
+    offset = recent[-1].cursor if recent else events_end(path)
     while True:
         new, offset = read_events_after(path, offset)
-        for event in new:
-            if model is None or event.get("model") == model:
-                _print_event(event, as_json)
+        for logged in new:
+            if model is None or logged.event.model == model:
+                _print_event(logged, as_json)
         time.sleep(0.5)
 
 
-def _print_event(event: dict[str, Any], as_json: bool) -> None:
+def _print_event(logged: Logged, as_json: bool) -> None:
+    event = logged.event
     if as_json:
-        record = {k: v for k, v in event.items() if k != "id"}
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
         sys.stdout.flush()
         return
     colours = {"crashed": "red", "gave-up": "red", "error": "red", "desired-invalid": "red"}
     colours |= {"ready": "green", "start": "green", "preempt": "yellow", "stop": "yellow"}
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["time"]))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
     line = Text(f"{when}  ")
-    line.append(f"{event['kind']:<17}", style=colours.get(event["kind"], "bold"))
-    line.append(f" {event.get('model') or '-':<20} {event.get('message', '')}")
+    line.append(f"{event.kind:<17}", style=colours.get(event.kind, "bold"))
+    line.append(f" {event.model or '-':<20} {event.message}")
     out.print(line)

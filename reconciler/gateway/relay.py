@@ -11,6 +11,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -24,6 +25,18 @@ from reconciler.gateway.upstream import Pool, UpstreamError
 
 RETRY_STATUSES = frozenset({502, 503})
 USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
+
+
+@dataclass(frozen=True)
+class Miss:
+    """An instance that did not answer usably: fail over. `reason` is the failover metric's
+    label (http_502, http_503, connection); `detail` what a client is told if all miss."""
+
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 class Relay:
@@ -63,8 +76,8 @@ class Relay:
             result = await self.attempt(request, instance, target, body, payload, started)
             if isinstance(result, web.StreamResponse):
                 return result
-            last_problem = result
-            self.metrics.failover(target.id, result.split(":")[0])
+            last_problem = str(result)
+            self.metrics.failover(target.id, result.reason)
 
     async def attempt(
         self,
@@ -74,7 +87,7 @@ class Relay:
         body: bytes,
         payload: dict,
         started: float,
-    ) -> web.StreamResponse | str:
+    ) -> web.StreamResponse | Miss:
         """One try on one instance: a response, or why to try elsewhere."""
         served_name = target.route.served_name or target.id
         if payload["model"] != served_name:
@@ -93,7 +106,7 @@ class Relay:
                     idle_timeout_s=self.settings().upstream_idle_timeout_s,
                 )
                 if upstream.status in RETRY_STATUSES:
-                    return f"http_{upstream.status}: the engine answered {upstream.status}"
+                    return Miss(f"http_{upstream.status}", f"the engine answered {upstream.status}")
                 content_type = upstream.headers.get("content-type", "application/json")
                 streaming = content_type.startswith("text/event-stream")
                 if streaming:  # its first chunk before the client's head: a bad one fails over
@@ -104,7 +117,7 @@ class Relay:
                 instance.last_byte_at = time.monotonic()  # an answer is a sign of life too
             except UpstreamError as exc:
                 instance.down_until = time.monotonic() + DOWN_FOR_S
-                return f"connection: {type(exc).__name__} {exc}"
+                return Miss("connection", f"{type(exc).__name__} {exc}")
             instance.served += 1
             out_headers = {MODEL_HEADER: target.id, "Content-Type": content_type}
             if streaming:

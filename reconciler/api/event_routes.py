@@ -6,12 +6,12 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from .eventlog import events_end, read_events_after, read_recent_events
+from reconciler.state.eventlog import events_end, read_events_after, read_recent_events
+
 from .responses import EventOut
 from .views import Views
 
@@ -29,9 +29,9 @@ async def event_stream(views: Views, offset: int) -> AsyncIterator[bytes]:
     last_sent = time.monotonic()
     while not views.stopping():
         events, offset = read_events_after(views.events_path, offset)
-        for event in events:
-            data = json.dumps(event, ensure_ascii=False, default=str)
-            yield f"id: {event['id']}\ndata: {data}\n\n".encode()
+        for logged in events:
+            data = json.dumps(logged.to_json(), ensure_ascii=False, default=str)
+            yield f"id: {logged.cursor}\ndata: {data}\n\n".encode()
             last_sent = time.monotonic()
         if time.monotonic() - last_sent > STREAM_KEEPALIVE_S:
             yield b": keep-alive\n\n"
@@ -56,9 +56,10 @@ def router(views: Views) -> APIRouter:
         since: float | None = Query(None, description="only events after this unix time"),
         model: str | None = Query(None, max_length=253, description="only this model's"),
         kind: str | None = Query(None, max_length=64, description="only this kind"),
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, object]]:
         """Recent events from events.jsonl, oldest first."""
-        return read_recent_events(views.events_path, limit, since, model, kind)
+        recent = read_recent_events(views.events_path, limit, since, model, kind)
+        return [logged.to_json() for logged in recent]
 
     @routes.get(
         "/events/stream",
