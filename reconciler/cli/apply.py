@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.loop.converge import converge
+from reconciler.loop.controller import converge
 from reconciler.loop.reconcile import Reconciler, Settings
 
 from . import command_app, options
@@ -35,7 +35,6 @@ app = command_app()
 def _output() -> tuple[Console, Console]:
     """The consoles, and the modules that print a result imported: called while engines start
     (converge's `meanwhile`), so that none of this waits until they are ready."""
-    from . import problems, status  # noqa: F401
 
     return options.out, options.err
 
@@ -65,7 +64,8 @@ def apply_cmd(
         raise typer.Exit(0 if plan.valid else 1)
     results = [reconciler.pass_once()] if once else converge(reconciler, timeout, meanwhile=_output)
     out, err = _output()
-    from .problems import Format, print_problems
+    from reconciler.cli.desired import Format, print_problems
+
     from .status import exit_on_model_errors, print_status
 
     for result in results:
@@ -92,7 +92,7 @@ def restart_cmd(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Restart a model now, clearing a given-up error (its retries start again)."""
-    from reconciler.core.replicas import expand
+    from reconciler.core.serving import expand
 
     reconciler = _reconciler(directory, state_dir)
     desired, _ = reconciler.load_desired()

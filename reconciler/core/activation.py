@@ -12,17 +12,23 @@ requests, the time of the last request per model) and decides here, without I/O:
 Room for a wanted model that does not run comes first from idle on-demand engines, least
 recently used first (`idle_to_stop`); only when stopping every idle one is not enough do the
 planner's usual rules preempt strictly lower priorities.
+
+`plan_pass` is the pass's one plan: it decides, searches for room with the scheduler alone, and
+makes the plan once (`make`, make_plan unless a caller counts or wraps it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from reconciler.core.desired import DesiredState
-from reconciler.core.plan import Plan
-from reconciler.core.replicas import model_of
+from reconciler.core.desired import DesiredState, Problem
+from reconciler.core.instance import InstanceRecord
+from reconciler.core.plan import Plan, make_plan
+from reconciler.core.plan.make import scheduled
+from reconciler.core.schedule.values import GPUInfo
+from reconciler.core.serving import model_of
 from reconciler.core.spec import ModelSpec
 
 ON_DEMAND = "on_demand"
@@ -201,6 +207,70 @@ def _reason(
         timeout = spec.idle_timeout_s
         return f"stops after {timeout:g} s idle" if timeout is not None else "kept until evicted"
     return "starts on its first request through the gateway"
+
+
+MakePlan = Callable[
+    [
+        DesiredState,
+        Mapping[str, InstanceRecord],
+        Sequence[GPUInfo],
+        Mapping[str, int | None],
+        Iterable[Problem],
+    ],
+    Plan,
+]
+"""make_plan's signature: (desired, observed, gpus, memory per model, problems) -> Plan."""
+
+
+@dataclass(frozen=True)
+class Wishes:
+    """What the gateway asks of the pass. The default: nobody asks and there is no clock (an
+    offline plan, or a loop without a gateway)."""
+
+    traffic: Mapping[str, Traffic] = field(default_factory=dict)
+    """model id (not instance) -> what the gateway saw of its requests"""
+    running_since: Mapping[str, float] = field(default_factory=dict)
+    """when the loop first saw each running on-demand instance"""
+    now: float | None = None
+
+
+def plan_pass(
+    desired: DesiredState,
+    observed: Mapping[str, InstanceRecord],
+    gpus: Sequence[GPUInfo],
+    memory: Mapping[str, int | None],
+    problems: Iterable[Problem] = (),
+    wishes: Wishes = Wishes(),
+    make: MakePlan = make_plan,
+) -> Plan:
+    """The plan of a pass with on-demand activation applied, made once. When a wanted model
+    does not run yet, the room search (which idle engines to stop, whether it waits or is
+    unschedulable) asks the scheduler alone; an exception anywhere propagates to the caller."""
+    running = frozenset(m for m, o in observed.items() if o.occupies)
+    decision = decide(desired.models, wishes.traffic, running, wishes.running_since, wishes.now)
+    dropped: frozenset[str] = frozenset()
+    waiting: frozenset[str] = frozenset()
+
+    def fit(removed: frozenset[str]) -> Fit:
+        placing = planned(desired, decision.keep - removed)
+        result = scheduled(placing, observed, gpus, memory).result
+        if not decision.newcomers <= result.placements.keys():
+            return Fit.unplaced
+        preempted = any(
+            m not in result.placements and m in observed and observed[m].occupies
+            for m in result.preempted
+        )
+        return Fit.preempting if preempted else Fit.free
+
+    if decision.newcomers:
+        dropped = idle_to_stop(decision.idle, fit)
+    plan = make(planned(desired, decision.keep - dropped), observed, gpus, memory, problems)
+    unplaced = {u.model for u in plan.unschedulable} & decision.newcomers
+    # a wanted model that fits once the on-demand engines in use go idle waits its turn in the
+    # gateway's queue; one that would not fit even then is unschedulable
+    if unplaced and fit(running & decision.keep) is not Fit.unplaced:
+        waiting = frozenset(unplaced)
+    return annotate(plan, desired.models, decision, running, dropped, waiting)
 
 
 def _first_known(*values: float | None) -> float:

@@ -1,4 +1,5 @@
-"""The daemon loop: triggers -> one reconcile pass at a time.
+"""When passes run: the daemon's loop (triggers -> one reconcile pass at a time), or `reconciler
+apply`'s one-shot convergence (`converge`: passes until nothing is pending).
 
 Triggers: a file change under the desired-state directory (watchfiles, debounced), a new commit
 (local HEAD moves, or a remote fetch brings one), an engine that exits (a cheap pid poll), a health
@@ -25,9 +26,10 @@ from typing import Protocol
 
 import psutil
 
+from reconciler.core.desired import Problem
 from reconciler.core.events import EventKind
-from reconciler.core.problems import Problem
 from reconciler.core.retry import backoff_delay
+from reconciler.engines.health import wait_ready
 from reconciler.loop.reconcile import PassResult, Reconciler
 
 log = logging.getLogger("reconciler.loop.controller")
@@ -334,3 +336,31 @@ def _alive(pid: int, create_time: float) -> bool:
 def _is_remote(source: object) -> bool:
     """A remote source must be fetched; a local one is only watched."""
     return callable(getattr(source, "sync", None))
+
+
+def converge(
+    reconciler: Reconciler, timeout_s: float, *, meanwhile: Callable[[], None] | None = None
+) -> list[PassResult]:
+    """Run passes until settled (all started engines ready, no retry pending) or the timeout.
+    Between passes it waits for the next retry, or for a starting engine to answer.
+
+    `meanwhile` is called once, after the first pass that leaves something to wait for: the
+    caller's own preparation (apply imports what prints its output) overlaps the engines'
+    start instead of delaying the return once they are ready."""
+    deadline = reconciler.clock() + timeout_s
+    results = []
+    while True:
+        result = reconciler.pass_once()
+        results.append(result)
+        now = reconciler.clock()
+        if result.settled or now >= deadline:
+            return results
+        if meanwhile is not None:
+            meanwhile()
+            meanwhile, now = None, reconciler.clock()
+        wake = result.next_wake if result.next_wake is not None else now + 0.5
+        wake = min(max(wake, now + 0.05), deadline)
+        client = reconciler.http_client()
+        wait_ready(
+            result.starting_urls, wake - now, interval=0.05, probe_timeout=0.5, client=client
+        )

@@ -3,11 +3,11 @@
 Level-triggered: a pass recomputes everything from the desired state and from what the engines
 really are (processes and containers, found afresh every pass); the state file only carries what
 cannot be observed (restart counts, failed probes, backoff, the last error) and is rebuilt when
-it is corrupt. converge.py repeats passes until nothing is pending: that is `reconciler apply`;
-the daemon (controller.py) runs passes on triggers instead.
+it is corrupt. controller.py runs passes: on triggers (the daemon), or until nothing is pending
+(`converge`: that is `reconciler apply`).
 
-Split by concern: records, supervision (crashes, health, sockets), isolation (an unusable spec
-is that model's error), execution (stops, then starts), memory (learning), demand (on demand).
+Split by concern: records, supervision (crashes, health, sockets), planning (one plan a pass: on
+demand, and an unusable spec is that model's error), execution (stops, then starts), memory.
 """
 
 from __future__ import annotations
@@ -17,36 +17,33 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Unpack
 
-from reconciler.core.desired import DesiredState
-from reconciler.core.events import EventKind
-from reconciler.core.observed import Status
+from reconciler.core.activation import MakePlan
+from reconciler.core.desired import DesiredState, Problem
+from reconciler.core.events import EventExtras, EventKind
+from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.plan import Plan, invalid_plan
-from reconciler.core.problems import Problem
-from reconciler.core.replicas import per_instance
+from reconciler.core.plan import make_plan as default_make_plan
 from reconciler.core.retry import JITTER, cleared
+from reconciler.core.serving import per_instance
 from reconciler.core.validate import validate
 from reconciler.engines.base import Engine, Handle
 from reconciler.engines.health import probe_client
-from reconciler.engines.process import observe_all
+from reconciler.engines.process_engine import observe_all
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.engines.registry import engines as default_engines
 from reconciler.gpus import InventoryError
-from reconciler.loop.demand import OnDemand
 from reconciler.loop.execution import Executor
-from reconciler.loop.isolation import set_aside
 from reconciler.loop.memory import MemoryLearner
-from reconciler.loop.planning import Requirements
-from reconciler.loop.records import Records, observed_of, retry_of, with_retry
+from reconciler.loop.planning import Planning, Requirements, set_aside
+from reconciler.loop.records import Records, observed_of
 from reconciler.loop.supervision import Supervisor, describe
 from reconciler.source.load import LoadError, load_directory, load_revision
 from reconciler.source.local import LocalSource
-from reconciler.source.protocol import Source
-from reconciler.source.repo import Revision, SourceError
-from reconciler.state.paths import STATE_FILE, namespace_for
-from reconciler.state.private import private_dir
-from reconciler.state.statefile import ModelState, State, read_state_or_recover, write_state
+from reconciler.source.repo import Revision, Source, SourceError
+from reconciler.state.directory import STATE_FILE, namespace_for, private_dir
+from reconciler.state.statefile import State, read_state_or_recover, write_state
 
 if TYPE_CHECKING:
     import httpx  # imported by http_client(): `apply` needs it only once an engine is launched
@@ -92,6 +89,7 @@ class Reconciler:
         engines: Mapping[str, Engine] | None = None,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = draw_jitter,
+        make_plan: MakePlan = default_make_plan,
     ) -> None:
         self.settings = settings
         self.state_dir = settings.state_dir
@@ -101,7 +99,7 @@ class Reconciler:
         self.clock = clock
         self.memory = MemoryLearner(settings.state_dir)
         self.requirements = Requirements(learned=self.memory.figures)
-        self.on_demand = OnDemand(lambda: self.requirements)  # .traffic: set with a gateway
+        self.planning = Planning(lambda: self.requirements, make_plan)  # .traffic: the gateway's
         self.records = Records(self.state_dir, clock)
         self.listeners = self.records.listeners
         """called with every event, after it is written (metrics, notifications, SSE)"""
@@ -191,7 +189,7 @@ class Reconciler:
         handles = self.observe()
         self.last_handles, self.last_desired = handles, desired
         if not dry_run:
-            self._consume_restart_requests(states, handles)
+            self._consume_restart_requests(states, handles, now)
         if desired is None:  # invalid, and never valid before: only watch what runs
             self.records.write(states, None, problems, now)
             return PassResult(invalid_plan(None, problems))
@@ -214,7 +212,7 @@ class Reconciler:
         }
         pids = [h.pid for hs in handles.values() for h in hs if h.pid]
         try:
-            plan, more = self.on_demand.plan(usable, observed, problems, pids, now)
+            plan, more = self.planning.plan(usable, observed, problems, pids, now)
         except InventoryError as exc:
             problems = [*problems, Problem("cluster.yaml", 1, "gpus", str(exc))]
             self._remember_valid(valid)
@@ -281,7 +279,7 @@ class Reconciler:
         self,
         plan: Plan,
         executed: list[str],
-        states: Mapping[str, ModelState],
+        states: Mapping[str, InstanceRecord],
         desired: DesiredState,
         now: float,
     ) -> PassResult:
@@ -331,7 +329,9 @@ class Reconciler:
             self._http = probe_client(limits=httpx.Limits(max_keepalive_connections=0))
         return self._http
 
-    def event(self, kind: EventKind | str, model: str | None, message: str, **extra: Any) -> None:
+    def event(
+        self, kind: EventKind, model: str | None, message: str, **extra: Unpack[EventExtras]
+    ) -> None:
         """Append to the event log and tell the listeners (the daemon's own events)."""
         self.records.event(kind, model, message, **extra)
 
@@ -341,20 +341,23 @@ class Reconciler:
         path = self.state_dir / STATE_FILE
         state = read_state_or_recover(path)[0] or State()
         recorded = {h.model_id for h in handles} & set(state.models)
+        stopping_at = self.clock()
         for model_id in recorded:  # a stop-all killed midway is no crash either
-            state.models[model_id] = replace(state.models[model_id], status=Status.stopping)
+            state.models[model_id] = transition(
+                state.models[model_id], Status.stopping, stopping_at
+            )
         write_state(path, state)
         for handle in handles:
             self.engines[handle.framework].stop(handle, self.settings.stop_grace_s)
             self.records.event(EventKind.stop, handle.model_id, reason)
         for model_id in recorded:
-            state.models[model_id] = replace(
+            state.models[model_id] = transition(
                 state.models[model_id],
-                status=Status.stopped,
+                Status.stopped,
+                self.clock(),
                 pid=None,
                 container_id=None,
                 probe_failures=0,
-                last_transition=self.clock(),
             )
         write_state(path, state)
 
@@ -363,7 +366,7 @@ class Reconciler:
         self.records.request_restart(model_id)
 
     def _consume_restart_requests(
-        self, states: dict[str, ModelState], handles: Mapping[str, list[Handle]]
+        self, states: dict[str, InstanceRecord], handles: Mapping[str, list[Handle]], now: float
     ) -> None:
         for model_id in self.records.restart_requests():
             try:
@@ -376,8 +379,8 @@ class Reconciler:
             else:
                 state = states.get(model_id)
                 if state is not None:
-                    fresh = with_retry(state, cleared(retry_of(state)))
-                    states[model_id] = replace(fresh, status=Status.stopped, probe_failures=0)
+                    fresh = cleared(state)
+                    states[model_id] = transition(fresh, Status.stopped, now, probe_failures=0)
                 self.records.event(
                     EventKind.restart_requested, model_id, "restart requested by an operator"
                 )

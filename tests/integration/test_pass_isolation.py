@@ -21,18 +21,16 @@ import pytest
 from apply_support import Host, managed_host, running, stand_in, vllm_wrapper
 
 from reconciler.core.cluster import ClusterSpec
-from reconciler.core.desired import DesiredState
-from reconciler.core.observed import Status
-from reconciler.core.problems import Problem
+from reconciler.core.desired import DesiredState, Problem
+from reconciler.core.instance import Status
+from reconciler.core.plan import Plan, make_plan
 from reconciler.core.spec import ModelSpec, RetryPolicy
 from reconciler.engines.base import Engine, EnginePlacement, Handle
 from reconciler.engines.registry import engines as registry_engines
-from reconciler.loop import isolation
-from reconciler.loop.controller import Controller
-from reconciler.loop.converge import converge
+from reconciler.loop.controller import Controller, converge
 from reconciler.loop.planning import Requirements
 from reconciler.loop.reconcile import Reconciler, Settings
-from reconciler.state.paths import namespace_for
+from reconciler.state.directory import namespace_for
 
 CONVERGE_S = 120.0  # a generous bound: only a hang runs into it
 
@@ -241,21 +239,24 @@ def test_a_running_model_whose_estimate_starts_to_fail_is_stopped_alone(host: Ho
 
 
 def test_a_model_the_planner_chokes_on_is_set_aside(
-    host: Host, monkeypatch: pytest.MonkeyPatch
+    host: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = isolation.make_plan
-
-    def choking(desired: DesiredState, *args: Any, **kwargs: Any) -> Any:
+    def choking(desired: DesiredState, *args: Any, **kwargs: Any) -> Plan:
         if "poison" in desired.models:  # as a planner bug set off by one model's data
             raise ZeroDivisionError("division by zero")
-        return real(desired, *args, **kwargs)
+        return make_plan(desired, *args, **kwargs)
 
-    monkeypatch.setattr(isolation, "make_plan", choking)
-    reconciler = Given(host, desired_state(host, spec("a"), spec("poison"), spec("b")))
+    desired = desired_state(host, spec("a"), spec("poison"), spec("b"))
+    reconciler = Given(host, desired, make_plan=choking)
     converge(reconciler, CONVERGE_S)
 
     running(host, "a", "b")
     model = host.model("poison")
     assert model.status == Status.error
     assert model.last_error == "it cannot be planned: ZeroDivisionError: division by zero"
+    # never swallowed: the traceback is in the log, the model's error in the event log
+    failures = [r for r in caplog.records if r.name == "reconciler.loop.planning" and r.exc_info]
+    assert failures and "planning failed" in failures[0].getMessage()
+    errors = [e for e in host.events() if e["kind"] == "error" and e["model"] == "poison"]
+    assert [e["message"] for e in errors] == [model.last_error]
     assert_quiet(reconciler, host)
