@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 
 from reconciler.core.cluster import ClusterSpec
-from reconciler.core.gpu import MIB, GPUInfo
+from reconciler.core.schedule.values import MIB, GPUInfo
 
 
 class InventoryError(Exception):

@@ -4,10 +4,10 @@ The API only reads and asks: desired state comes from git alone, so there is no 
 changes a spec. Two actions exist, both a request to the loop: reconcile now, restart a model.
 
 One module per route group: probes (/healthz, /readyz, /metrics), status (/status, /history),
-models, gpus, plan, events (list and server-sent stream), actions (reconcile, restart),
+models, gpus, plan, event_routes (list and server-sent stream), actions (reconcile, restart),
 webhook (/hooks/git), dashboard (/ and /web). Beside them: views (what the routes read of the
 daemon), responses (the response models), auth (who may act), body (size limit, JSON parsing),
-cache, eventlog (events.jsonl by cursor, also used by `reconciler events`), app (assembles
+cache, app (assembles
 them), link (the socket pair to the daemon: metrics and actions), server (ApiService: the
 daemon's owner of the API process) and __main__ (the API process itself).
 

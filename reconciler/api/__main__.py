@@ -18,9 +18,9 @@ from pathlib import Path
 
 import uvicorn
 
+from reconciler.api.api_service import DaemonLink, split_listen
+
 from .app import create_app
-from .link import DaemonLink
-from .server import split_listen
 from .views import ApiSettings, DaemonFiles, Views
 
 PARENT_POLL_S = 0.5

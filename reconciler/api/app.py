@@ -1,14 +1,42 @@
-"""The FastAPI application of the API process: the route groups of this package, assembled."""
+"""The FastAPI application of the API process: the route groups of this package assembled, and
+the dashboard (GET / and its /web/* files from reconciler/web/).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from reconciler import __version__
+from reconciler.api import event_routes, plan, probes, status_routes, triggers
+from reconciler.api.auth import BodyLimit
+from reconciler.api.views import Views
 
-from . import actions, dashboard, events, gpus, models, plan, probes, status, traffic, webhook
-from .body import BodyLimit
-from .views import Views
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+DASHBOARD_HEADERS = {
+    # the dashboard builds its DOM from API data with textContent only; the CSP is the backstop
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def mount(app: FastAPI, web_dir: Path = WEB_DIR) -> None:
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        page = web_dir / "index.html"
+        if not page.is_file():  # installed without its package data
+            return JSONResponse({"detail": f"dashboard files missing from {web_dir}"}, 404)
+        return FileResponse(page, headers=DASHBOARD_HEADERS)
+
+    if web_dir.is_dir():
+        app.mount("/web", StaticFiles(directory=web_dir), name="web")
 
 
 def create_app(views: Views) -> FastAPI:
@@ -22,8 +50,17 @@ def create_app(views: Views) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(probes.router(views))
-    for group in (status, models, gpus, plan, events, traffic, actions, webhook):
-        app.include_router(group.router(views), prefix="/api/v1")
-    dashboard.mount(app)
+    for router in (
+        status_routes.status_router(views),
+        status_routes.models_router(views),
+        status_routes.gpus_router(views),
+        plan.router(views),
+        event_routes.router(views),
+        status_routes.traffic_router(views),
+        triggers.actions_router(views),
+        triggers.webhook_router(views),
+    ):
+        app.include_router(router, prefix="/api/v1")
+    mount(app)
     app.add_middleware(BodyLimit)
     return app

@@ -1,17 +1,50 @@
-"""GET /healthz, /readyz and /metrics: what a supervisor and Prometheus ask."""
+"""GET /healthz, /readyz and /metrics: what a supervisor and Prometheus ask; and the rule every
+route follows until the daemon has published its first pass (503: the API does not know yet
+what runs).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from reconciler.api.api_service import LinkError
+from reconciler.api.responses import ErrorOut, HealthOut, ReadyOut
+from reconciler.api.views import Background, Views
 from reconciler.metrics import CONTENT_TYPE
 
-from .cache import Background
-from .link import LinkError
-from .responses import HealthOut, ReadyOut
-from .views import Views
+RETRY_AFTER_S = 1
+NOT_READY_DETAIL = "the reconciler has not finished its first pass yet: retry shortly"
+
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "seconds to wait before asking again",
+        "schema": {"type": "integer"},
+    }
+}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorOut,
+        "description": "the first pass has not finished (or the GPU inventory is unavailable)",
+        "headers": RETRY_AFTER_HEADER,
+    }
+}
+"""the OpenAPI description of a route that waits for the first pass"""
+
+
+def unavailable(detail: str) -> HTTPException:
+    """A 503 that tells the client when to ask again."""
+    return HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def require_first_pass(views: Views) -> None:
+    """Raise the 503 when this run's daemon has not published a pass yet."""
+    if not views.first_pass_done():
+        raise unavailable(NOT_READY_DETAIL)
+
 
 METRICS_FRESH_S, METRICS_STALE_S = 1.0, 5.0
 """/metrics: a rendering younger than FRESH is served as it is; one younger than STALE is served

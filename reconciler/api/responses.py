@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import Status
 
 
 class ErrorOut(BaseModel):

@@ -1,10 +1,6 @@
-"""What the API shows, read from the files the daemon writes: the API runs in a process of its
-own, so that no request takes CPU or the interpreter lock from the reconcile loop.
-
-- state.yaml (parsed once per change, in the background), last-valid-desired.json (the specs in
-  force), events.jsonl, and the bulletin (loop.json: loop progress, the last plan's digest,
-  memory figures, the engines observed) that the daemon replaces after every pass;
-- the daemon itself only through the control link (link.py): metrics and actions.
+"""What the API shows, read from the files the daemon writes (the API runs in a process of its
+own), and the values it computes once and shares: a file parsed once per content, a value
+refreshed at most once per interval.
 """
 
 from __future__ import annotations
@@ -12,29 +8,120 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from reconciler.api.api_service import DaemonLink
+from reconciler.api.responses import MemoryOut, RevisionOut
 from reconciler.core.cluster import ClusterSpec
-from reconciler.core.memory import MemoryFigures
-from reconciler.core.replicas import instances
+from reconciler.core.estimate import MemoryFigures
+from reconciler.core.instance import InstanceRecord
+from reconciler.core.serving import instances
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Engine, Handle
 from reconciler.engines.registry import engines
-from reconciler.loop.bulletin import Bulletin, PlanDigest, decode
+from reconciler.loop.bulletin import Bulletin, PlanDigest, decode, digest
+from reconciler.loop.memory import MEMORY_FILE, parse_learned
 from reconciler.source import history as git_history
 from reconciler.source import repo as git_repo
-from reconciler.state.memory import MEMORY_FILE, parse_learned
-from reconciler.state.paths import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
-from reconciler.state.statefile import CorruptState, ModelState, State, read_state
-
-from .cache import Memo, ParsedFile
-from .link import DaemonLink
-from .responses import MemoryOut, RevisionOut
+from reconciler.state.directory import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
+from reconciler.state.statefile import CorruptState, State, read_state
 
 log = logging.getLogger("reconciler.api")
+
+T = TypeVar("T")
+
+
+class ParsedFile(Generic[T]):
+    """A file parsed once per content (the file is read each time; parsed only if it changed)."""
+
+    def __init__(self, path: Path, parse: Callable[[Path, bytes], T]) -> None:
+        self.path, self.parse = path, parse
+        self._lock = threading.Lock()
+        self._data: bytes | None = None
+        self._value: T | None = None
+
+    def get(self) -> T | None:
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return None
+        with self._lock:
+            if data != self._data:
+                try:
+                    self._value = self.parse(self.path, data)
+                except Exception:  # torn or foreign: keep what we had; the reconciler repairs it
+                    log.debug("cannot parse %s", self.path, exc_info=True)
+                self._data = data
+            return self._value
+
+
+class Background(Generic[T]):
+    """The last value of `compute`, recomputed in a thread once it is older than `fresh_s`;
+    callers get the previous value meanwhile, unless it is older than `stale_s` (then they wait
+    for a new one). For what is slow to compute on a big host (parsing a state file of hundreds
+    of models, rendering their metrics): a request must not wait for it, nor compute it again
+    for every request, yet nobody gets a value older than `stale_s`."""
+
+    def __init__(self, compute: Callable[[], T], fresh_s: float, stale_s: float) -> None:
+        self.compute, self.fresh_s, self.stale_s = compute, fresh_s, stale_s
+        self._lock = threading.Lock()  # one computation at a time
+        self._value: T | None = None
+        self._at = -math.inf
+        self._busy = False  # a background computation is queued or running
+
+    def ready(self) -> bool:
+        """get() would answer at once (from a value young enough)."""
+        return time.monotonic() - self._at <= self.stale_s
+
+    def get(self) -> T | None:
+        age = time.monotonic() - self._at
+        if age > self.stale_s:
+            with self._lock:
+                if time.monotonic() - self._at > self.stale_s:  # nobody did it meanwhile
+                    self._run()
+        elif age > self.fresh_s and not self._busy:
+            self._busy = True
+            threading.Thread(target=self._in_background, daemon=True).start()
+        return self._value
+
+    def _in_background(self) -> None:
+        try:
+            with self._lock:
+                self._run()
+        finally:
+            self._busy = False
+
+    def _run(self) -> None:
+        began = time.monotonic()
+        try:
+            self._value = self.compute()
+        finally:
+            self._at = began  # a failure is retried after fresh_s, not on every request
+
+
+class Memo:
+    """One value computed at most once per `ttl_s` and per key, by one thread at a time."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._key: Any = object()
+        self._value: Any = None
+        self._at = 0.0
+
+    def get(self, key: Any, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key != self._key or time.monotonic() - self._at > self.ttl_s:
+                self._value = compute()
+                self._key, self._at = key, time.monotonic()
+            return self._value
+
 
 LOG_LINES = 50
 
@@ -106,7 +193,6 @@ class Views:
         self._bulletin_file = ParsedFile(self.state_dir / BULLETIN_FILE, self._parse_bulletin)
         self._learned_file = ParsedFile(self.state_dir / MEMORY_FILE, lambda _, b: parse_learned(b))
         self._engines: dict[str, Engine] | None = None
-        self.plan_memo = Memo(2.0)
         self.gpu_memo = Memo(2.0)
         self.history_memo = Memo(15.0)
         self.tree_memo = Memo(5.0)
@@ -134,7 +220,7 @@ class Views:
 
     def last_plan(self) -> PlanDigest | None:
         found = self.bulletin()
-        return found.plan if found else None
+        return digest(found.plan) if found and found.plan else None
 
     # state, specs, engines
 
@@ -156,7 +242,7 @@ class Views:
         return parsed[1] if parsed else None
 
     def memory(
-        self, model_id: str, spec: ModelSpec | None, state: ModelState | None
+        self, model_id: str, spec: ModelSpec | None, state: InstanceRecord | None
     ) -> MemoryOut | None:
         """Estimated, measured and peak memory of the spec in force (or of what runs): as the
         loop's last pass knew them; before its first pass, what memory.json says was learned."""
@@ -187,7 +273,7 @@ class Views:
             self._engines = engines(self.state_dir)
         return self._engines
 
-    def logs(self, model_id: str, state: ModelState | None) -> list[str]:
+    def logs(self, model_id: str, state: InstanceRecord | None) -> list[str]:
         handles = sorted(self.handles(model_id), key=lambda h: (h.alive, h.started_at))
         for handle in reversed(handles):  # the live engine first, else the last one that ran
             engine = self.engines().get(handle.framework)

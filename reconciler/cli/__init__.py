@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Commits that changed desired state, newest first, and what became of each here.",
     ),
     "rollback": (
-        "rollback",
+        "history",
         "Restore desired state as at REV in a new commit (history is never rewritten); apply it.",
     ),
     "diff": (
@@ -67,7 +67,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write one archive: a git bundle of the spec repository (every ref) and the state.",
     ),
     "restore": ("backup", "Recreate the spec repository and the state directory from a backup."),
-    "schema": ("schema", "JSON Schemas of the spec files."),
+    "schema": ("validate", "JSON Schemas of the spec files."),
     "render": ("render", "Render desired state for a fleet."),
     "hooks": ("hooks", "Git hooks for spec repositories."),
 }

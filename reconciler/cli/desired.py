@@ -1,15 +1,49 @@
-"""Reading and validating desired state for a command."""
+"""Desired state for a command: reading and validating it (from the working tree, git's index or a
+revision), and printing its problems (text for people, or GitHub Actions annotations).
+"""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
-from reconciler.core.desired import RawDesiredState, ValidationResult
+from rich.text import Text
+
+from reconciler.cli.options import out, usage_error
+from reconciler.core.desired import Problem, RawDesiredState, ValidationResult
 from reconciler.core.validate import validate
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import LoadError, load_directory, load_revision, load_staged
 
-from .options import usage_error
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+    github = "github"
+
+
+def print_problems(problems: list[Problem], fmt: Format) -> None:
+    if fmt is Format.github:
+        for p in problems:
+            kind = "error" if p.is_error else "warning"
+            title = f",title={_gh_property(p.field)}" if p.field else ""
+            where = f"file={_gh_property(p.file)},line={p.line}"
+            out.print(f"::{kind} {where}{title}::{_gh_data(p.message)}", markup=False)
+        return
+    for p in problems:
+        style = "red" if p.is_error else "yellow"
+        out.print(Text(p.location(), style=style), end="")
+        out.print(f": {p.severity}: ", end="", markup=False)
+        out.print(f"{p.field}: {p.message}" if p.field else p.message, markup=False)
+
+
+def _gh_data(text: str) -> str:
+    """Escape a workflow command's message (GitHub Actions' escaping rules)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def read_desired(directory: Path, rev: str | None, staged: bool = False) -> RawDesiredState:

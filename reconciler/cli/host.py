@@ -11,18 +11,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from reconciler.core.estimate import Estimate, render_estimate, render_explain
-from reconciler.core.memory import MemoryFigures, Reservation, reservation
+from reconciler.cli.desired import Format, print_problems, read_desired, validate_here
+from reconciler.core.estimate import (
+    Estimate,
+    MemoryFigures,
+    Reservation,
+    render_estimate,
+    render_explain,
+    reservation,
+)
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.registry import estimate_path, estimate_spec
 from reconciler.gpus import InventoryError, inventory
-from reconciler.state.memory import Learned, read_learned
-from reconciler.state.paths import LAST_VALID_FILE
+from reconciler.loop.memory import Learned, read_learned
+from reconciler.state.directory import LAST_VALID_FILE
 
 from . import command_app
-from .desired import read_desired, validate_here
 from .options import DEFAULT_DIR, DirArg, StateDirOpt, err, out, resolve_state_dir, usage_error
-from .problems import Format, print_problems
 
 app = command_app()
 

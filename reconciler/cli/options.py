@@ -81,7 +81,7 @@ def resolve_state_dir(path: Path | None) -> Path:
 def private_state_dir(path: Path | None) -> Path:
     """The state directory of a command that starts or stops engines: made 0700 if missing,
     refused (exit 1, nothing started) if another user owns it or group or others may write it."""
-    from reconciler.state.private import UnsafeStateDir, check_private
+    from reconciler.state.directory import UnsafeStateDir, check_private
 
     directory = resolve_state_dir(path)
     try:

@@ -11,9 +11,10 @@ from typing import Annotated
 
 import typer
 
+from reconciler.cli.desired import read_desired, validate_here
 from reconciler.core.desired import DesiredState
 from reconciler.core.diff import diff_cluster, diff_desired, render_diff
-from reconciler.core.observed import ObservedModel
+from reconciler.core.instance import InstanceRecord
 from reconciler.core.plan import (
     Plan,
     converged_observed,
@@ -24,17 +25,16 @@ from reconciler.core.plan import (
 )
 from reconciler.core.secrets import secret_uses
 from reconciler.gpus import InventoryError, inventory
+from reconciler.loop.memory import read_learned
 from reconciler.loop.planning import Requirements, plan_desired
-from reconciler.state.memory import read_learned
 from reconciler.state.observed import ObservedFileError, read_observed
 
 from . import command_app
-from .desired import read_desired, validate_here
 from .options import DEFAULT_DIR, DirArg, RevOpt, StateDirOpt, err, resolve_state_dir, usage_error
 
 app = command_app()
 
-Observed = dict[str, ObservedModel]
+Observed = dict[str, InstanceRecord]
 
 
 class PlanFormat(StrEnum):

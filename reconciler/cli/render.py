@@ -10,12 +10,11 @@ from typing import Annotated
 import typer
 
 from reconciler import kubernetes
+from reconciler.cli.desired import Format, print_problems, read_desired, validate_here
 from reconciler.core.spec import ID_PATTERN
 
 from . import command_app
-from .desired import read_desired, validate_here
 from .options import DEFAULT_DIR, DirArg, RevOpt, err, out, usage_error
-from .problems import Format, print_problems
 
 app = command_app()
 render_app = command_app(help="Render desired state for a fleet.", no_args_is_help=True)

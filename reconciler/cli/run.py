@@ -10,10 +10,9 @@ from typing import Annotated
 
 import typer
 
-from reconciler.api.server import ApiError, ApiService, split_listen
-from reconciler.gateway.attach import attach, is_loopback
+from reconciler.api.api_service import ApiError, ApiService, split_listen
 from reconciler.gateway.routes import ROUTES_FILE
-from reconciler.gateway.service import GatewayError, GatewayService
+from reconciler.gateway.service import GatewayError, GatewayService, attach, is_loopback
 from reconciler.loop.controller import LoopSettings
 from reconciler.loop.daemon import Daemon, DaemonOptions
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from reconciler.state.paths import STATE_FILE
+from reconciler.state.directory import STATE_FILE
 from reconciler.state.statefile import read_state_or_recover
 
 from . import command_app

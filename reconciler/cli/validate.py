@@ -1,20 +1,76 @@
-"""`reconciler validate`: JSON Schema per file, then checks across files."""
+"""`reconciler validate` (JSON Schema per file, then checks across files) and `reconciler schema
+export`: the checked-in JSON Schemas (schemas/*.schema.json), generated from
+reconciler.core.spec and reconciler.core.cluster.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from . import command_app
-from .desired import read_desired, validate_here
-from .options import DEFAULT_DIR, DirArg, RevOpt, out, usage_error
-from .problems import Format, print_problems
+from reconciler.cli import command_app
+from reconciler.cli.desired import Format, print_problems, read_desired, validate_here
+from reconciler.cli.options import DEFAULT_DIR, DirArg, RevOpt, out, usage_error
+from reconciler.core.cluster import cluster_json_schema
+from reconciler.core.spec import model_json_schema
+from reconciler.engines.registry import FRAMEWORKS
+
+
+def model_schema() -> dict[str, Any]:
+    """The model spec's schema, with the registry's frameworks as the `framework` choices."""
+    schema = model_json_schema()
+    framework = schema["properties"]["framework"]
+    framework["enum"] = list(FRAMEWORKS)
+    framework["description"] = "the engine that runs the model: " + ", ".join(FRAMEWORKS)
+    return schema
+
+
+SCHEMA_FILES = {
+    "model.schema.json": model_schema,
+    "cluster.schema.json": cluster_json_schema,
+}
+
+
+def render(name: str) -> str:
+    return json.dumps(SCHEMA_FILES[name](), indent=2, sort_keys=True) + "\n"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in SCHEMA_FILES:
+        path = directory / name
+        path.write_text(render(name), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def stale_schemas(directory: Path) -> list[str]:
+    """Names of schema files that are missing or differ from what spec.py generates."""
+    stale = []
+    for name in SCHEMA_FILES:
+        path = directory / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != render(name):
+            stale.append(name)
+    return stale
+
 
 app = command_app()
+schema_app = command_app(help="JSON Schemas of the spec files.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+
+@schema_app.command("export")
+def schema_export(
+    directory: Annotated[Path, typer.Argument(help="where to write the schemas")] = Path("schemas"),
+) -> None:
+    """Write model.schema.json and cluster.schema.json generated from the pydantic models."""
+    for path in write_schemas(directory):
+        out.print(f"wrote {path}")
 
 
 @app.command("validate")

@@ -1,14 +1,41 @@
-"""Desired state as the core sees it: raw documents with their lines, and the validated result."""
+"""Desired state as the core sees it: raw documents with their lines, the problems found in them
+(always located as file:line), and the validated result.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from reconciler.core.cluster import ClusterSpec
-from reconciler.core.problems import Problem
 from reconciler.core.spec import ModelSpec
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    file: str
+    line: int
+    field: str
+    message: str
+    severity: Severity = "error"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def __str__(self) -> str:
+        where = f" {self.field}:" if self.field else ""
+        return f"{self.location()}: {self.severity}:{where} {self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
 
 FieldPath = tuple[str | int, ...]
 

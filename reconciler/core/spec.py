@@ -26,7 +26,7 @@ class Strict(BaseModel):
 
 # Which engine runs the model. The choices are the engine registry's (reconciler.engines): the
 # core does not know them; validation checks the name against the catalog it is handed, and the
-# checked-in JSON Schema lists them (reconciler.schemas).
+# checked-in JSON Schema lists them (reconciler.cli.validate).
 Framework = Annotated[
     str, Field(pattern=r"^[a-z][a-z0-9_]*$", description="the engine that runs the model")
 ]

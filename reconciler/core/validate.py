@@ -15,18 +15,24 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from reconciler.core.catalog import Catalog, FrameworkRules
 from reconciler.core.cluster import ClusterSpec, cluster_json_schema
-from reconciler.core.desired import DesiredState, RawDesiredState, SourceDoc, ValidationResult
-from reconciler.core.engine_input import (
+from reconciler.core.desired import (
+    DesiredState,
+    Problem,
+    RawDesiredState,
+    SourceDoc,
+    ValidationResult,
+)
+from reconciler.core.engine_args import (
     FLAG_NAME,
+    Catalog,
+    FrameworkRules,
     engine_input_problems,
     not_env_name,
     unusable_values,
 )
-from reconciler.core.names import alias_problems
-from reconciler.core.problems import Problem
 from reconciler.core.secrets import CREDENTIAL_FIELDS, not_secret_name
+from reconciler.core.serving import alias_problems
 from reconciler.core.spec import ModelSpec, model_json_schema
 
 _CREDENTIAL_PATHS = {(name,) for name in CREDENTIAL_FIELDS}

@@ -42,6 +42,21 @@ PriorityClass), render (the whole output, problems located as file:line), output
 output directory).
 """
 
+from reconciler.kubernetes.manifests import (
+    GENERATED,
+    KUSTOMIZATION,
+    PRIORITY_CLASSES,
+    ForeignFileError,
+    Rendered,
+    RenderProblem,
+    memory_requirements,
+    render,
+    render_loaded,
+    source_files,
+    stale_files,
+    write_rendered,
+    yaml_file,
+)
 from reconciler.kubernetes.objects import (
     ANNOTATION_ACTIVATION,
     ANNOTATION_ALIASES,
@@ -56,24 +71,7 @@ from reconciler.kubernetes.objects import (
     priority_class_name,
     priority_value,
 )
-from reconciler.kubernetes.output import (
-    GENERATED,
-    KUSTOMIZATION,
-    PRIORITY_CLASSES,
-    ForeignFileError,
-    stale_files,
-    write_rendered,
-    yaml_file,
-)
 from reconciler.kubernetes.pods import ModelPathError, PodModel, pod_model
-from reconciler.kubernetes.render import (
-    Rendered,
-    RenderProblem,
-    memory_requirements,
-    render,
-    render_loaded,
-    source_files,
-)
 
 __all__ = [
     "ANNOTATION_ACTIVATION",

@@ -34,8 +34,8 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from reconciler.core.events import EventKind
-from reconciler.core.gpu import GPUInfo
 from reconciler.core.plan import Plan
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.metrics.families import (
     DesiredSnapshot,
     Families,

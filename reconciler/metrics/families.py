@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from reconciler.core.gpu import MIB, GPUInfo
-from reconciler.core.observed import OCCUPYING, Status
+from reconciler.core.instance import OCCUPYING, Status
+from reconciler.core.schedule.values import MIB, GPUInfo
 from reconciler.state.statefile import State
 
 

@@ -38,7 +38,7 @@ from reconciler.notify.delivery import (
     post_json,
     send_email,
 )
-from reconciler.source.redact import redact_url
+from reconciler.source.repo import redact_url
 
 __all__ = [
     "DESIRED_STATE",

@@ -20,7 +20,7 @@ import httpx
 
 from reconciler.core.cluster import NotificationTarget
 from reconciler.core.secrets import credential_refusals
-from reconciler.source.redact import redact_url
+from reconciler.source.repo import redact_url
 
 DESIRED_STATE = "desired state"
 """How notifications name the subject of an event that concerns no model."""

@@ -25,13 +25,20 @@ from reconciler.source.archive import (
     STATE_PREFIX,
     BackupError,
     Manifest,
+    RestoreResult,
     read_manifest,
+    restore_backup,
+    sha256_of,
 )
-from reconciler.source.redact import redact_url
-from reconciler.source.repo import SourceError, head_commit, relative_dir, require_repo, uncommitted
-from reconciler.source.restore import RestoreResult, restore_backup, sha256_of
-from reconciler.state.files import atomic_write
-from reconciler.state.paths import STATE_FILE
+from reconciler.source.repo import (
+    SourceError,
+    head_commit,
+    redact_url,
+    relative_dir,
+    require_repo,
+    uncommitted,
+)
+from reconciler.state.directory import STATE_FILE, atomic_write
 
 __all__ = [
     "MANIFEST",

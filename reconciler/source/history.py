@@ -1,5 +1,6 @@
-"""History: the commits that touched the desired-state directory, their effect and their fate
-on this host (applied, invalid, superseded, pending), from git and the state directory."""
+"""History: what a revision holds and what it changes (in the words of specs rather than lines),
+the commits that touched the desired-state directory, and their fate on this host.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from reconciler.core.catalog import Catalog
-from reconciler.core.desired import DesiredState, ValidationResult
+from reconciler.core.desired import DesiredState, Problem, RawDesiredState, ValidationResult
+from reconciler.core.diff import diff_cluster, diff_desired, render_diff, summary
+from reconciler.core.engine_args import Catalog
 from reconciler.core.events import EventKind
-from reconciler.core.problems import Problem
-from reconciler.source.describe import describe_change, validate_raw
+from reconciler.core.validate import validate
+from reconciler.engines import registry
 from reconciler.source.load import LoadError, load_tree
 from reconciler.source.repo import (
+    InvalidRevision,
+    NotFound,
     Revision,
     head_commit,
     relative_dir,
@@ -25,9 +29,66 @@ from reconciler.source.repo import (
     revision_of,
     subtree,
 )
-from reconciler.state.events import read_events
-from reconciler.state.paths import EVENTS_FILE, STATE_FILE
+from reconciler.state.directory import EVENTS_FILE, STATE_FILE
+from reconciler.state.eventlog import read_events
 from reconciler.state.statefile import CorruptState, read_state
+
+if TYPE_CHECKING:
+    import git
+
+
+def validate_raw(raw: RawDesiredState, catalog: Catalog | None = None) -> ValidationResult:
+    """What the reconciler would say about `raw`, minus the host-only model-file check.
+
+    `catalog`: what each engine takes; by default the registry's, so that history, rollback and
+    plan diffs check engine flags exactly as `validate` does.
+    """
+    return validate(raw, catalog=catalog if catalog is not None else registry.catalog())
+
+
+def describe_change(base: DesiredState | None, head: DesiredState) -> str:
+    """One line: reconciler.core.diff.summary, plus priority moves and cluster fields."""
+    changes = diff_desired(base, head)
+    parts = [summary(changes)]
+    moves = [
+        f"{c.model} {f.before} -> {f.after}"
+        for c in changes
+        for f in c.fields
+        if f.field == "priority"
+    ]
+    if moves:
+        parts.append(f"priority {', '.join(moves)}")
+    cluster = sorted({f.field.split(".")[0] for f in diff_cluster(base, head)})
+    if cluster and base is not None:
+        parts.append(f"cluster ({', '.join(cluster)})")
+    return "; ".join(parts)
+
+
+def spec_diff(
+    directory: str | os.PathLike[str], base: str, head: str, catalog: Catalog | None = None
+) -> str:
+    """The spec-level diff between two revisions; InvalidRevision when one does not validate."""
+    repo = require_repo(directory)
+    with contextlib.closing(repo):
+        rel = relative_dir(repo, directory)
+        before = valid_at(repo, rel, base, str(directory), catalog)
+        after = valid_at(repo, rel, head, str(directory), catalog)
+    return render_diff(diff_desired(before, after), diff_cluster(before, after))
+
+
+def valid_at(
+    repo: git.Repo, rel: str, rev: str, root: str, catalog: Catalog | None = None
+) -> DesiredState:
+    """The desired state at `rev`; NotFound or InvalidRevision when there is none to use."""
+    try:
+        raw = load_tree(repo, rel, rev, root)
+    except LoadError as exc:
+        raise NotFound(str(exc)) from exc
+    result = validate_raw(raw, catalog)
+    if result.desired is None:
+        raise InvalidRevision(rev, result.problems)
+    return result.desired
+
 
 if TYPE_CHECKING:
     import git
@@ -92,12 +153,11 @@ def read_applied(state_dir: str | os.PathLike[str]) -> AppliedRecord:
 
 def _applied_events(path: Path) -> Iterator[str]:
     for event in read_events(path):
-        revision = event.get("revision")
-        if event.get("kind") == EventKind.applied and _is_sha(revision):
-            yield revision
+        if event.kind == EventKind.applied and _is_sha(event.revision):
+            yield event.revision
 
 
-def _is_sha(value: object) -> bool:
+def _is_sha(value: object) -> TypeGuard[str]:
     """Only object names reach git commands from these files, never options or ranges."""
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", value) is not None
 

@@ -1,25 +1,124 @@
-"""Read desired-state/ from the working tree, git's index or a git revision, keeping every line.
-
-The result is raw documents (plain Python values plus a map from field path to line) and the
-problems that made a file unreadable (YAML syntax, duplicate keys, empty or non-mapping files,
-and files that are not regular, lead outside the repository or are too large). Turning
-documents into specs is `validate`'s job. This is the one reader of specs: the loop, `validate`,
-`plan`, history, rollback and the git hooks all come through here.
+"""Read desired-state/ from the working tree, git's index or a git revision, keeping every line;
+one spec file at a time, from disk or from git, without trusting what sits in desired-state/.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.core.desired import RawDesiredState
-from reconciler.core.problems import Problem
-from reconciler.source import specfiles
+from reconciler.core.desired import Problem, RawDesiredState
 from reconciler.source.repo import SourceError, open_repo, relative_dir, resolve, subtree
 from reconciler.source.yamldoc import MAX_DEPTH, MAX_NODES, parse_document
+
+MAX_SPEC_BYTES = 1 << 20
+"""1 MiB: a spec is a few hundred bytes; a file past this is an accident or an attack."""
+
+GIT_LINK_MODE = 0o120000
+"""The mode git records for a symbolic link (its blob holds the link's target)."""
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def problem(display: str, message: str) -> Problem:
+    return Problem(display, 1, "", message)
+
+
+def too_large(display: str, size: int) -> Problem:
+    return problem(display, f"{size} bytes: a spec may hold at most {MAX_SPEC_BYTES} bytes (1 MiB)")
+
+
+def decode(display: str, data: bytes) -> str | Problem:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return problem(display, f"not UTF-8 text: {exc.reason}")
+
+
+def repository_top(directory: Path) -> Path:
+    """The working tree holding `directory` (found by its .git), else the directory itself:
+    the boundary a symbolic link may not leave."""
+    start = directory.resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return start
+
+
+def read_spec_file(path: Path, boundary: Path, display: str) -> str | Problem:
+    """The text of one spec file on disk, or the problem that keeps it from being read."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return problem(display, f"cannot read: {exc.strerror}")
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return problem(display, "a symbolic link that leads nowhere (broken or a loop)")
+        if not target.is_relative_to(boundary.resolve()):
+            return problem(
+                display,
+                f"a symbolic link to {target}, outside the repository {boundary}: "
+                "only files inside it are read",
+            )
+        info = os.stat(target)
+    refusal = _refusal(display, info)
+    if refusal is not None:
+        return refusal
+    try:
+        # O_NONBLOCK: a file swapped for a FIFO after the check above still cannot block us
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        return problem(display, f"cannot read: {exc.strerror}")
+    with os.fdopen(fd, "rb") as f:
+        refusal = _refusal(display, os.fstat(f.fileno()))
+        if refusal is not None:
+            return refusal
+        data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        return too_large(display, len(data))
+    return decode(display, data)
+
+
+def _refusal(display: str, info: os.stat_result) -> Problem | None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+        return problem(display, f"cannot read: {kind}, not a regular file (a spec must be one)")
+    if info.st_size > MAX_SPEC_BYTES:
+        return too_large(display, info.st_size)
+    return None
+
+
+def link_target(link_path: str, target: str) -> str | None:
+    """Where a symbolic link recorded in git points, relative to the repository's top; None when
+    it leaves the repository (absolute, or `..` past the top)."""
+    if target.startswith("/"):
+        return None
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
+    if joined == ".." or joined.startswith("../") or joined.startswith("/"):
+        return None
+    return joined
+
+
+def outside_link(display: str, target: str) -> Problem:
+    return problem(
+        display,
+        f"a symbolic link to {target}, which is not a file inside the repository: "
+        "only files inside it are read",
+    )
+
 
 if TYPE_CHECKING:
     import git
@@ -70,7 +169,7 @@ def load_directory(root: str | os.PathLike[str]) -> RawDesiredState:
     base = Path(root)
     if not base.is_dir():
         raise LoadError(f"{root}: not a directory")
-    boundary = specfiles.repository_top(base)
+    boundary = repository_top(base)
     files = []
     cluster = base / CLUSTER_FILE
     if os.path.lexists(cluster):  # not is_file(): a FIFO or dangling link is reported too
@@ -79,7 +178,7 @@ def load_directory(root: str | os.PathLike[str]) -> RawDesiredState:
     if models_dir.is_dir():
         files.extend(sorted(p for p in models_dir.iterdir() if _is_spec_name(p.name)))
     triples = (
-        (p == cluster, _display(p), specfiles.read_spec_file(p, boundary, _display(p)))
+        (p == cluster, _display(p), read_spec_file(p, boundary, _display(p)))
         for p in files
     )
     return _assemble(str(root), None, triples)
@@ -204,17 +303,17 @@ def _git_text(
 ) -> Text:
     """A blob's text, the same rules as for files on disk: a symbolic link is followed (once) to
     a regular file inside the repository, and nothing over the size limit is read."""
-    if mode & 0o170000 == specfiles.GIT_LINK_MODE:
+    if mode & 0o170000 == GIT_LINK_MODE:
         target = repo.odb.stream(binsha).read(4096).decode("utf-8", "replace")
-        inside = specfiles.link_target(path, target)
+        inside = link_target(path, target)
         found = lookup(inside) if inside is not None else None
         if found is None or found[0] & 0o170000 != 0o100000:
-            return specfiles.outside_link(path, target)
+            return outside_link(path, target)
         mode, binsha = found
     size = repo.odb.info(binsha).size
-    if size > specfiles.MAX_SPEC_BYTES:
-        return specfiles.too_large(path, size)
-    return specfiles.decode(path, repo.odb.stream(binsha).read())
+    if size > MAX_SPEC_BYTES:
+        return too_large(path, size)
+    return decode(path, repo.odb.stream(binsha).read())
 
 
 # ---- parsing ---------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.core.catalog import Catalog
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState, RawDesiredState, ValidationResult
-from reconciler.source.describe import describe_change, validate_raw
+from reconciler.core.engine_args import Catalog
+from reconciler.source.history import describe_change, validate_raw
 from reconciler.source.load import (
     LoadError,
     is_spec_path,

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from reconciler.core.desired import RawDesiredState
 from reconciler.source.load import LoadError, load_tree
-from reconciler.source.redact import redact_url
 from reconciler.source.repo import (
     Revision,
     SourceError,
     git_stderr,
     head_commit,
+    redact_url,
     ref_sha,
     revision_of,
     sha_of,

@@ -1,20 +1,48 @@
-"""Repositories and revisions: the git helpers every part of the source package shares.
-
-GitPython is imported inside the functions that need it: `import git` costs about 0.1 s, and
-`reconciler validate DIR` on a working tree (the common, timed path) never needs it.
+"""Repositories and revisions: the git helpers every part of the source package shares, the one
+URL redactor (credentials in URLs never reach logs, messages or backups), and what the loop
+needs from a source of desired state, whichever kind it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
-from reconciler.core.problems import Problem
-from reconciler.source.redact import redact_text
+from reconciler.core.desired import Problem, RawDesiredState
+
+HIDDEN = "***"
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: str, *, keep_path: bool = False) -> str:
+    """`https://user:token@host:8443/x?k=v` -> `https://host:8443`, or with `keep_path`
+    `https://***@host:8443/x?***`."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not parseable as a URL (a bad port...): show nothing of it
+        return HIDDEN
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    origin = f"{parts.scheme}://{host}{port}" if parts.scheme else host
+    if not keep_path:
+        return origin
+    user = f"{HIDDEN}@" if "@" in parts.netloc else ""
+    query = f"?{HIDDEN}" if parts.query else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}{query}"
+
+
+def redact_text(text: str) -> str:
+    """Every URL in `text` with its credentials hidden (paths kept)."""
+    return _URL.sub(lambda m: redact_url(m.group(0), keep_path=True), text)
+
 
 if TYPE_CHECKING:
     import git
@@ -184,3 +212,27 @@ def git_stderr(exc: Any, one_line: bool = True) -> str:
     text = str(getattr(exc, "stderr", "") or exc).strip()
     text = text.removeprefix("stderr:").strip().strip("'").strip()
     return redact_text(" ".join(text.split()) if one_line else text)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """LocalSource (a working tree on this host) and RemoteSource (a clone of a remote branch)."""
+
+    @property
+    def directory(self) -> Path:
+        """The desired-state directory on disk."""
+        ...
+
+    def head_sha(self) -> str | None:
+        """The commit that load() reads; cheap enough to poll (reads ref files only)."""
+        ...
+
+    def revision(self) -> Revision | None:
+        """That commit as the reconciler reports it (None outside git or before a commit)."""
+        ...
+
+    def load(self) -> RawDesiredState:
+        """The desired state to apply; raises LoadError when it cannot be read at all."""
+        ...
+
+    def close(self) -> None: ...

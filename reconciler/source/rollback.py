@@ -9,8 +9,8 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from reconciler.core.catalog import Catalog
-from reconciler.source.describe import valid_at
+from reconciler.core.engine_args import Catalog
+from reconciler.source.history import valid_at
 from reconciler.source.repo import (
     InvalidRevision,
     NotFound,

@@ -22,8 +22,7 @@ from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.resolver import Resolver
 
-from reconciler.core.desired import FieldPath, SourceDoc
-from reconciler.core.problems import Problem
+from reconciler.core.desired import FieldPath, Problem, SourceDoc
 
 try:  # PyYAML built with libyaml; without it every file takes the ruamel path
     import yaml as _pyyaml

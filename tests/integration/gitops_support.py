@@ -31,10 +31,10 @@ import git
 import psutil
 from apply_support import Host, wait_for
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import Status
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import MARKER_HASH, MARKER_MODEL, MARKER_NAMESPACE
-from reconciler.state.paths import STATE_FILE
+from reconciler.state.directory import STATE_FILE
 from reconciler.state.statefile import State, read_state
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ import pytest
 from apply_support import stand_in, wait_for
 from daemon_support import Daemon, running_daemon
 
-from reconciler.state.paths import BULLETIN_FILE
+from reconciler.state.directory import BULLETIN_FILE
 
 TOKEN = "api-process-token"
 QUIET = {"health_check": {"interval_s": 3600}}

@@ -24,7 +24,7 @@ from apply_support import (
     wait_gone,
 )
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import Status
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 from apply_support import Host, managed_host, stand_in
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import Status
 from reconciler.loop.reconcile import Reconciler, Settings
-from reconciler.state.paths import STATE_FILE
+from reconciler.state.directory import STATE_FILE
 from reconciler.state.statefile import read_state
 
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "20"))

@@ -18,7 +18,7 @@ from apply_support import Host, managed_host, running, stand_in
 from docker.errors import NotFound
 from docker_support import http_get, port_refuses, remove_containers
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import Status
 from reconciler.engines.docker_container import (
     LABEL_MANAGED,
     LABEL_MODEL,

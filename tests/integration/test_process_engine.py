@@ -28,7 +28,7 @@ from reconciler.engines.base import (
     Handle,
 )
 from reconciler.engines.health import probe, wait_ready
-from reconciler.engines.process import ProcessEngine, ProcessSupervisor
+from reconciler.engines.process_engine import ProcessEngine, ProcessSupervisor
 
 SLEEPER = "import time\nwhile True: time.sleep(1)"
 # A well-behaved engine with a helper process: on SIGTERM it stops and reaps its helper.

@@ -11,12 +11,11 @@ from pathlib import Path
 import git
 import pytest
 
-from reconciler.source.describe import validate_raw
+from reconciler.source.history import validate_raw
 from reconciler.source.load import LoadError, load_revision_bare
 from reconciler.source.local import LocalSource
-from reconciler.source.protocol import Source
 from reconciler.source.remote import RemoteSource
-from reconciler.source.repo import SourceError
+from reconciler.source.repo import Source, SourceError
 
 MODEL = (
     "id: {id}\nframework: vllm\nmodel_path: /models/{id}\npriority: {priority}\n"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from apply_support import Host, managed_host, running, stand_in
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import Status
 
 # a startup timeout far beyond apply's --timeout: waiting it out would fail the run
 NEVER_READY = {"health_check": {"path": "/health", "interval_s": 1, "startup_timeout_s": 3600}}

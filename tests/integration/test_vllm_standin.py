@@ -27,7 +27,7 @@ from reconciler.engines.base import (
     Handle,
 )
 from reconciler.engines.health import wait_ready
-from reconciler.engines.process import MARKER_FRAMEWORK, ProcessSupervisor
+from reconciler.engines.process_engine import MARKER_FRAMEWORK, ProcessSupervisor
 from reconciler.engines.vllm import VllmEngine
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakes" / "fake_vllm.py"

@@ -22,7 +22,7 @@ from apply_support import managed_host, stand_in
 from daemon_support import Daemon, free_port, git, init_repo
 
 from reconciler.loop.bulletin import Bulletin, publish
-from reconciler.state.paths import BULLETIN_FILE
+from reconciler.state.directory import BULLETIN_FILE
 
 QUIET = {"health_check": {"interval_s": 3600}}
 HOLD_S = 120.0

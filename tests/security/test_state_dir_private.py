@@ -18,7 +18,7 @@ from apply_support import CliResult, Host, managed_host, stand_in
 from components import require
 from daemon_support import running_daemon
 
-from reconciler.state.paths import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
+from reconciler.state.directory import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 
 QUIET = {"health_check": {"interval_s": 3600}}
 NOBODY = 65534

@@ -21,7 +21,7 @@ import pynvml
 import pytest
 
 from reconciler.core.cluster import ClusterSpec, DeclaredGPU
-from reconciler.core.gpu import GPUInfo
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.gpus import InventoryError, declared, inventory, read_nvml
 
 MIB = 1024 * 1024

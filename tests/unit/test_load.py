@@ -16,7 +16,7 @@ from pathlib import Path
 import git
 import pytest
 
-from reconciler.core.problems import Problem
+from reconciler.core.desired import Problem
 from reconciler.source.load import (
     MAX_DEPTH,
     MAX_NODES,

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.core.memory import (
+from reconciler.core.estimate import (
     MemoryFigures,
     grown_past,
     record_measurement,
     reservation,
     with_margin,
 )
-from reconciler.state.memory import MEMORY_FILE, read_learned, write_learned
+from reconciler.loop.memory import MEMORY_FILE, read_learned, write_learned
 
 
 def test_declared_memory_wins_over_everything_learned():

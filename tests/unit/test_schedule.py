@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.core.gpu import GPUInfo
 from reconciler.core.schedule import (
     MEMORY_UNKNOWN,
     Demand,
@@ -15,6 +14,7 @@ from reconciler.core.schedule import (
     capacities,
     schedule,
 )
+from reconciler.core.schedule.values import GPUInfo
 
 
 def cluster(*sizes: int) -> list[GpuCapacity]:

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from reconciler.schemas import SCHEMA_FILES, render, stale_schemas, write_schemas
+from reconciler.cli.validate import SCHEMA_FILES, render, stale_schemas, write_schemas
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core.desired import RawDesiredState, ValidationResult
-from reconciler.core.problems import Problem
+from reconciler.core.desired import Problem, RawDesiredState, ValidationResult
 from reconciler.core.validate import PathCheck, validate
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import load_directory, parse_document

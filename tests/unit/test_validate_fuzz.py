@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from reconciler.core.cluster import ClusterSpec
-from reconciler.core.desired import RawDesiredState, SourceDoc, ValidationResult
-from reconciler.core.problems import Problem
+from reconciler.core.desired import Problem, RawDesiredState, SourceDoc, ValidationResult
 from reconciler.core.spec import ModelSpec
 from reconciler.core.validate import _validator, accepted_strictly, validate
 from reconciler.engines.registry import catalog, missing_message

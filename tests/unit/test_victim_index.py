@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core.schedule import Demand, GpuCapacity, Running, Schedule, schedule
-from reconciler.core.schedule.index import VictimIndex
+from reconciler.core.schedule.board import VictimIndex
 
 PORTS = (20000, 20999)
 SAME = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,8 +13,7 @@ Modules: `model` (the plan's values), `make` (make_plan), `actions` (the diff th
 actions and gives each model its outcome), `render` (JSON, text, markdown).
 """
 
-from reconciler.core.plan.make import converged_observed, make_plan
-from reconciler.core.plan.model import (
+from reconciler.core.plan.actions import (
     Action,
     ActionKind,
     GpuUsage,
@@ -23,7 +22,8 @@ from reconciler.core.plan.model import (
     Unschedulable,
     invalid_plan,
 )
-from reconciler.core.plan.render import render_json, render_markdown, render_text
+from reconciler.core.plan.make import converged_observed, make_plan
+from reconciler.core.plan.report import render_json, render_markdown, render_text
 
 __all__ = [
     "Action",

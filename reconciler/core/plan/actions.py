@@ -1,23 +1,112 @@
-"""The diff between what runs and the schedule: the ordered actions and each model's outcome.
-
-Order: stops, then preemptions (each lowest priority first, ties by id), then starts and restarts,
-highest priority first (ties by id)."""
+"""The plan's values (actions, outcomes, GPU usage, the plan) and the diff between what runs and
+the schedule that makes them: the ordered actions and each model's outcome. Pure.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
-from reconciler.core.observed import ObservedModel, Status
-from reconciler.core.plan.model import Action, ActionKind, Outcome, gpu_names
+from reconciler.core.desired import Problem
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.schedule import Demand, Placement, Running, Schedule
+from reconciler.core.secrets import SecretUse
 from reconciler.core.spec import ModelSpec
+
+ActionKind = Literal["start", "stop", "restart", "preempt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    action: ActionKind
+    model: str
+    gpus: tuple[int, ...]
+    memory_mb: int
+    """Per GPU, in MiB."""
+    port: int | None
+    reason: str
+
+
+class Unschedulable(NamedTuple):
+    """A model that cannot be placed; unpacks like a (model, reason) pair."""
+
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GpuUsage:
+    index: int
+    memory_mb: int
+    """Capacity for our engines: total - reserved - unmanaged."""
+    used_mb_before: int
+    used_mb_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a model ends up once the plan is applied: what the state file records."""
+
+    model: str
+    status: Status
+    gpus: tuple[int, ...] = ()
+    memory_mb: int = 0
+    port: int | None = None
+    priority: int | None = None
+    spec_hash: str | None = None
+    fallback_for: str | None = None
+    reason: str | None = None
+    demand: str | None = None
+    """`activation: on_demand` models: idle / wanted / running (the reason says why)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    revision: str | None
+    valid: bool
+    problems: tuple[Problem, ...] = ()
+    actions: tuple[Action, ...] = ()
+    unschedulable: tuple[Unschedulable, ...] = ()
+    """Sorted by model."""
+    gpus: tuple[GpuUsage, ...] = ()
+    models: Mapping[str, Outcome] = field(default_factory=dict)
+    """Every desired or observed model -> its outcome, sorted by id."""
+    secrets: tuple[SecretUse, ...] = ()
+    """Every secret the desired state names and where it goes (`reconciler plan` fills it)."""
+
+    def count(self, action: ActionKind) -> int:
+        return sum(a.action == action for a in self.actions)
+
+    def summary(self) -> str:
+        """'2 to start, 1 to stop, 1 preempted, 1 unschedulable', or 'no changes'."""
+        parts = [
+            (self.count("start"), "to start"),
+            (self.count("restart"), "to restart"),
+            (self.count("stop"), "to stop"),
+            (self.count("preempt"), "preempted"),
+            (len(self.unschedulable), "unschedulable"),
+        ]
+        return ", ".join(f"{n} {what}" for n, what in parts if n) or "no changes"
+
+
+def invalid_plan(revision: str | None, problems: Iterable[Problem]) -> Plan:
+    """The plan of an invalid desired state: it changes nothing that runs."""
+    return Plan(revision, False, tuple(problems))
+
+
+def gpu_names(gpus: Iterable[int]) -> str:
+    gpus = list(gpus)
+    if not gpus:
+        return "the CPU"
+    return ("GPU " if len(gpus) == 1 else "GPUs ") + ", ".join(map(str, gpus))
 
 
 class Diff:
     def __init__(
         self,
         specs: Mapping[str, ModelSpec],
-        observed: Mapping[str, ObservedModel],
+        observed: Mapping[str, InstanceRecord],
         hashes: Mapping[str, str],
         demands: Mapping[str, Demand],
         running: Mapping[str, Running],
@@ -104,11 +193,11 @@ class Diff:
             return Outcome(mid, status, priority=priority, reason=self.unschedulable[mid])
         return Outcome(mid, Status.stopped, priority=priority, reason=self._stop_reason(mid))
 
-    def _unchanged(self, mid: str, obs: ObservedModel, placed: Placement) -> bool:
+    def _unchanged(self, mid: str, obs: InstanceRecord, placed: Placement) -> bool:
         same = tuple(sorted(obs.gpus)) == placed.gpus and obs.port == placed.port
         return same and self.running[mid].reusable
 
-    def _port_taken(self, mid: str, obs: ObservedModel) -> bool:
+    def _port_taken(self, mid: str, obs: InstanceRecord) -> bool:
         """Another model starts on the port this engine leaves: it stops with the stops, before
         anything starts, instead of restarting in turn."""
         return self.port_owner.get(obs.port, mid) != mid if obs.port is not None else False
@@ -151,7 +240,7 @@ class Diff:
             return f"restart after error: {obs.last_error or 'no error recorded'}"
         return "not running"
 
-    def _why(self, mid: str, obs: ObservedModel, placed: Placement) -> str:
+    def _why(self, mid: str, obs: InstanceRecord, placed: Placement) -> str:
         """Why a running engine restarts or moves."""
         spec = self.specs[mid]
         causes = []
@@ -181,5 +270,5 @@ def _start(placed: Placement, reason: str) -> Action:
     return Action("start", placed.id, placed.gpus, placed.memory_mb, placed.port, reason)
 
 
-def _stop(obs: ObservedModel, kind: ActionKind, reason: str) -> Action:
+def _stop(obs: InstanceRecord, kind: ActionKind, reason: str) -> Action:
     return Action(kind, obs.id, tuple(sorted(obs.gpus)), obs.memory_mb, obs.port, reason)

@@ -36,7 +36,8 @@ them all), `victims` (victim choice), `lookahead` (placement without preemption)
 pass itself and `schedule`).
 """
 
-from reconciler.core.schedule.model import (
+from reconciler.core.schedule.passes import schedule
+from reconciler.core.schedule.values import (
     AFTER_PREEMPTING,
     EXACT_VICTIM_SUBSETS,
     LOOKAHEAD_GPUS,
@@ -53,7 +54,6 @@ from reconciler.core.schedule.model import (
     Schedule,
     capacities,
 )
-from reconciler.core.schedule.passes import schedule
 
 __all__ = [
     "AFTER_PREEMPTING",

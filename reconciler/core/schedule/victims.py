@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 
 from reconciler.core.schedule.board import Board, Ranked
-from reconciler.core.schedule.model import (
+from reconciler.core.schedule.values import (
     AFTER_PREEMPTING,
     EXACT_VICTIM_SUBSETS,
     LOOKAHEAD_OPTIONS,

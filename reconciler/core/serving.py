@@ -1,22 +1,42 @@
-"""Replicas: a spec with `replicas: N` becomes N engine instances the planner places one by one.
-
-Instance 0 keeps the model's bare id, the others are `<id>.1` ... `<id>.N-1`. A model id is a DNS
-label, which has no '.', so an instance id never equals another model's id, and going from 1 to
-2 replicas starts `<id>.1` and restarts nothing. Each instance is a copy of the spec with its own
-id and `replicas: 1`; everything keyed by model id downstream (state records, engine markers,
-logs, learned memory, preemption, fallback) then works per instance unchanged. A fallback of an
-instance is the fallback model as written (its instance 0).
-
-Pure: expanding an already expanded desired state changes nothing.
+"""How a spec is served: the names a client may send as `model` (ids and aliases, one model each),
+and the engine instances of a spec with `replicas: N`, which the planner places one by one. Pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from reconciler.core.desired import DesiredState
+from reconciler.core.desired import DesiredState, Problem, SourceDoc
 from reconciler.core.spec import ModelSpec
+
+
+def alias_problems(
+    specs: Sequence[tuple[SourceDoc, ModelSpec]], named: Collection[str]
+) -> list[Problem]:
+    """Aliases that clash across files. `named` holds the id of every file that names one,
+    valid or not: an alias must not take the name of a model that is merely broken today."""
+    ids = {spec.id: f"{doc.file}:{doc.line_of(('id',))}" for doc, spec in reversed(specs)}
+    first_alias: dict[str, tuple[str, str]] = {}
+    problems = []
+    for doc, spec in specs:
+        for i, alias in enumerate(spec.aliases):
+            if alias == spec.id or alias in spec.aliases[:i]:
+                continue  # the model's own problems (validate._check_model)
+            line = doc.line_of(("aliases", i))
+            where = f"aliases[{i}]"
+            if alias in named:
+                place = f" ({ids[alias]})" if alias in ids else ""
+                message = f"alias '{alias}' is the id of another model{place}"
+                problems.append(Problem(doc.file, line, where, message))
+            elif alias in first_alias:
+                owner, place = first_alias[alias]
+                message = f"alias '{alias}' is also an alias of {owner} ({place})"
+                problems.append(Problem(doc.file, line, where, message))
+            else:
+                first_alias[alias] = (spec.id, f"{doc.file}:{line}")
+    return problems
+
 
 SEPARATOR = "."
 

@@ -1,36 +1,55 @@
-"""GET /api/v1/models and /api/v1/models/{id}: every model desired or running, and one in full."""
+"""GET what runs and how the loop is doing: /api/v1/models (every model desired or running) and
+/models/{id}, /gpus (the inventory and what each model holds), /traffic (each model's last
+minute, as the gateway saw it), /status and /history (loop progress, revision, commits).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from fastapi import APIRouter, HTTPException
+import httpx
+from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import Response
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from reconciler.core.observed import OCCUPYING, Status
-from reconciler.core.replicas import group, model_of
+from reconciler import __version__
+from reconciler.api.probes import UNAVAILABLE, require_first_pass, unavailable
+from reconciler.api.responses import (
+    GpuModelOut,
+    GpuOut,
+    HistoryOut,
+    InstanceOut,
+    MemoryOut,
+    ModelDetail,
+    ModelSummary,
+    Placement,
+    ProblemOut,
+    StatusOut,
+    TrafficOut,
+    errors,
+)
+from reconciler.api.views import Memo, Views
+from reconciler.core.instance import OCCUPYING, InstanceRecord, Status
+from reconciler.core.serving import group, model_of
 from reconciler.core.spec import ModelSpec
+from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.bulletin import OutcomeDigest, PlanDigest
-from reconciler.state.statefile import ModelState, State
-
-from .readiness import UNAVAILABLE, require_first_pass
-from .responses import InstanceOut, MemoryOut, ModelDetail, ModelSummary, Placement, errors
-from .views import Views
+from reconciler.state.statefile import State
 
 MODEL_LIST = TypeAdapter(list[ModelSummary])
 
 
-MemoryOf = Callable[[str, ModelSpec | None, ModelState | None], MemoryOut | None]
+MemoryOf = Callable[[str, ModelSpec | None, InstanceRecord | None], MemoryOut | None]
 
 
 def model_summary(
     model_id: str,
     spec: ModelSpec | None,
-    state: ModelState | None,
+    state: InstanceRecord | None,
     outcome: OutcomeDigest | None,
     now: float,
     memory: MemoryOf | None = None,
@@ -72,7 +91,7 @@ def replica_of(model_id: str, spec: ModelSpec | None) -> str | None:
 
 
 def instances_of(
-    model: str, specs: Mapping[str, ModelSpec], records: Mapping[str, ModelState]
+    model: str, specs: Mapping[str, ModelSpec], records: Mapping[str, InstanceRecord]
 ) -> list[InstanceOut]:
     """Every instance of `model`, desired or still running, instance 0 first."""
     ids = group(i for i in {*specs, *records} if model_of(i) == model).get(model, [])
@@ -156,7 +175,7 @@ def model_detail(views: Views, model_id: str) -> ModelDetail | None:
     )
 
 
-def router(views: Views) -> APIRouter:
+def models_router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
 
     def ready_models() -> bytes:
@@ -180,5 +199,131 @@ def router(views: Views) -> APIRouter:
         if detail is None:
             raise HTTPException(404, f"no model {model_id!r} is desired or running")
         return detail
+
+    return routes
+
+
+def list_gpus(views: Views) -> list[GpuOut]:
+    """The GPU inventory in force, with the memory our engines hold on each GPU."""
+    cluster = views.cluster()
+    if cluster is None:  # no valid desired state yet: nothing says which GPUs to use
+        return []
+    state = views.state()
+    models = state.models.values() if state else []
+    holding = [m for m in models if m.status in OCCUPYING]
+    pids = [m.pid for m in holding if m.pid]
+    declared = isinstance(cluster.gpus, list)
+    gpus = views.gpu_memo.get((id(cluster), tuple(pids)), lambda: inventory(cluster, pids))
+    out = []
+    for gpu in gpus:
+        mine = [m for m in holding if gpu.device_id in m.gpus]
+        reserved = sum(m.memory_mb for m in mine)
+        used = reserved if declared else gpu.memory_used
+        out.append(
+            GpuOut(
+                index=gpu.device_id,
+                name=gpu.name,
+                memory_total_mb=gpu.memory_total,
+                memory_used_mb=used,
+                memory_free_mb=max(0, gpu.memory_total - used),
+                reserved_mb=reserved,
+                declared=declared,
+                utilization=gpu.utilization,
+                temperature=gpu.temperature,
+                power=gpu.power,
+                models=[
+                    GpuModelOut(id=m.id, status=m.status, memory_mb=m.memory_mb)
+                    for m in sorted(mine, key=lambda m: m.id)
+                ],
+            )
+        )
+    return out
+
+
+def gpus_router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["status"])
+
+    @routes.get("/gpus", response_model=list[GpuOut], responses=UNAVAILABLE)
+    def gpus() -> list[GpuOut]:
+        """The GPU inventory in force and the memory each model holds on each GPU."""
+        require_first_pass(views)
+        try:
+            return list_gpus(views)
+        except InventoryError as exc:
+            raise unavailable(f"GPU inventory unavailable: {exc}") from exc
+
+    return routes
+
+
+FETCH_TIMEOUT_S = 1.0
+"""a gateway slower than this to say how it is doing is reported as not answering"""
+FRESH_S = 1.0
+"""dashboards poll: however many there are, the gateway is asked at most once a second"""
+
+
+def fetch_traffic(gateway_url: str | None) -> TrafficOut:
+    """The gateway's report, or an empty one saying why there is none."""
+    if gateway_url is None:
+        return TrafficOut(window_s=0, models={}, reason="no gateway (reconciler run --no-gateway)")
+    try:
+        response = httpx.get(f"{gateway_url}/internal/traffic", timeout=FETCH_TIMEOUT_S)
+        response.raise_for_status()
+        return TrafficOut.model_validate(response.json())
+    except (httpx.HTTPError, ValueError, ValidationError) as exc:
+        reason = f"the gateway on {gateway_url} does not answer: {type(exc).__name__} {exc}"
+        return TrafficOut(window_s=0, models={}, reason=reason.strip())
+
+
+def traffic_router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["status"])
+    memo = Memo(FRESH_S)
+    gateway_url = views.settings.gateway_url
+
+    @routes.get("/traffic", response_model=TrafficOut)
+    def traffic() -> TrafficOut:
+        """Requests per second, p50/p95 latency and server errors per second of each model
+        over the last minute, as measured by the gateway. Never an error: without a gateway,
+        or while it does not answer, the figures are empty and `reason` says why."""
+        return memo.get(None, lambda: fetch_traffic(gateway_url))
+
+    return routes
+
+
+def status_out(views: Views) -> StatusOut:
+    state = views.state()
+    counts: dict[str, int] = {}
+    for model in list_models(views)[0]:
+        counts[model.status.value] = counts.get(model.status.value, 0) + 1
+    problems = [ProblemOut(**p) for p in (state.problems if state else [])]
+    loop = views.bulletin()
+    plan = loop.plan if loop is not None else None
+    return StatusOut(
+        version=__version__,
+        ready=loop is not None and loop.passes > 0,
+        passes=loop.passes if loop is not None else 0,
+        last_pass_at=loop.last_pass_at if loop is not None else None,
+        last_pass_reasons=list(loop.last_reasons) if loop is not None else [],
+        last_plan=plan.summary() if plan is not None and plan.valid else None,
+        revision=views.revision(state),
+        valid=not problems,  # from the same record as `problems`, so that the two agree
+        problems=problems,
+        models=counts,
+    )
+
+
+def status_router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["status"])
+
+    @routes.get("/status", response_model=StatusOut, responses=UNAVAILABLE)
+    def status() -> StatusOut:
+        """Loop progress, the applied revision and its commit, validation problems (503 before
+        the first pass: /readyz tells the progress until then)."""
+        require_first_pass(views)
+        return status_out(views)
+
+    @routes.get("/history", response_model=list[HistoryOut])
+    def history(limit: int = Query(20, ge=1, le=200)) -> list[dict[str, Any]]:
+        """Commits that changed desired state, newest first, and what became of each here."""
+        return views.history(limit)
 
     return routes

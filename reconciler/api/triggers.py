@@ -1,8 +1,6 @@
-"""POST /api/v1/hooks/git: a push from GitHub, Gitea, Forgejo or Gogs, HMAC-SHA256 signed.
-
-The signature (RECONCILER_WEBHOOK_SECRET) is checked over the raw body before anything parses
-it; without a configured secret the hook answers 503. A push to the followed branch fetches
-and reconciles; other events and branches are acknowledged and ignored.
+"""The routes that ask the loop to act: POST /api/v1/reconcile and /api/v1/models/{id}/restart
+(bearer token), and /api/v1/hooks/git (a push from GitHub, Gitea, Forgejo or Gogs,
+HMAC-SHA256 signed).
 """
 
 from __future__ import annotations
@@ -15,13 +13,55 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .actions import ask_daemon
-from .body import json_object, read_limited
-from .responses import AcceptedOut, errors
-from .views import Views
+from reconciler.api.api_service import LinkError
+from reconciler.api.auth import authorize, json_object, read_limited
+from reconciler.api.responses import AcceptedOut, errors
+from reconciler.api.views import Views
+
+
+def ask_daemon(views: Views, op: str, **args: str) -> None:
+    """One action of the loop; 503 when no daemon answers."""
+    if views.link is None:
+        raise HTTPException(503, "no reconcile loop is attached to this API")
+    try:
+        views.link.call(op, **args)
+    except LinkError as exc:
+        raise HTTPException(503, f"the reconcile loop does not answer: {exc}") from exc
+
+
+def actions_router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["actions"])
+    token = views.settings.api_token
+
+    @routes.post(
+        "/reconcile", status_code=202, response_model=AcceptedOut, responses=errors(401, 403, 503)
+    )
+    def reconcile(request: Request) -> AcceptedOut:
+        """Run a reconcile pass now (bearer token)."""
+        authorize(request, token)
+        ask_daemon(views, "reconcile", reason="api")
+        return AcceptedOut(status="accepted", detail="a reconcile pass is queued")
+
+    @routes.post(
+        "/models/{model_id}/restart",
+        status_code=202,
+        response_model=AcceptedOut,
+        responses=errors(401, 403, 404, 503),
+    )
+    def restart(request: Request, model_id: str = PathParam(max_length=253)) -> AcceptedOut:
+        """Restart a model's engine, clearing a given-up error (bearer token)."""
+        authorize(request, token)
+        if model_id not in views.specs():  # also keeps arbitrary names out of the file system
+            raise HTTPException(404, f"no model {model_id!r} in the desired state in force")
+        ask_daemon(views, "restart", model=model_id)
+        return AcceptedOut(status="accepted", detail=f"{model_id} restarts in the next pass")
+
+    return routes
+
 
 log = logging.getLogger("reconciler.api")
 
@@ -95,7 +135,7 @@ def on_push(views: Views, event: str, payload: Mapping[str, Any]) -> AcceptedOut
     return AcceptedOut(status="accepted", detail=f"fetching {branch} and reconciling")
 
 
-def router(views: Views) -> APIRouter:
+def webhook_router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["actions"])
     secret = views.settings.webhook_secret
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from reconciler.core.plan.model import Action, Outcome, Plan, gpu_names
+from reconciler.core.plan.actions import Action, Outcome, Plan, gpu_names
 
 
 def render_json(plan: Plan) -> str:

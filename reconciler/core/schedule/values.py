@@ -1,4 +1,6 @@
-"""The scheduler's input and output values, its limits, and the GPU capacity rule. Pure data."""
+"""The scheduler's input and output values: a snapshot of each GPU (memory in MiB), demands,
+running engines, placements, its limits, and the GPU capacity rule. Pure data.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +8,27 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.core.gpu import GPUInfo
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GPUInfo:
+    """One GPU now (the seed's GPUInfo). Memory in MiB."""
+
+    device_id: int
+    name: str
+    memory_total: int
+    memory_used: int = 0
+    memory_free: int = 0
+    utilization: float | None = None
+    """percent, 0..100"""
+    temperature: float | None = None
+    """degrees Celsius"""
+    power: float | None = None
+    """watts"""
+    unmanaged_mb: int = 0
+    """memory used by processes the reconciler does not manage"""
+
 
 Policy = Literal["spread", "pack"]
 

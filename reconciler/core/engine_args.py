@@ -1,22 +1,130 @@
-"""What may reach an engine's argv and environment: the checks of hostile input. Pure.
-
-Specs come from whoever can open a pull request (README "Trust model"). An engine start takes
-strings into execve(2) and numbers into C parsers, so validation refuses, with file:line, what
-either cannot take or must not get: integers outside signed 64 bits and inf/nan, NUL and control
-characters, values that would start a new flag, environment names that are not names or that an
-engine reads as its listen address or port.
+"""What of a spec reaches an engine: the framework rules the engine registry hands the core, spec
+parameters rendered as command-line words, and the checks of hostile input. Pure.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from reconciler.core.catalog import FrameworkRules
 from reconciler.core.desired import FieldPath
 from reconciler.core.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class FrameworkRules:
+    """One framework as validation sees it."""
+
+    name: str
+    parameters: frozenset[str] | None
+    """Known engine flags (without the leading --); None = not checked (e.g. docker)."""
+    reserved_env: frozenset[str] = frozenset()
+    """Environment names the engine reads as its listen address or port: a spec may not set them."""
+    needs_image: bool = False
+    """docker: the spec must name an image."""
+
+
+Catalog = Mapping[str, FrameworkRules]
+"""framework name -> its rules, for every framework the registry lists."""
+
+
+Scalar = str | int | float | bool
+Value = Scalar | list[Scalar]
+
+_FORBIDDEN_CHARACTERS = ("\x00", "\n", "\r")
+
+
+class FlagValueError(ValueError):
+    """A parameter value that could become a flag of its own or break the argv."""
+
+
+@dataclass(frozen=True)
+class FlagStyle:
+    """How one engine spells its flags; every set holds keys without the leading `--`."""
+
+    switches: frozenset[str] = frozenset()
+    """`true` -> `--key`, `false` -> omitted"""
+    negatable: frozenset[str] = frozenset()
+    """switches on by default: `false` -> `--no-key`"""
+    on_off: frozenset[str] = frozenset()
+    """flags that take `on`/`off` (true/false are rendered so)"""
+    comma_lists: frozenset[str] = frozenset()
+    """a list is one comma-joined value"""
+    multi_value: frozenset[str] = frozenset()
+    """nargs="+": a list is one flag followed by every value"""
+    sort_keys: bool = True
+    """key order: sorted (a stable command), or as the spec writes them"""
+    bool_switches: bool = False
+    """every boolean (list items too) is a switch: a container defines its own arguments"""
+
+
+def safe_word(key: str, value: Scalar) -> str:
+    """The argv word of one value; FlagValueError when it could start a flag or break argv."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if isinstance(value, str):
+        if text.startswith("-"):
+            raise FlagValueError(
+                f"parameter {key}: value {text!r} starts with '-' and would be read as a flag"
+            )
+        if any(c in text for c in _FORBIDDEN_CHARACTERS):
+            raise FlagValueError(f"parameter {key}: value {text!r} holds a NUL or a line break")
+    return text
+
+
+def check_value(key: str, value: Value) -> None:
+    """FlagValueError when a value (or any list item) could start a flag or break argv."""
+    for item in value if isinstance(value, list) else [value]:
+        safe_word(key, item)
+
+
+def render_flags(parameters: Mapping[str, Value], style: FlagStyle = FlagStyle()) -> list[str]:
+    """Pure: the spec's parameters as argv words in `style` (FlagValueError on a bad value)."""
+    keys: Iterable[str] = sorted(parameters) if style.sort_keys else parameters
+    args: list[str] = []
+    for key in keys:
+        args += _flag(key, parameters[key], style)
+    return args
+
+
+def _flag(key: str, value: Value, style: FlagStyle) -> list[str]:
+    flag = f"--{key}"
+    if key in style.on_off:
+        if isinstance(value, bool):
+            return [flag, "on" if value else "off"]
+        return [flag, safe_word(key, _scalar(key, value))]
+    if style.bool_switches:
+        items = value if isinstance(value, list) else [value]
+        return [w for item in items for w in _switch_or_value(flag, key, item)]
+    if isinstance(value, bool) and key in style.switches:
+        if value:
+            return [flag]
+        return [f"--no-{key}"] if key in style.negatable else []
+    if isinstance(value, list):
+        words = [safe_word(key, v) for v in value]
+        if key in style.comma_lists:
+            return [flag, ",".join(words)]
+        if key in style.multi_value:
+            return [flag, *words]
+        return [part for word in words for part in (flag, word)]
+    return [flag, safe_word(key, value)]
+
+
+def _switch_or_value(flag: str, key: str, item: Scalar) -> list[str]:
+    if isinstance(item, bool):
+        return [flag] if item else []
+    return [flag, safe_word(key, item)]
+
+
+def _scalar(key: str, value: Value) -> Scalar:
+    if isinstance(value, list):
+        raise FlagValueError(f"parameter {key} takes one value, not a list")
+    return value
+
 
 INT64 = (-(2**63), 2**63 - 1)  # what engines (C++ int64_t, Rust i64) parse; Python has no limit
 MAX_ARG_BYTES = 65536  # per string reaching argv/env (Linux refuses one over 128 KiB: E2BIG)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.estimate import HFFacts
-from reconciler.models.files import is_packaged
+from reconciler.model_files.locate import is_packaged
 
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 """The safetensors format caps the JSON header at 100 MB; a larger length is a corrupt file."""

@@ -1,8 +1,8 @@
 """Read model files into the plain facts `reconciler.core.estimate` computes with (the I/O side).
 
-GGUF headers are read by reconciler.models.gguf: the fields and tensor sizes the estimate needs,
+GGUF headers are read by reconciler.model_files.gguf: the fields and tensor sizes the estimate needs,
 stepping over the vocabulary (tensor data is never read). Hugging Face directories are read
-from config.json and the JSON headers of the safetensors files (reconciler.models.hf). Every
+from config.json and the JSON headers of the safetensors files (reconciler.model_files.safetensors). Every
 failure becomes a `FactsError` whose message names the file and what is wrong with it.
 """
 
@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.estimate import GGUFFacts, ModelFacts, ModelFiles
-from reconciler.models.files import ModelFileError, cache_dir, is_packaged, resolve
-from reconciler.models.gguf import ArrayInfo, GGUFHeader, read_header
-from reconciler.models.hf import FactsError, hub_cache, hub_snapshot, is_hub_id, read_hf_directory
+from reconciler.model_files.gguf import ArrayInfo, GGUFHeader, read_header
+from reconciler.model_files.locate import ModelFileError, cache_dir, is_packaged, resolve
+from reconciler.model_files.safetensors import (
+    FactsError,
+    hub_cache,
+    hub_snapshot,
+    is_hub_id,
+    read_hf_directory,
+)
 
 _SPLIT_GGUF = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 

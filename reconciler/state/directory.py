@@ -1,20 +1,31 @@
-"""The state directory is private: only the user the reconciler runs as may enter it.
-
-It holds what must not leak to other local users (engine logs with prompts and answers, the event
-log, the gateway's routes) and what must not be changed by them (the state file, the engines'
-records: a forged record points the reconciler at another process). So it is made 0700 and every
-file in it 0600, set explicitly (never left to the umask), and a directory that another user owns
-or that group or others may write is refused before anything starts: whoever can write it could
-plant a record, a restart request or a symlink, and whoever owns it can change its mode back.
+"""The state directory: its file names (one place for every module that touches it), its privacy
+(only the user the reconciler runs as may enter it: 0700 directories, 0600 files), and the one
+way anything in it is written: whole files, atomically and durably.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
+import shutil
 import stat
+import tempfile
 from pathlib import Path
+from typing import BinaryIO
+
+STATE_FILE = "state.yaml"
+LAST_VALID_FILE = "last-valid-desired.json"
+EVENTS_FILE = "events.jsonl"
+RESTART_REQUESTS = "restart-requests"
+BULLETIN_FILE = "loop.json"
+
+
+def namespace_for(state_dir: Path) -> str:
+    """Engines are marked with this, so reconcilers with different state dirs never mix."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -87,3 +98,58 @@ def _user(uid: int) -> str:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:
         return f"uid {uid}"
+
+
+_CHUNK = 1 << 20
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: str | bytes | BinaryIO,
+    mode: int | None = None,
+    *,
+    durable: bool = True,
+) -> None:
+    """Replace `path` with `data` (text, bytes, or a binary file read from where it stands);
+    on any error the old file is left as it was.
+
+    `mode` defaults to 0600, whatever the file's mode was (one an earlier version left readable
+    by others becomes private when it is next written). `durable=False` skips
+    the fsyncs: for a file rewritten so often that losing the latest one to a power cut costs
+    nothing (the loop's bulletin); readers still never see half of it.
+    """
+    target = Path(path)
+    private_dir(target.parent)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode if mode is not None else FILE_MODE)
+            if isinstance(data, str):
+                out.write(data.encode("utf-8"))
+            elif isinstance(data, bytes | bytearray | memoryview):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, _CHUNK)  # an archive need not fit in memory
+            out.flush()
+            if durable:
+                os.fsync(out.fileno())  # the data is on disk before the name points at it
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if durable:
+        fsync_directory(target.parent)  # ... and the rename itself survives a power loss
+
+
+def fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
