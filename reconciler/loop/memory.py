@@ -1,28 +1,86 @@
-"""Memory that learns, in the loop: measure running engines, keep the figures, hand the planner
-the reservation each model should get, and say when an engine outgrows its reservation.
-
-A running engine's recorded reservation follows what was learned for its spec hash (no restart:
-the same engine, better evidence), so the planner counts it at its measured size in both
-directions: an over-estimate frees room for others, an under-estimate stops overbooking.
+"""Memory that learns: measure running engines, keep the figures in the state directory
+(`memory.json`, so they survive restarts), and hand the planner what to reserve.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from reconciler.core.desired import DesiredState
+from reconciler.core.estimate import MemoryFigures, grown_past, record_measurement, reservation
 from reconciler.core.events import EventKind
-from reconciler.core.memory import MemoryFigures, grown_past, record_measurement, reservation
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Handle
-from reconciler.engines.usage import Usage, measure
+from reconciler.engines.holdings import Usage, measure
 from reconciler.loop.planning import Requirements
-from reconciler.state.memory import Learned, read_learned, write_learned
-from reconciler.state.statefile import ModelState
+from reconciler.state.directory import atomic_write
+
+MEMORY_FILE = "memory.json"
+VERSION = 1
+HASHES_KEPT = 4
+
+Learned = dict[str, dict[str, MemoryFigures]]
+"""model id -> spec hash -> figures"""
+
+
+def read_learned(state_dir: str | os.PathLike[str]) -> Learned:
+    """What was learned; an unreadable or foreign file is nothing learned (it is only a cache of
+    measurements: the next measurement rebuilds it)."""
+    try:
+        return parse_learned((Path(state_dir) / MEMORY_FILE).read_bytes())
+    except OSError:
+        return {}
+
+
+def parse_learned(data: bytes) -> Learned:
+    """memory.json's content, as read_learned reads it (nothing learned if it is not one)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        return {}
+    learned: Learned = {}
+    for model_id, hashes in (doc.get("models") or {}).items():
+        if not isinstance(hashes, dict):
+            continue
+        for spec_hash, fields in hashes.items():
+            figures = _figures(fields)
+            if figures is not None:
+                learned.setdefault(str(model_id), {})[str(spec_hash)] = figures
+    return learned
+
+
+def write_learned(state_dir: str | os.PathLike[str], learned: Learned) -> None:
+    models = {
+        model_id: {h: asdict(f) for h, f in list(hashes.items())[-HASHES_KEPT:]}
+        for model_id, hashes in sorted(learned.items())
+    }
+    # insertion order is age order (oldest hash first): never sort the hashes
+    text = json.dumps({"version": VERSION, "models": models}, indent=1)
+    atomic_write(Path(state_dir) / MEMORY_FILE, text + "\n")
+
+
+def _figures(fields: object) -> MemoryFigures | None:
+    if not isinstance(fields, dict):
+        return None
+    values = {}
+    for name in ("estimated_mb", "measured_mb", "peak_mb"):
+        value = fields.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return None
+        values[name] = value
+    measured_by = fields.get("measured_by")
+    if measured_by is not None and not isinstance(measured_by, str):
+        return None
+    return MemoryFigures(measured_by=measured_by, **values)
+
 
 log = logging.getLogger("reconciler.loop.memory")
 
@@ -49,7 +107,7 @@ class MemoryLearner:
         self,
         desired: DesiredState,
         handles: Mapping[str, list[Handle]],
-        states: dict[str, ModelState],
+        states: dict[str, InstanceRecord],
         requirements: Requirements,
         now: float,
         event: Callable[..., None],
@@ -91,7 +149,7 @@ class MemoryLearner:
         model_id: str,
         spec_hash: str,
         pid: int,
-        state: ModelState,
+        state: InstanceRecord,
         estimate_mb: int | None,
         declared: bool,
         event: Callable[..., None],
@@ -146,7 +204,7 @@ def figures_of(
     requirements: Requirements,
     model_id: str,
     spec: ModelSpec | None,
-    record: ModelState | None,
+    record: InstanceRecord | None,
 ) -> MemoryFigures | None:
     """What readers (API, metrics) show of one model: the figures learned for the spec hash
     that runs (else the one in force), with the estimate already made when none was learned.
