@@ -1,23 +1,19 @@
-"""GET /api/v1/plan: what the next pass would do now (a dry run: nothing is changed)."""
+"""GET /api/v1/plan: the plan of the loop's last pass, as the daemon published it (the bulletin).
+
+The API never plans on its own: a plan made here would lack the gateway's traffic (so it could
+differ from the loop's for on-demand models) and would cost a planning pass per request.
+`reconciler plan` is the preview that plans (from the working tree or git).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from reconciler.api.probes import UNAVAILABLE, require_first_pass, unavailable
 from reconciler.core.plan import Plan
-from reconciler.gpus import InventoryError
-from reconciler.loop.reconcile import Reconciler, Settings
 
-from .readiness import UNAVAILABLE, require_first_pass, unavailable
 from .responses import ActionOut, GpuPlanOut, PlanOut, ProblemOut, UnschedulableOut
 from .views import Views
-
-
-def preview_plan(views: Views) -> Plan:
-    """What the next pass would do: a dry run in a Reconciler of its own, like `reconciler
-    plan` on this host (it reads the memory learned so far afresh)."""
-    preview = Reconciler(Settings(views.desired_dir, views.state_dir), engines=views.engines())
-    return preview.pass_once(dry_run=True).plan
 
 
 def plan_out(plan: Plan) -> PlanOut:
@@ -55,12 +51,11 @@ def router(views: Views) -> APIRouter:
 
     @routes.get("/plan", response_model=PlanOut, responses=UNAVAILABLE)
     def plan() -> PlanOut:
-        """What the next pass would do now (a dry run: nothing is changed)."""
+        """The plan the loop's last pass made and carried out."""
         require_first_pass(views)
-        try:
-            result = views.plan_memo.get(None, lambda: preview_plan(views))
-        except InventoryError as exc:
-            raise unavailable(f"GPU inventory unavailable: {exc}") from exc
-        return plan_out(result)
+        loop = views.bulletin()
+        if loop is None or loop.plan is None:  # every pass of this run has failed so far
+            raise unavailable("the loop has made no plan yet: see the daemon's log")
+        return plan_out(loop.plan)
 
     return routes

@@ -23,11 +23,11 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from reconciler.core.cluster import ClusterSpec
+from reconciler.core.estimate import MemoryFigures
 from reconciler.core.events import EventKind
-from reconciler.core.gpu import GPUInfo
-from reconciler.core.memory import MemoryFigures
 from reconciler.core.plan import Plan
-from reconciler.core.spec import ClusterSpec
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop import bulletin
 from reconciler.loop.controller import Controller, LoopSettings
@@ -37,7 +37,7 @@ from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, snapshot_from
 from reconciler.notify import Notifier
 from reconciler.source.local import LocalSource
 from reconciler.source.remote import RemoteSource
-from reconciler.state.paths import BULLETIN_FILE, STATE_FILE
+from reconciler.state.directory import BULLETIN_FILE, STATE_FILE
 from reconciler.state.statefile import CorruptState, State, read_state
 
 log = logging.getLogger("reconciler.loop.daemon")
@@ -214,7 +214,6 @@ class Daemon:
 
     def _publish_bulletin(self) -> None:
         stats = self.controller.stats
-        plan = self._last_plan()
         try:
             bulletin.publish(
                 self.options.state_dir / BULLETIN_FILE,
@@ -224,7 +223,7 @@ class Daemon:
                     passes=stats.passes,
                     last_pass_at=stats.last_pass_at,
                     last_reasons=tuple(stats.last_reasons),
-                    plan=bulletin.digest(plan) if plan is not None else None,
+                    plan=self._last_plan(),
                     memory=self.memory_figures(),
                     handles={m: tuple(hs) for m, hs in self.reconciler.last_handles.items()},
                     state=self.reconciler.last_state,
