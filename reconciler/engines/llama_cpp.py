@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from reconciler.core.flags import FlagStyle, render_flags
+from reconciler.core.engine_args import FlagStyle, render_flags
 from reconciler.core.spec import ModelSpec, ParameterValue
 from reconciler.engines.base import (
     Command,
@@ -43,8 +43,8 @@ from reconciler.engines.base import (
 from reconciler.engines.llama_cpp_memory import estimate_hook
 from reconciler.engines.llama_cpp_python import HEALTH_PATH as PYTHON_SERVER_HEALTH_PATH
 from reconciler.engines.llama_cpp_python import python_server_args, python_server_unsupported
-from reconciler.engines.process import ProcessEngine, find_executable
-from reconciler.models import files as modelfiles
+from reconciler.engines.process_engine import ProcessEngine, find_executable
+from reconciler.model_files import locate as modelfiles
 
 ENV_LLAMA_SERVER = "RECONCILER_LLAMA_SERVER"
 PYTHON_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")

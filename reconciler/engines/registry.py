@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 
-from reconciler.core.catalog import Catalog
+from reconciler.core.engine_args import Catalog
 from reconciler.core.estimate import Estimate, requirement_mb
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import docker, llama_cpp, sglang, vllm
 from reconciler.engines.base import Engine, EngineDescriptor
-from reconciler.engines.supervisor import default_namespace
-from reconciler.models import facts as modelfacts
-from reconciler.models import files as modelfiles
+from reconciler.engines.detached import default_namespace
+from reconciler.model_files import facts as modelfacts
+from reconciler.model_files import locate as modelfiles
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from reconciler.core.events import EventKind
 from reconciler.core.observed import Status
 from reconciler.core.retry import Failure, cleared, record_failure, record_permanent, record_ready
 from reconciler.core.spec import ModelSpec
-from reconciler.engines import sockets
+from reconciler.engines import holdings
 from reconciler.engines.base import Engine, EngineError, Handle
 from reconciler.engines.health import Prober
 from reconciler.loop.records import Records, retry_of, state_from_handle, with_retry
@@ -310,7 +310,7 @@ class Supervisor:
     # -- where engines are -------------------------------------------------------------------
 
     def listen_violation(self, handle: Handle) -> str | None:
-        return sockets.check(handle.pid, handle.create_time, self.host, handle.port)
+        return holdings.listen_violation(handle.pid, handle.create_time, self.host, handle.port)
 
     def path(self, spec: ModelSpec, handle: Handle) -> str:
         engine = self._engine(handle)

@@ -3,7 +3,7 @@ packages installed here carry, at two context sizes. Goal: within +-10 %.
 
 Every model is started the way the reconciler starts it: `reconciler apply` of a temporary
 desired state (one model, one declared GPU, ctx-size and threads set), which waits until the
-engine is ready. The engine's process tree is then measured with engines.usage.measure
+engine is ready. The engine's process tree is then measured with engines.holdings.measure
 (declared_gpus=True), the figure the planner learns from on declared GPUs: on a CPU the
 process tree's resident memory (RSS) stands in for GPU memory. It is measured once at ready and
 once after a completion (a prompt of a few hundred tokens, so that the compute buffer and the
@@ -41,9 +41,9 @@ from pathlib import Path
 import httpx
 
 from reconciler.core.spec import ModelSpec
+from reconciler.engines.holdings import measure
 from reconciler.engines.registry import estimate_spec
-from reconciler.engines.usage import measure
-from reconciler.models.files import PKG_PREFIX
+from reconciler.model_files.locate import PKG_PREFIX
 from reconciler.state.statefile import read_state
 
 GOAL = 0.10

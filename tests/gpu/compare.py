@@ -4,7 +4,7 @@
 
 Reads the specs in force (the state directory's last valid desired state) and the engines' pids
 (its state file), then for each model prints: the estimate (the figure the planner would use
-before learning), what NVML attributes to the engine's process tree (engines.usage.measure with
+before learning), what NVML attributes to the engine's process tree (engines.holdings.measure with
 declared_gpus=False: vLLM's workers are children), the ratio against the +-10 % goal, and for
 llama.cpp the CUDA buffer sizes it logs. Exit status 1 when an engine could not be measured.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.spec import ModelSpec
+from reconciler.engines.holdings import measure
 from reconciler.engines.registry import estimate_spec
-from reconciler.engines.usage import measure
 from reconciler.gpus import inventory
-from reconciler.state.paths import LAST_VALID_FILE, STATE_FILE
+from reconciler.state.directory import LAST_VALID_FILE, STATE_FILE
 from reconciler.state.statefile import read_state
 
 GOAL = 0.10

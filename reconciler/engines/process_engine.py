@@ -1,8 +1,8 @@
 """The shell shared by engines that run as local processes (llama.cpp, vLLM, ...).
 
 A process engine is its descriptor's pure argv builder plus an executable found on this host,
-run by the `ProcessSupervisor` (supervisor.py): detached, adopted again by its markers
-(identity.py), logged to <state_dir>/logs (logs.py).
+run by the `ProcessSupervisor` (detached.py): detached, adopted again by its markers
+(identity.py), logged to <state_dir>/logs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from reconciler.core.flags import FlagValueError
+from reconciler.core.engine_args import FlagValueError
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import (
     Command,
@@ -21,9 +21,9 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
+from reconciler.engines.detached import ProcessSupervisor, default_namespace
 from reconciler.engines.identity import HOST_ONLY_PREFIX, MARKER_FRAMEWORK, EngineRecord, engine_env
 from reconciler.engines.processes import find_executable, port_in_use
-from reconciler.engines.supervisor import ProcessSupervisor, default_namespace
 
 __all__ = [
     "MARKER_FRAMEWORK",

@@ -11,7 +11,12 @@ Engines outlive the reconciler, so nothing here depends on the reconciler's memo
 - The record of an engine (identity.py) reports a dead engine (alive=False, with its exit code
   when this reconciler process was its parent). stop() removes the record, so a stopped engine
   disappears from observe() while a crashed one stays visible until restarted.
-- stdout and stderr go to <state_dir>/logs/<id>.log (logs.py).
+- stdout and stderr go to <state_dir>/logs/<id>.log, opened O_APPEND by the engine itself. The
+  engine writes to that file descriptor directly, so rotation cannot reopen it: at start a log
+  over the size limit is rotated by renaming (<id>.log.1 .. .N); while the engine runs, an
+  oversized log is rotated by copy-and-truncate (O_APPEND makes the engine's next write land at
+  the new end; lines written between the copy and the truncation are lost, the usual
+  copytruncate trade-off).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -33,21 +39,15 @@ import psutil
 from reconciler.engines import processes as procs
 from reconciler.engines.base import MARKER_NAMESPACE, Command, EngineError, Handle
 from reconciler.engines.identity import EngineRecord, RecordStore, identity_from_env, inherited_env
-from reconciler.engines.logs import (
-    LOG_BACKUPS,
-    LOG_MAX_BYTES,
-    masked_argv,
-    rotate_by_copy_truncate,
-    rotate_by_rename,
-    tail_lines,
-)
-from reconciler.state.paths import namespace_for
-from reconciler.state.private import open_append, private_dir
+from reconciler.state.directory import namespace_for, open_append, private_dir
 
 log = logging.getLogger(__name__)
 
 KILL_WAIT_S = 5.0
 """How long to wait for the group to vanish after SIGKILL (the kernel needs a moment)."""
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+SECRET_FLAGS = frozenset({"--api-key", "--api_key", "--admin-api-key"})
 
 
 def default_namespace(state_dir: str | os.PathLike[str]) -> str:
@@ -313,3 +313,65 @@ def _same_process(record: EngineRecord, pid: int, create_time: float | None) -> 
         and create_time is not None
         and procs.same_time(create_time, record.handle.create_time)
     )
+
+
+# ---- log files ------------------------------------------------------------------------------
+
+
+def masked_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """argv with secret values hidden, for log headers (the argv itself is never changed)."""
+    out = list(argv)
+    for i in range(1, len(out)):
+        if out[i - 1] in SECRET_FLAGS:
+            out[i] = "***"
+    return out
+
+
+def tail_lines(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a text file, reading only as much of its end as needed."""
+    if lines <= 0:
+        return []
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            block = 8192
+            data = b""
+            while end > 0 and data.count(b"\n") <= lines:
+                start = max(0, end - block)
+                f.seek(start)
+                data = f.read(end - start) + data
+                end = start
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    return text.splitlines()[-lines:]
+
+
+def rotate_by_rename(path: Path, backups: int) -> None:
+    """<path> -> <path>.1 -> ... -> <path>.<backups>; the oldest falls off."""
+    _shift_backups(path, backups)
+    if backups > 0:
+        os.replace(path, _backup(path, 1))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def rotate_by_copy_truncate(path: Path, backups: int) -> None:
+    """Rotate a log that a running process still writes to (through an O_APPEND fd)."""
+    _shift_backups(path, backups)
+    if backups > 0:
+        shutil.copyfile(path, _backup(path, 1))
+    with path.open("r+b") as f:
+        f.truncate(0)
+
+
+def _backup(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.name}.{n}")
+
+
+def _shift_backups(path: Path, backups: int) -> None:
+    _backup(path, backups).unlink(missing_ok=True)
+    for n in range(backups - 1, 0, -1):
+        if _backup(path, n).exists():
+            os.replace(_backup(path, n), _backup(path, n + 1))

@@ -1,9 +1,13 @@
-"""Where an engine really listens: the TCP sockets its process tree holds in LISTEN state.
+"""What an engine really holds, seen from outside: the sockets it listens on and the memory it uses.
 
-A spec cannot choose where an engine listens, yet engines read settings from many places (their
-environment, their own config files, flags hidden in values). Rather than list every way to move
-the address, the reconciler looks at the result: any listening socket of the engine's process or
-of its children other than the assigned address and port is a violation, whatever caused it.
+Sockets: the TCP sockets its process tree holds in LISTEN state. A spec cannot choose where an
+engine listens, yet engines read settings from many places (their environment, their own config
+files, flags hidden in values). Rather than list every way to move the address, the reconciler
+looks at the result: any listening socket of the engine's process or of its children other than
+the assigned address and port is a violation, whatever caused it.
+
+Memory: its process tree's GPU memory (NVML) or, on declared GPUs, its resident memory standing
+in for it (a CPU engine's weights and KV cache live there).
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ from dataclasses import dataclass
 
 import psutil
 
+from reconciler.core.schedule.values import MIB
+from reconciler.gpus import InventoryError, process_memory_mb
+
 log = logging.getLogger(__name__)
+
+
+# ---- sockets ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, order=True)
@@ -64,7 +74,9 @@ def violation(found: Iterable[Listener], host: str, port: int) -> str | None:
     return f"listening on {places}, expected {expected}"
 
 
-def check(pid: int | None, create_time: float | None, host: str, port: int) -> str | None:
+def listen_violation(
+    pid: int | None, create_time: float | None, host: str, port: int
+) -> str | None:
     """The violation of a running engine process, or None (also when it cannot be seen)."""
     if pid is None:
         return None  # a container: its sockets live in another network namespace
@@ -88,3 +100,47 @@ def _allowed(socket: Listener, host: str, port: int) -> bool:
 
 def _is_wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
+
+
+# ---- memory -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    mb: int
+    """MiB per GPU: the largest of the engine's GPUs (reservations are per GPU)"""
+    measured_by: str
+    """"nvml" or "rss" """
+
+
+def tree_pids(pid: int) -> list[int]:
+    """The engine's process and all its descendants (vLLM's workers are children)."""
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(child.pid for child in root.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+def measure(pid: int, *, declared_gpus: bool) -> Usage | None:
+    """The engine's memory now, or None when it is gone or NVML shows none of its processes."""
+    pids = tree_pids(pid)
+    if not pids:
+        return None
+    if declared_gpus:
+        return _resident(pids)
+    try:
+        per_gpu = process_memory_mb(pids)
+    except InventoryError:
+        return None
+    return Usage(max(per_gpu.values()), "nvml") if per_gpu else None
+
+
+def _resident(pids: list[int]) -> Usage | None:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return Usage(round(total / MIB), "rss") if total else None
