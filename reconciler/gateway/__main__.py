@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from reconciler.gateway.connections import (
+from reconciler.gateway.clients import (
     HEAD_TIMEOUT_S,
     connection_limit,
     raise_open_files_limit,

@@ -16,10 +16,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from reconciler.core.activation import Traffic
 from reconciler.core.desired import DesiredState
-from reconciler.gateway.service import GatewayError, GatewayService
 
 log = logging.getLogger("reconciler.gateway.demand")
 
@@ -28,17 +28,21 @@ REASK_S = 2.0
 may have run on a view of the traffic that was a moment old)"""
 
 
+Inflight = Callable[[float], Mapping[str, Any] | None]
+"""GET /internal/inflight within a timeout (seconds); None when the gateway does not answer."""
+
+
 class DemandWatch:
     def __init__(
         self,
-        gateway: GatewayService,
+        inflight: Inflight,
         trigger: Callable[[str], None],
         desired: Callable[[], DesiredState | None],
         *,
         poll_s: float = 0.2,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.gateway = gateway
+        self.inflight = inflight
         self.trigger = trigger
         self.desired = desired
         self.poll_s = poll_s
@@ -56,9 +60,8 @@ class DemandWatch:
         """Each model's traffic now; the last known when the gateway does not answer (a
         gateway restarting must not make every engine look idle). A short timeout: a pass must
         not wait behind a saturated gateway; the polling thread's last view stands in."""
-        try:
-            report = self.gateway.inflight(timeout_s=0.25)
-        except GatewayError:
+        report = self.inflight(0.25)
+        if report is None:
             return self._last
         self._last = parse(report)
         return self._last
@@ -83,9 +86,8 @@ class DemandWatch:
                 s.activation == "on_demand" for s in desired.models.values()
             ):
                 continue
-            try:
-                report = self.gateway.inflight(timeout_s=1.0)
-            except GatewayError:
+            report = self.inflight(1.0)
+            if report is None:
                 continue
             try:
                 reason = self.check(report, desired)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from reconciler.gateway import errors
+from reconciler.gateway.clients import FORWARDED_HEADERS
 from reconciler.gateway.errors import MODEL_HEADER
-from reconciler.gateway.guard import FORWARDED_HEADERS
 from reconciler.gateway.metrics import GatewayMetrics
 from reconciler.gateway.routes import GatewaySettings
 from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table

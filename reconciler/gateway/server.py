@@ -18,19 +18,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from reconciler.core.gateway_spec import MIN_KEY_CHARS
+from reconciler.core.cluster import MIN_KEY_CHARS
 from reconciler.gateway import errors
-from reconciler.gateway.bodies import Bodies, Claim
-from reconciler.gateway.connections import Connections
+from reconciler.gateway.clients import Bodies, Claim, Connections, Guard, client_middleware
 from reconciler.gateway.errors import MODEL_HEADER, Refusal
-from reconciler.gateway.guard import Guard, client_middleware
-from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics
+from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics, TrafficWindow
 from reconciler.gateway.relay import Relay
 from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
 from reconciler.gateway.routes import parse_routes as parse_routes_text
 from reconciler.gateway.table import Entry, Table
 from reconciler.gateway.upstream import Pool
-from reconciler.gateway.window import TrafficWindow
 
 log = logging.getLogger("reconciler.gateway")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})

@@ -1,4 +1,7 @@
-"""GatewayService: how the daemon owns the gateway process (start, watch, drain, stop).
+"""How the daemon owns the gateway: its process (GatewayService: start, watch, drain, stop) and
+how `reconciler run` wires it in (attach: a service beside the loop, fed the routing table
+after every pass, asked to drain an engine before the loop stops it, read for on-demand demand
+and for whether an engine whose probe timed out is busy).
 
 The gateway runs in a process of its own so that its traffic never competes with the reconcile
 loop for the interpreter. The daemon feeds it through the routes file (routes.write_routes) and
@@ -18,18 +21,26 @@ import urllib.request
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
+from reconciler.core.cluster import MIN_KEY_CHARS, ClusterSpec
 from reconciler.core.desired import DesiredState
+from reconciler.core.events import EventKind
+from reconciler.core.health import Activity
+from reconciler.core.instance import InstanceRecord
+from reconciler.engines.base import Handle
+from reconciler.gateway.demand import DemandWatch
 from reconciler.gateway.routes import (
+    ApiKey,
     GatewaySettings,
     Routes,
     build_routes,
     parse_routes,
     write_routes,
 )
-from reconciler.loop.daemon import terminate
-from reconciler.state.private import open_append, private_dir
-from reconciler.state.statefile import ModelState
+from reconciler.loop.daemon import Daemon, terminate
+from reconciler.loop.reconcile import PassResult
+from reconciler.state.directory import open_append, private_dir
 
 log = logging.getLogger("reconciler.gateway")
 
@@ -67,7 +78,7 @@ class GatewayService:
         self.settings = settings or GatewaySettings()
         self.generation = _generation_on_disk(self.routes_path)
         self.draining: set[str] = set()
-        self._last: tuple[DesiredState, dict[str, ModelState], tuple[str, ...]] | None = None
+        self._last: tuple[DesiredState, dict[str, InstanceRecord], tuple[str, ...]] | None = None
         self._last_table: Routes | None = None
         self.unanswered_checks = unanswered_checks
         self.unanswered_for_s = unanswered_for_s
@@ -186,6 +197,13 @@ class GatewayService:
         except (OSError, ValueError, urllib.error.URLError) as exc:
             raise GatewayError(f"the gateway on {self.base} does not answer: {exc}") from exc
 
+    def answered(self, timeout_s: float) -> dict[str, Any] | None:
+        """As inflight, or None when the gateway does not answer."""
+        try:
+            return self.inflight(timeout_s=timeout_s)
+        except GatewayError:
+            return None
+
     def wait_drained(
         self, urls: Collection[str], generation: int, timeout_s: float, poll_s: float = 0.1
     ) -> bool:
@@ -211,7 +229,7 @@ class GatewayService:
     def publish(
         self,
         desired: DesiredState | None,
-        records: Mapping[str, ModelState],
+        records: Mapping[str, InstanceRecord],
         unschedulable: Collection[str] = (),
     ) -> int:
         """Write the routing table for what the last pass left (call after every pass); a table
@@ -261,3 +279,105 @@ def _generation_on_disk(path: Path) -> int:
         return parse_routes(path.read_text(encoding="utf-8")).generation
     except (OSError, ValueError):
         return 0
+
+
+# -- the daemon's side: `reconciler run` with a gateway ----------------------------------
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def is_loopback(listen: str) -> bool:
+    return listen.rpartition(":")[0] in LOOPBACK
+
+
+def settings_from(cluster: ClusterSpec, base: GatewaySettings) -> GatewaySettings:
+    config = cluster.gateway
+    return GatewaySettings(
+        queue_timeout_s=config.queue_timeout_s,
+        max_queue=config.max_queue,
+        drain_timeout_s=config.drain_timeout_s,
+        upstream_idle_timeout_s=config.upstream_idle_timeout_s,
+        max_body_bytes=base.max_body_bytes,
+        max_buffered_bytes=config.max_buffered_mb * 2**20,
+        retry_after_s=base.retry_after_s,
+        api_keys=tuple(ApiKey(k.name, k.key_env) for k in config.api_keys),
+    )
+
+
+def attach(daemon: Daemon, gateway: GatewayService) -> None:
+    """Make `gateway` part of `daemon`: started and stopped with it, fed on the loop thread."""
+    daemon.add_service(gateway)
+    short_keys = ShortKeys()
+    daemon.pass_listeners.append(lambda result: publish(daemon, gateway, result, short_keys))
+    host = daemon.reconciler.settings.engine_host
+    daemon.reconciler.executor.before_stop.append(lambda handles: drain(gateway, host, handles))
+    daemon.reconciler.supervisor.activity = lambda: activity(gateway)
+    # on-demand models: the loop reads who waits for what, and a request for a cold one
+    # asks for a pass at once
+    watch = DemandWatch(
+        gateway.answered, daemon.controller.trigger, lambda: daemon.reconciler.last_desired
+    )
+    daemon.reconciler.planning.traffic = watch.traffic
+    daemon.add_service(watch)
+
+
+def publish(
+    daemon: Daemon,
+    gateway: GatewayService,
+    result: PassResult,
+    short_keys: ShortKeys | None = None,
+) -> None:
+    desired = daemon.reconciler.last_desired
+    state = daemon.reconciler.last_state
+    if desired is None or state is None:
+        return
+    gateway.settings = settings_from(desired.cluster, gateway.settings)
+    if short_keys is not None:
+        short_keys.check(daemon, gateway)
+    unschedulable = [u.model for u in result.plan.unschedulable]
+    gateway.publish(desired, state.models, unschedulable)
+    gateway.ensure_running()
+
+
+def drain(gateway: GatewayService, host: str, handles: list[Handle]) -> None:
+    urls = [f"http://{host}:{h.port}" for h in handles if h.port]
+    if urls:
+        gateway.drain(urls)
+
+
+class ShortKeys:
+    """Gateway keys shorter than MIN_KEY_CHARS: the gateway refuses them (and logs it); the
+    daemon, which sees the same environment, says so once as an error event."""
+
+    def __init__(self) -> None:
+        self.reported: frozenset[str] = frozenset()
+
+    def check(self, daemon: Daemon, gateway: GatewayService) -> None:
+        short = {
+            key.name: key.key_env
+            for key in gateway.settings.api_keys
+            if 0 < len(gateway.env.get(key.key_env, "")) < MIN_KEY_CHARS
+        }
+        for name in sorted(set(short) - self.reported):
+            message = (
+                f"gateway key {name} (${short[name]}) is shorter than {MIN_KEY_CHARS} "
+                "characters: the gateway refuses it"
+            )
+            log.error(message)
+            daemon.reconciler.event(EventKind.error, None, message)
+        self.reported = frozenset(short)
+
+
+def activity(gateway: GatewayService) -> dict[int, Activity]:
+    """What the gateway sees of each engine, by port: asked when a probe timed out (a busy
+    engine is not a dead one); nothing when the gateway does not answer."""
+    report = gateway.answered(timeout_s=1.0)
+    if report is None:
+        return {}
+    seen: dict[int, Activity] = {}
+    for url, instance in report.get("instances", {}).items():
+        port = urlsplit(url).port
+        if port is not None:
+            age = instance.get("last_byte_age_s")
+            seen[port] = Activity(int(instance.get("inflight", 0)), age)
+    return seen

@@ -8,7 +8,6 @@ from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.spec import ModelSpec
 from reconciler.gateway.demand import DemandWatch, parse
-from reconciler.gateway.service import GatewayService
 
 
 def spec(mid: str, **fields) -> ModelSpec:
@@ -35,8 +34,8 @@ class Clock:
 
 def watch(tmp_path: Path) -> tuple[DemandWatch, Clock]:
     clock = Clock()
-    service = GatewayService("127.0.0.1:1", tmp_path / "routes.json")
-    return DemandWatch(service, lambda reason: None, lambda: DESIRED, clock=clock), clock
+    demand = DemandWatch(lambda timeout_s: None, lambda reason: None, lambda: DESIRED, clock=clock)
+    return demand, clock
 
 
 def report(**models: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The gateway's client checks (reconciler.gateway.guard) as plain values: what passes is a path
+"""The gateway's client checks (reconciler.gateway.clients) as plain values: what passes is a path
 that means the same to every engine behind, and nothing a browser sends past a keyless gateway."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from urllib.parse import unquote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.gateway.guard import Guard, host_name, is_json, path_problem, unforwardable
+from reconciler.gateway.clients import Guard, host_name, is_json, path_problem, unforwardable
 
 TARGET_CHARS = st.sampled_from(list("/.%2eEfF5cC0dDaA\\?#;=&vx1 \r\n\x00\u20ac"))
 

@@ -1,4 +1,4 @@
-"""The gateway's recent-traffic window (reconciler.gateway.window.TrafficWindow): what the
+"""The gateway's recent-traffic window (reconciler.gateway.metrics.TrafficWindow): what the
 dashboard shows as req/s and p95, checked against a computation over every request kept."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import timeit
 import numpy as np
 import pytest
 
-from reconciler.gateway.window import TrafficWindow
+from reconciler.gateway.metrics import TrafficWindow
 
 
 class Clock:
