@@ -27,7 +27,7 @@ from reconciler.engines.base import Engine, Handle
 from reconciler.engines.registry import engines
 from reconciler.loop.bulletin import Bulletin, PlanDigest, decode, digest
 from reconciler.loop.memory import MEMORY_FILE, parse_learned
-from reconciler.source import history as git_history
+from reconciler.source import commits as git_history
 from reconciler.source import repo as git_repo
 from reconciler.state.directory import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 from reconciler.state.statefile import CorruptState, State, read_state
@@ -268,7 +268,7 @@ class Views:
         return list(found.handles.get(model_id, ())) if found else []
 
     def engines(self) -> dict[str, Engine]:
-        """This host's engines, made once (for their logs and the plan preview)."""
+        """This host's engines, made once (for their logs)."""
         if self._engines is None:
             self._engines = engines(self.state_dir)
         return self._engines
