@@ -12,9 +12,17 @@ from pathlib import Path
 import pytest
 from components import require
 
-from reconciler.state.events import append_event
-from reconciler.state.files import atomic_write
-from reconciler.state.private import UnsafeStateDir, check_private, open_append, private_dir
+from reconciler.core.events import Event, EventKind
+from reconciler.state.directory import (
+    UnsafeStateDir,
+    atomic_write,
+    check_private,
+    open_append,
+    private_dir,
+)
+from reconciler.state.eventlog import append_event
+
+EVENT = Event(1.0, EventKind.error, None, "x")
 
 
 @contextlib.contextmanager
@@ -35,7 +43,7 @@ def test_what_is_made_is_private_even_under_a_umask_of_zero(tmp_path: Path) -> N
         atomic_write(tmp_path / "state" / "restart-requests" / "alpha", "1")
         fd = open_append(tmp_path / "state" / "logs.log")
         os.close(fd)
-        append_event(tmp_path / "state" / "events.jsonl", {"kind": "x"})
+        append_event(tmp_path / "state" / "events.jsonl", EVENT)
     assert mode(tmp_path / "state") == 0o700
     assert mode(tmp_path / "state" / "restart-requests") == 0o700
     assert mode(tmp_path / "state" / "restart-requests" / "alpha") == 0o600
@@ -51,7 +59,7 @@ def test_a_file_an_earlier_version_left_readable_is_made_private_when_written(
         path.write_text("old\n")
         os.chmod(path, 0o644)
     atomic_write(state, "new\n")
-    append_event(events, {"kind": "x"})
+    append_event(events, EVENT)
     assert (mode(state), mode(events)) == (0o600, 0o600)
     assert events.read_text().startswith("old\n{")
 
