@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -28,6 +29,19 @@ from prometheus_client import (
 )
 
 UNKNOWN_MODEL = "unknown"
+
+
+class Failover(StrEnum):
+    """Why a request went elsewhere before its first byte: the failover counter's `reason`."""
+
+    connection = "connection"
+    """no connection, or it broke before an answer"""
+    http_502 = "http_502"
+    http_503 = "http_503"
+    fallback = "fallback"
+    """no instance of the model answered: its fallback serves"""
+
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS = (
     0.001,
@@ -142,7 +156,7 @@ class GatewayMetrics:
     def cold_started(self, model: str, seconds: float) -> None:
         self._child(self.cold_start, model).observe(seconds)
 
-    def failover(self, model: str, reason: str) -> None:
+    def failover(self, model: str, reason: Failover) -> None:
         self._child(self.failovers, model, reason).inc()
 
     def key_used(self, name: str) -> None:

@@ -18,21 +18,22 @@ from aiohttp import web
 from reconciler.gateway import errors
 from reconciler.gateway.clients import FORWARDED_HEADERS
 from reconciler.gateway.errors import MODEL_HEADER
-from reconciler.gateway.metrics import GatewayMetrics
+from reconciler.gateway.metrics import Failover, GatewayMetrics
 from reconciler.gateway.routes import GatewaySettings
 from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
 from reconciler.gateway.upstream import Pool, UpstreamError
 
-RETRY_STATUSES = frozenset({502, 503})
+RETRY_STATUSES = {502: Failover.http_502, 503: Failover.http_503}
+"""engine answers that mean "try another instance", and the failover reason each counts as"""
 USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
 
 
 @dataclass(frozen=True)
 class Miss:
     """An instance that did not answer usably: fail over. `reason` is the failover metric's
-    label (http_502, http_503, connection); `detail` what a client is told if all miss."""
+    label; the whole is what a client is told when every instance misses."""
 
-    reason: str
+    reason: Failover
     detail: str
 
     def __str__(self) -> str:
@@ -69,7 +70,7 @@ class Relay:
                 fallback = self.table.fallback_of(entry) if target.id == entry.id else None
                 if fallback is None or fallback.id == target.id:
                     raise errors.no_upstream(target.id, last_problem, self.settings().retry_after_s)
-                self.metrics.failover(entry.id, "fallback")
+                self.metrics.failover(entry.id, Failover.fallback)
                 target, tried = fallback, set()
                 continue
             tried.add(instance.url)
@@ -106,7 +107,8 @@ class Relay:
                     idle_timeout_s=self.settings().upstream_idle_timeout_s,
                 )
                 if upstream.status in RETRY_STATUSES:
-                    return Miss(f"http_{upstream.status}", f"the engine answered {upstream.status}")
+                    reason = RETRY_STATUSES[upstream.status]
+                    return Miss(reason, f"the engine answered {upstream.status}")
                 content_type = upstream.headers.get("content-type", "application/json")
                 streaming = content_type.startswith("text/event-stream")
                 if streaming:  # its first chunk before the client's head: a bad one fails over
@@ -117,7 +119,7 @@ class Relay:
                 instance.last_byte_at = time.monotonic()  # an answer is a sign of life too
             except UpstreamError as exc:
                 instance.down_until = time.monotonic() + DOWN_FOR_S
-                return Miss("connection", f"{type(exc).__name__} {exc}")
+                return Miss(Failover.connection, f"{type(exc).__name__} {exc}")
             instance.served += 1
             out_headers = {MODEL_HEADER: target.id, "Content-Type": content_type}
             if streaming:

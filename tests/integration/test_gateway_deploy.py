@@ -12,7 +12,7 @@ from pathlib import Path
 from components import needs
 from ruamel.yaml import YAML
 
-from reconciler.gateway.metrics import GatewayMetrics
+from reconciler.gateway.metrics import Failover, GatewayMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"
@@ -34,7 +34,7 @@ def exported() -> set[str]:
     metrics.inflight_add("m", 1)
     metrics.queue_add("m", 1)
     metrics.cold_started("m", 4.0)
-    metrics.failover("m", "connection")
+    metrics.failover("m", Failover.connection)
     metrics.key_used("ci")
     text = metrics.exposition().decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
