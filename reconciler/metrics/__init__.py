@@ -15,7 +15,6 @@ Every family is built with prometheus-client's types: the exposition is never fo
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import Counter as Tally
@@ -77,9 +76,6 @@ EVENT_KINDS = tuple(kind.value for kind in EventKind)
 READY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 # A pass is mostly file reads and process checks; seconds mean an engine stop was slow.
 PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-# The reconciler's own ready message, read when an event has no `seconds` field.
-_READY_MESSAGE = re.compile(r"ready after ([0-9]+(?:\.[0-9]+)?)s")
 
 
 def snapshot_from_plan(plan: Plan | None) -> DesiredSnapshot | None:
@@ -218,9 +214,7 @@ def _ready_seconds(event: Mapping[str, Any]) -> float | None:
     seconds = event.get("seconds")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
         return max(0.0, float(seconds))
-    # Events written before the `seconds` field existed say it only in words.
-    match = _READY_MESSAGE.search(str(event.get("message", "")))
-    return float(match.group(1)) if match else None
+    return None  # read from its field only, never from the words of its message
 
 
 class _LiveCollector(Collector):
