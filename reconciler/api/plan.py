@@ -21,7 +21,12 @@ def plan_out(plan: Plan) -> PlanOut:
         revision=plan.revision,
         valid=plan.valid,
         summary=plan.summary() if plan.valid else "invalid desired state: nothing changes",
-        problems=[ProblemOut(**p.to_dict()) for p in plan.problems],
+        problems=[
+            ProblemOut(
+                file=p.file, line=p.line, field=p.field, message=p.message, severity=p.severity
+            )
+            for p in plan.problems
+        ],
         actions=[
             ActionOut(
                 action=a.action,

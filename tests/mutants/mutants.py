@@ -31,6 +31,7 @@ HEALTH = ("tests/unit/test_health.py",)
 # the gateway's own process and real stand-in engines: the fault tests first (they are shorter)
 GATEWAY = ("tests/integration/test_gateway_faults.py", "tests/integration/test_gateway.py")
 ACTIVATION = ("tests/unit/test_activation.py",)
+ONE_PLAN = ("tests/unit/test_one_plan.py",)
 REPLICAS = ("tests/unit/test_replicas.py",)
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -280,6 +281,20 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if fit(removed) is Fit.free:\n            return removed\n",
         "        if fit(removed) is Fit.free:\n            return frozenset(order)\n",
         ACTIVATION,
+    ),
+    Mutant(
+        "a wanted model preempts a lower priority while an idle engine could have made room",
+        "reconciler/core/activation.py",
+        "return Fit.preempting if preempted else Fit.free",
+        "return Fit.free",
+        ONE_PLAN,
+    ),
+    Mutant(
+        "a wanted model that waits for an engine in use to go idle is reported unschedulable",
+        "reconciler/core/activation.py",
+        "if unplaced and fit(running & decision.keep) is not Fit.unplaced:",
+        "if unplaced and fit(frozenset()) is not Fit.unplaced:",
+        ONE_PLAN,
     ),
     # -- replicas ------------------------------------------------------------------------------
     Mutant(
