@@ -85,9 +85,6 @@ class ProcessSupervisor:
     def log_path(self, model_id: str) -> Path:
         return self.logs_dir / f"{model_id}.log"
 
-    def record_path(self, model_id: str) -> Path:
-        return self.records.path(model_id)
-
     # ---- start -------------------------------------------------------------------------------
 
     def launch(self, command: Command, *, host: str = "127.0.0.1") -> Handle:

@@ -23,7 +23,8 @@ from reconciler.engines.base import (
     Launcher,
 )
 from reconciler.engines.hf_memory import HFFlags, hf_hook
-from reconciler.engines.process_engine import ProcessEngine, find_executable
+from reconciler.engines.process_engine import ProcessEngine
+from reconciler.engines.processes import find_executable
 from reconciler.model_files import locate as modelfiles
 from reconciler.model_files.locate import is_local_path
 

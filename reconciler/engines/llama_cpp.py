@@ -43,7 +43,8 @@ from reconciler.engines.base import (
 from reconciler.engines.llama_cpp_memory import estimate_hook
 from reconciler.engines.llama_cpp_python import HEALTH_PATH as PYTHON_SERVER_HEALTH_PATH
 from reconciler.engines.llama_cpp_python import python_server_args, python_server_unsupported
-from reconciler.engines.process_engine import ProcessEngine, find_executable
+from reconciler.engines.process_engine import ProcessEngine
+from reconciler.engines.processes import find_executable
 from reconciler.model_files import locate as modelfiles
 
 ENV_LLAMA_SERVER = "RECONCILER_LLAMA_SERVER"

@@ -21,21 +21,8 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
-from reconciler.engines.detached import ProcessSupervisor, default_namespace
-from reconciler.engines.identity import HOST_ONLY_PREFIX, MARKER_FRAMEWORK, EngineRecord, engine_env
-from reconciler.engines.processes import find_executable, port_in_use
-
-__all__ = [
-    "MARKER_FRAMEWORK",
-    "EngineRecord",
-    "ProcessEngine",
-    "ProcessSupervisor",
-    "default_namespace",
-    "engine_env",
-    "find_executable",
-    "observe_all",
-    "port_in_use",
-]
+from reconciler.engines.detached import ProcessSupervisor
+from reconciler.engines.identity import HOST_ONLY_PREFIX, engine_env
 
 
 def _spec_may_set(name: str, reserved: frozenset[str]) -> bool:

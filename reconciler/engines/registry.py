@@ -30,12 +30,6 @@ DESCRIPTORS: tuple[EngineDescriptor, ...] = (
 BY_FRAMEWORK: dict[str, EngineDescriptor] = {d.framework: d for d in DESCRIPTORS}
 FRAMEWORKS: tuple[str, ...] = tuple(BY_FRAMEWORK)
 
-KNOWN_PARAMETERS: dict[str, frozenset[str]] = {
-    d.framework: d.parameters for d in DESCRIPTORS if d.parameters is not None
-}
-"""framework -> known parameters, for validate(known_parameters=...) (frameworks whose
-containers define their own arguments are absent: any key passes)."""
-
 
 def descriptor(framework: str) -> EngineDescriptor:
     """KeyError for a framework no engine module describes."""

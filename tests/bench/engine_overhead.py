@@ -32,8 +32,9 @@ import httpx
 
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Command, EnginePlacement
+from reconciler.engines.detached import ProcessSupervisor
+from reconciler.engines.identity import engine_env
 from reconciler.engines.llama_cpp import LlamaCppEngine, prepare_model_file
-from reconciler.engines.process_engine import ProcessSupervisor, engine_env
 
 # -S: no site import, so a stand-in starts in a few milliseconds and weighs little
 STAND_IN = (sys.executable, "-S", "-c", "import time\nwhile True: time.sleep(3600)")

@@ -27,8 +27,9 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
+from reconciler.engines.detached import ProcessSupervisor
 from reconciler.engines.health import probe, wait_ready
-from reconciler.engines.process_engine import ProcessEngine, ProcessSupervisor
+from reconciler.engines.process_engine import ProcessEngine
 
 SLEEPER = "import time\nwhile True: time.sleep(1)"
 # A well-behaved engine with a helper process: on SIGTERM it stops and reaps its helper.

@@ -26,8 +26,9 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
+from reconciler.engines.detached import ProcessSupervisor
 from reconciler.engines.health import wait_ready
-from reconciler.engines.process_engine import MARKER_FRAMEWORK, ProcessSupervisor
+from reconciler.engines.identity import MARKER_FRAMEWORK
 from reconciler.engines.vllm import VllmEngine
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakes" / "fake_vllm.py"

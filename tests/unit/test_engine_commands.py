@@ -23,9 +23,9 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
-from reconciler.engines.detached import masked_argv
+from reconciler.engines.detached import default_namespace, masked_argv
 from reconciler.engines.hf import tensor_parallel_size
-from reconciler.engines.identity import identity_from_env
+from reconciler.engines.identity import MARKER_FRAMEWORK, identity_from_env
 from reconciler.engines.llama_cpp import (
     LlamaBackend,
     LlamaCppEngine,
@@ -38,7 +38,6 @@ from reconciler.engines.llama_cpp_python import (
     python_server_args,
     python_server_unsupported,
 )
-from reconciler.engines.process_engine import MARKER_FRAMEWORK, default_namespace
 from reconciler.engines.registry import engines
 from reconciler.engines.sglang import SglangEngine
 from reconciler.engines.vllm import VllmEngine
