@@ -64,7 +64,7 @@ def apply_cmd(
         raise typer.Exit(0 if plan.valid else 1)
     results = [reconciler.pass_once()] if once else converge(reconciler, timeout, meanwhile=_output)
     out, err = _output()
-    from reconciler.cli.desired import Format, print_problems
+    from reconciler.cli.loading import Format, print_problems
 
     from .status import exit_on_model_errors, print_status
 

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from reconciler.source.backup import BackupError, create_backup, restore_backup
+from reconciler.source.archive import BackupError, create_backup
 from reconciler.source.repo import SourceError
+from reconciler.source.restore import restore_backup
 
 from . import command_app
 from .history import source_errors

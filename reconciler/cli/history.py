@@ -14,7 +14,7 @@ import typer
 
 from reconciler.cli import command_app
 from reconciler.cli.apply import apply_cmd
-from reconciler.cli.desired import Format, print_problems
+from reconciler.cli.loading import Format, print_problems
 from reconciler.cli.options import (
     DEFAULT_DIR,
     DirArg,
@@ -26,7 +26,7 @@ from reconciler.cli.options import (
     resolve_state_dir,
     usage_error,
 )
-from reconciler.source.history import history, read_applied, render_history, spec_diff
+from reconciler.source.commits import history, read_applied, render_history, spec_diff
 from reconciler.source.repo import InvalidRevision, NotFound, NothingToRollBack, SourceError
 from reconciler.source.rollback import push as push_branch
 from reconciler.source.rollback import rollback

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from reconciler.cli import command_app
-from reconciler.cli.desired import Format, print_problems, validate_here
+from reconciler.cli.loading import Format, print_problems, validate_here
 from reconciler.cli.options import DEFAULT_DIR, err, out, usage_error
 from reconciler.source.load import LoadError, load_revision_bare
 from reconciler.state.directory import atomic_write

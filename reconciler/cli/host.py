@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from reconciler.cli.desired import Format, print_problems, read_desired, validate_here
+from reconciler.cli.loading import Format, print_problems, read_desired, validate_here
 from reconciler.core.estimate import (
     Estimate,
     MemoryFigures,

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.desired import read_desired, validate_here
+from reconciler.cli.loading import read_desired, validate_here
 from reconciler.core.desired import DesiredState
 from reconciler.core.diff import diff_cluster, diff_desired, render_diff
 from reconciler.core.instance import InstanceRecord

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from reconciler import kubernetes
-from reconciler.cli.desired import Format, print_problems, read_desired, validate_here
+from reconciler.cli.loading import Format, print_problems, read_desired, validate_here
 from reconciler.core.spec import ID_PATTERN
 
 from . import command_app

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from reconciler.cli import command_app
-from reconciler.cli.desired import Format, print_problems, read_desired, validate_here
+from reconciler.cli.loading import Format, print_problems, read_desired, validate_here
 from reconciler.cli.options import DEFAULT_DIR, DirArg, RevOpt, out, usage_error
 from reconciler.core.cluster import cluster_json_schema
 from reconciler.core.spec import model_json_schema

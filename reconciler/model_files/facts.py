@@ -1,9 +1,10 @@
 """Read model files into the plain facts `reconciler.core.estimate` computes with (the I/O side).
 
-GGUF headers are read by reconciler.model_files.gguf: the fields and tensor sizes the estimate needs,
-stepping over the vocabulary (tensor data is never read). Hugging Face directories are read
-from config.json and the JSON headers of the safetensors files (reconciler.model_files.safetensors). Every
-failure becomes a `FactsError` whose message names the file and what is wrong with it.
+GGUF headers are read by reconciler.model_files.gguf: the fields and tensor sizes the estimate
+needs, stepping over the vocabulary (tensor data is never read). Hugging Face directories are
+read from config.json and the JSON headers of the safetensors files
+(reconciler.model_files.safetensors). Every failure becomes a `FactsError` whose message names
+the file and what is wrong with it.
 """
 
 from __future__ import annotations

@@ -177,10 +177,7 @@ def load_directory(root: str | os.PathLike[str]) -> RawDesiredState:
     models_dir = base / MODELS_DIR
     if models_dir.is_dir():
         files.extend(sorted(p for p in models_dir.iterdir() if _is_spec_name(p.name)))
-    triples = (
-        (p == cluster, _display(p), read_spec_file(p, boundary, _display(p)))
-        for p in files
-    )
+    triples = ((p == cluster, _display(p), read_spec_file(p, boundary, _display(p))) for p in files)
     return _assemble(str(root), None, triples)
 
 

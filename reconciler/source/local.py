@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState, RawDesiredState, ValidationResult
 from reconciler.core.engine_args import Catalog
-from reconciler.source.history import describe_change, validate_raw
+from reconciler.source.commits import describe_change, validate_raw
 from reconciler.source.load import (
     LoadError,
     is_spec_path,

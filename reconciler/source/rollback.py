@@ -10,7 +10,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from reconciler.core.engine_args import Catalog
-from reconciler.source.history import valid_at
+from reconciler.source.commits import valid_at
 from reconciler.source.repo import (
     InvalidRevision,
     NotFound,

@@ -85,7 +85,7 @@ def write_state(root: Path, count: int) -> Path:
 
 
 def load(ds: Path):
-    from reconciler.cli.desired import validate_here
+    from reconciler.cli.loading import validate_here
     from reconciler.source.load import load_directory
 
     raw = load_directory(ds)

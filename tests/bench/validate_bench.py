@@ -115,7 +115,7 @@ def write_state(root: Path, count: int) -> Path:
 
 
 def in_process(ds: Path) -> tuple[int, int]:
-    from reconciler.core.validate import validate
+    from reconciler.core.spec_checks import validate
     from reconciler.engines.registry import catalog, missing_message
     from reconciler.source.load import load_directory
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from apply_support import REPO, Host, managed_host, running, stand_in, vllm_wrapper, wait_gone
 
-from reconciler.core.validate import validate
+from reconciler.core.spec_checks import validate
 from reconciler.engines.base import EnginePlacement
 from reconciler.engines.registry import catalog
 from reconciler.engines.sglang import SglangEngine

@@ -11,7 +11,7 @@ from pathlib import Path
 import git
 import pytest
 
-from reconciler.source.history import validate_raw
+from reconciler.source.commits import validate_raw
 from reconciler.source.load import LoadError, load_revision_bare
 from reconciler.source.local import LocalSource
 from reconciler.source.remote import RemoteSource

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from reconciler import kubernetes as k8s
-from reconciler.cli.desired import validate_here
+from reconciler.cli.loading import validate_here
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.spec import ModelSpec

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.desired import Problem, RawDesiredState, ValidationResult
-from reconciler.core.validate import PathCheck, validate
+from reconciler.core.spec_checks import PathCheck, validate
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import load_directory, parse_document
 

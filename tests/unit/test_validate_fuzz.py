@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import Problem, RawDesiredState, SourceDoc, ValidationResult
 from reconciler.core.spec import ModelSpec
-from reconciler.core.validate import _validator, accepted_strictly, validate
+from reconciler.core.spec_checks import _validator, accepted_strictly, validate
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import load_directory, parse_document
 

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from reconciler.cli.options import out, usage_error
 from reconciler.core.desired import Problem, RawDesiredState, ValidationResult
-from reconciler.core.validate import validate
+from reconciler.core.spec_checks import validate
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.source.load import LoadError, load_directory, load_revision, load_staged
 

@@ -16,7 +16,7 @@ from reconciler.core.desired import DesiredState, Problem, RawDesiredState, Vali
 from reconciler.core.diff import diff_cluster, diff_desired, render_diff, summary
 from reconciler.core.engine_args import Catalog
 from reconciler.core.events import EventKind
-from reconciler.core.validate import validate
+from reconciler.core.spec_checks import validate
 from reconciler.engines import registry
 from reconciler.source.load import LoadError, load_tree
 from reconciler.source.repo import (
