@@ -26,6 +26,7 @@ lint: venv
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/ruff format --check reconciler tests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 venv: $(VENV)/.installed
 
