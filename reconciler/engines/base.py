@@ -84,7 +84,10 @@ class EngineError(Exception):
 
 
 class Engine(Protocol):
-    framework: str
+    @property
+    def framework(self) -> str:
+        """The framework this engine runs (its descriptor's)."""
+        ...
 
     def command(self, spec: ModelSpec, placement: EnginePlacement) -> Command:
         """Pure: the argv and environment this engine would run for the spec."""

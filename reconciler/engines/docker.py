@@ -55,7 +55,7 @@ class LazyDockerEngine:
 
 def _create(state_dir: str | os.PathLike[str], namespace: str) -> Engine:
     del state_dir  # containers keep their state in the daemon (labels)
-    return LazyDockerEngine(namespace)  # type: ignore[return-value]
+    return LazyDockerEngine(namespace)
 
 
 DESCRIPTOR = EngineDescriptor(

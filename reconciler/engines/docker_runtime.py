@@ -20,7 +20,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 from requests.exceptions import RequestException
 
-from reconciler.core.flags import FlagValueError
+from reconciler.core.engine_args import FlagValueError
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Command, EngineError, EnginePlacement, Handle
 from reconciler.engines.docker_container import (
@@ -156,7 +156,7 @@ class DockerEngine:
         with self._docker_errors(f"cannot start container for model {spec.id}"):
             self._ensure_image(client, spec.image)
             self._clear_name(client, container_name(self.namespace, spec.id))
-            container = self._create(client, spec, placement)
+            container = self._create(client, spec.image, spec, placement)
             self._start_or_remove(container)
             container.reload()
             return handle_from_container(container)
@@ -292,7 +292,7 @@ class DockerEngine:
         _remove(existing)
 
     def _create(
-        self, client: docker.DockerClient, spec: ModelSpec, placement: EnginePlacement
+        self, client: docker.DockerClient, image: str, spec: ModelSpec, placement: EnginePlacement
     ) -> Container:
         command = self.command(spec, placement)
         nvidia = bool(placement.gpus) and has_nvidia_runtime(client.info())
@@ -309,7 +309,7 @@ class DockerEngine:
             for path in model_mounts(spec.model_path)
         ]
         return client.containers.create(
-            command.image,
+            image,
             command=list(command.argv) or None,  # None keeps the image's CMD
             name=container_name(self.namespace, spec.id),
             labels=self._labels(spec, placement, nvidia),
@@ -317,7 +317,8 @@ class DockerEngine:
             ports={port: (self.publish_host, placement.port)},
             mounts=mounts,
             device_requests=gpu_device_requests(placement.gpus, nvidia),
-            restart_policy={"Name": "no"},
+            # the stubs list only "always" and "on-failure"; "no" is the Docker API's own value
+            restart_policy={"Name": "no"},  # type: ignore[arg-type]
             init=True,
         )
 

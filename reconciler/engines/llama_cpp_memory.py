@@ -138,7 +138,7 @@ def _weights_derivation(
         f"blocks {mib_text(facts.layer_weights_bytes)} x {gpu_layers}/{facts.n_layer} on the GPU"
         f" / {gpu_count} GPU(s) + output layer {mib_text(output)}"
     )
-    factors = {
+    factors: dict[str, float] = {
         "block_bytes": facts.layer_weights_bytes,
         "layers_on_gpu": gpu_layers,
         "layers": facts.n_layer,
@@ -166,7 +166,7 @@ def _kv_derivation(
         _cache_name(parameters, "cache-type-v"),
     )
     bytes_k, bytes_v = CACHE_TYPE_BYTES[k_name], CACHE_TYPE_BYTES[v_name]
-    factors = {
+    factors: dict[str, float] = {
         "context": n_ctx,
         "layers": layers,
         "kv_heads": facts.n_head_kv,
@@ -212,7 +212,7 @@ def _compute_derivation(
         f"max(logits {ubatch} ubatch x {number(facts.n_vocab)} vocab x 4 B, scores {scores})"
         f" + activations {ubatch} x {number(facts.n_embd)} x 4 B x {ACTIVATION_WIDTHS}"
     )
-    factors = {
+    factors: dict[str, float] = {
         "ubatch": ubatch,
         "vocab": facts.n_vocab,
         "context": n_ctx,

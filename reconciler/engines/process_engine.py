@@ -114,10 +114,7 @@ def observe_all(engines: Iterable[Engine]) -> list[list[Handle]]:
     scans: dict[tuple[type, Path, str], list[Handle]] = {}
     found: list[list[Handle]] = []
     for engine in engines:
-        if (
-            not isinstance(engine, ProcessEngine)
-            or type(engine).observe is not ProcessEngine.observe
-        ):
+        if not isinstance(engine, ProcessEngine) or _observes_alone(engine):
             found.append(engine.observe())
             continue
         supervisor = engine.supervisor
@@ -126,3 +123,8 @@ def observe_all(engines: Iterable[Engine]) -> list[list[Handle]]:
             scans[key] = supervisor.observe()
         found.append([h for h in scans[key] if h.framework == engine.framework])
     return found
+
+
+def _observes_alone(engine: ProcessEngine) -> bool:
+    """A subclass with its own observe() does not share the scan."""
+    return type(engine).observe is not ProcessEngine.observe

@@ -11,13 +11,14 @@ import logging
 import os
 
 from reconciler.core.engine_args import Catalog
-from reconciler.core.estimate import Estimate, requirement_mb
+from reconciler.core.estimate import Estimate, ModelFacts, requirement_mb
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import docker, llama_cpp, sglang, vllm
 from reconciler.engines.base import Engine, EngineDescriptor
 from reconciler.engines.detached import default_namespace
 from reconciler.model_files import facts as modelfacts
 from reconciler.model_files import locate as modelfiles
+from reconciler.model_files.safetensors import FactsError
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,14 @@ def missing_message(spec: ModelSpec) -> str | None:
     return modelfiles.missing_message(spec.model_path, d.model_files, hub_ids=d.hub_ids)
 
 
-def read_facts(spec: ModelSpec) -> modelfacts.ModelFacts | None:
+def read_facts(spec: ModelSpec) -> ModelFacts | None:
     """The facts of a spec's model files (None: nothing on this host to read)."""
     return modelfacts.read_facts(spec.model_path, descriptor(spec.framework).model_files)
 
 
 def estimate(
     spec: ModelSpec,
-    facts: modelfacts.ModelFacts | None,
+    facts: ModelFacts | None,
     gpu_total_mb: int | None = None,
 ) -> Estimate:
     """MiB per GPU the spec's engine needs, from facts already read."""
@@ -106,7 +107,7 @@ def estimate_path(model_path: str, ctx: int | None = None) -> Estimate:
     kind = modelfacts.guess_files(model_path)
     try:
         facts = modelfacts.read_model_path(model_path, kind)
-    except (modelfiles.ModelFileError, modelfacts.FactsError) as exc:
+    except (modelfiles.ModelFileError, FactsError) as exc:
         return Estimate(None, {}, str(exc))
     d = next(d for d in DESCRIPTORS if d.model_files == kind)
     parameters = {} if ctx is None or d.context_parameter is None else {d.context_parameter: ctx}

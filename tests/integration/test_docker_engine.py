@@ -460,12 +460,15 @@ def test_a_symlink_below_a_root_is_judged_by_its_target(tmp_path: Path) -> None:
         model_mounts(str(link), [str(tmp_path / "models")])
 
 
-def test_start_refuses_a_hostile_mount_before_contacting_the_daemon(monkeypatch) -> None:
-    monkeypatch.setenv(ENV_MODEL_ROOTS, "/srv/models")
+def test_start_refuses_a_hostile_mount_before_contacting_the_daemon(monkeypatch, tmp_path) -> None:
+    # a Docker socket below a declared root (a host without Docker has no /var/run/docker.sock)
+    monkeypatch.setenv(ENV_MODEL_ROOTS, str(tmp_path))
     engine = DockerEngine("test", client_factory=_never_called)
-    spec = docker_spec("sock", "busybox:1", model_path="/var/run/docker.sock")
-    with pytest.raises(EngineError, match=r"docker\.sock"):
-        engine.start(spec, cpu_placement())
+    spec = docker_spec("sock", "busybox:1", model_path=str(tmp_path / "docker.sock"))
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(spec.model_path)
+        with pytest.raises(EngineError, match=r"docker\.sock is a socket"):
+            engine.start(spec, cpu_placement())
     hostile = docker_spec("flag", "busybox:1", parameters={"model": "--privileged"})
     with pytest.raises(EngineError, match="would be read as a flag"):
         engine.start(hostile, cpu_placement())
