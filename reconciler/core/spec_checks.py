@@ -52,17 +52,15 @@ def validate(
     *,
     path_check: PathCheck | None = None,
     catalog: Catalog | None = None,
-    known_parameters: Mapping[str, frozenset[str]] | None = None,
 ) -> ValidationResult:
     """Validate everything in `raw`; `desired` is None when any error was found.
 
-    `catalog` (engines.registry.catalog()) says what each framework takes; `known_parameters`
-    (framework -> flags) is the older, smaller form of it. Without either, parameters are not
-    checked against engine flags, but every check of hostile input still is.
+    `catalog` (engines.registry.catalog()) says what each framework takes. Without it,
+    parameters are not checked against engine flags, but every check of hostile input still is.
     """
     known_frameworks = catalog is not None  # else any framework name passes (no registry here)
     if catalog is None:
-        catalog = _catalog_of(known_parameters or {})
+        catalog = _BARE_CATALOG
     problems = list(raw.problems)
     cluster = ClusterSpec()
     if raw.cluster is not None:
@@ -97,12 +95,11 @@ def validate(
     return ValidationResult(DesiredState(models, cluster, raw.revision, origins), problems)
 
 
-def _catalog_of(known_parameters: Mapping[str, frozenset[str]]) -> Catalog:
-    names = {"llama_cpp", "vllm", "docker", *known_parameters}
-    return {
-        name: FrameworkRules(name, known_parameters.get(name), needs_image=name == "docker")
-        for name in names
-    }
+_BARE_CATALOG: Catalog = {
+    name: FrameworkRules(name, None, needs_image=name == "docker")
+    for name in ("llama_cpp", "vllm", "docker")
+}
+"""Without the registry's catalog: any parameter passes, and a docker model still needs an image."""
 
 
 def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> Any:

@@ -448,17 +448,6 @@ def test_without_a_catalog_any_framework_name_passes() -> None:
     assert validate(raw).problems == []
 
 
-def test_the_older_known_parameters_argument_still_checks_them() -> None:
-    raw = raw_state({path_of("a"): model("a", "parameters: {ctx_size: 1}")})
-    [problem] = validate(raw, known_parameters={"llama_cpp": frozenset({"ctx-size"})}).problems
-    assert problem == error(
-        path_of("a"),
-        4,
-        "parameters.ctx_size",
-        "unknown llama_cpp parameter 'ctx_size' (did you mean 'ctx-size'?)",
-    )
-
-
 # ---- model files on this host -------------------------------------------------------------
 
 
