@@ -47,7 +47,7 @@ import re
 import stat
 from collections.abc import Mapping, Sequence
 
-from reconciler.core.flags import FlagStyle, render_flags
+from reconciler.core.engine_args import FlagStyle, render_flags
 from reconciler.core.spec import ModelSpec, ParameterValue
 from reconciler.engines.base import (
     EngineError,

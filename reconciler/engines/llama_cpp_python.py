@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from reconciler.core.flags import check_value
+from reconciler.core.engine_args import check_value
 from reconciler.core.spec import ParameterValue
 
 # ggml.h `enum ggml_type`: the KV cache types llama-server accepts by name, as the integers
