@@ -1,7 +1,9 @@
 """Crash and health bookkeeping of one engine across passes: restarts, backoff, giving up.
 
 Pure: fed with what a pass saw (alive? healthy? since when?), the clock value and a jitter
-factor that the shell draws, it returns the next bookkeeping record. The shell (reconciler.loop)
+factor that the shell draws, it returns the instance's record with its bookkeeping fields
+(restarts, restarts_total, next_retry_at, given_up, last_error, last_log_lines) updated; its
+status is the caller's business (reconciler.core.instance.transition). The shell (reconciler.loop)
 does the probing, the stopping and the drawing.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from reconciler.core.instance import InstanceRecord
 from reconciler.core.spec import RetryPolicy
 
 JITTER = 0.2
@@ -22,17 +25,6 @@ class Failure:
 
     message: str
     log_lines: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RetryState:
-    restarts: int = 0
-    """failures in a row (reset once the engine is ready again)"""
-    restarts_total: int = 0
-    next_retry_at: float | None = None
-    given_up: bool = False
-    last_error: str | None = None
-    last_log_lines: tuple[str, ...] = ()
 
 
 def backoff_delay(base_s: float, attempt: int, cap_s: float, jitter: float = 1.0) -> float:
@@ -59,17 +51,18 @@ def backoff_s(policy: RetryPolicy, restarts: int, jitter: float = 1.0) -> float:
 
 
 def record_failure(
-    state: RetryState,
+    state: InstanceRecord,
     policy: RetryPolicy,
     failure: Failure,
     now: float,
     jitter: float,
-) -> RetryState:
+) -> InstanceRecord:
     """Count one failure; schedule the retry (`jitter`: see backoff_delay), or give up after
     max_retries in a row."""
     restarts = state.restarts + 1
     gave_up = restarts > policy.max_retries
-    return RetryState(
+    return replace(
+        state,
         restarts=restarts,
         restarts_total=state.restarts_total + 1,
         next_retry_at=None if gave_up else now + backoff_s(policy, restarts, jitter),
@@ -79,21 +72,22 @@ def record_failure(
     )
 
 
-def record_permanent(state: RetryState, message: str) -> RetryState:
+def record_permanent(state: InstanceRecord, message: str) -> InstanceRecord:
     """A failure that retrying cannot fix (missing executable or file, port in use)."""
     return replace(state, given_up=True, next_retry_at=None, last_error=message)
 
 
-def record_ready(state: RetryState) -> RetryState:
+def record_ready(state: InstanceRecord) -> InstanceRecord:
     """Ready again: the next crash starts the backoff from the beginning."""
     return replace(state, restarts=0, next_retry_at=None, given_up=False)
 
 
-def cleared(state: RetryState) -> RetryState:
-    """An operator's restart or a changed spec: try again from scratch, history kept."""
-    return RetryState(restarts_total=state.restarts_total, last_error=state.last_error)
+def cleared(state: InstanceRecord) -> InstanceRecord:
+    """An operator's restart or a changed spec: try again from scratch, history kept (the
+    total of restarts and the last error)."""
+    return replace(state, restarts=0, next_retry_at=None, given_up=False, last_log_lines=())
 
 
-def waiting(state: RetryState, now: float) -> bool:
+def waiting(state: InstanceRecord, now: float) -> bool:
     """True while a retry is scheduled in the future."""
     return state.next_retry_at is not None and now < state.next_retry_at

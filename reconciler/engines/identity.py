@@ -41,15 +41,12 @@ from reconciler.engines.base import (
     EnginePlacement,
     Handle,
 )
-from reconciler.state.files import atomic_write
+from reconciler.state.directory import atomic_write
 
 log = logging.getLogger(__name__)
 
 MARKER_FRAMEWORK = "RECONCILER_FRAMEWORK"
 """Which engine class owns a process: every process engine shares one namespace."""
-
-_HANDLE_FIELDS = frozenset(f.name for f in dataclasses.fields(Handle))
-
 
 PASS_THROUGH = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
@@ -126,16 +123,47 @@ class EngineRecord:
     handle: Handle
 
     def to_json(self) -> str:
-        data: dict[str, Any] = dataclasses.asdict(self.handle)
-        data.update(namespace=self.namespace, argv=list(self.argv))
+        handle = self.handle
+        data: dict[str, Any] = {
+            "model_id": handle.model_id,
+            "framework": handle.framework,
+            "spec_hash": handle.spec_hash,
+            "port": handle.port,
+            "gpus": list(handle.gpus),
+            "memory_mb": handle.memory_mb,
+            "started_at": handle.started_at,
+            "pid": handle.pid,
+            "create_time": handle.create_time,
+            "container_id": handle.container_id,
+            "alive": handle.alive,
+            "exit_code": handle.exit_code,
+            "log_path": handle.log_path,
+            "namespace": self.namespace,
+            "argv": list(self.argv),
+        }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> EngineRecord:
+        """The record a file holds; keys that a Handle gained later may be missing from an older
+        file (its engine may still run) and take the Handle's defaults."""
         data = json.loads(text)
-        fields = {k: v for k, v in data.items() if k in _HANDLE_FIELDS}
-        fields["gpus"] = tuple(fields["gpus"])
-        return cls(data["namespace"], tuple(data["argv"]), Handle(**fields))
+        handle = Handle(
+            model_id=data["model_id"],
+            framework=data["framework"],
+            spec_hash=data["spec_hash"],
+            port=data["port"],
+            gpus=tuple(data["gpus"]),
+            memory_mb=data["memory_mb"],
+            started_at=data["started_at"],
+            pid=data.get("pid"),
+            create_time=data.get("create_time"),
+            container_id=data.get("container_id"),
+            alive=data.get("alive", True),
+            exit_code=data.get("exit_code"),
+            log_path=data.get("log_path"),
+        )
+        return cls(data["namespace"], tuple(data["argv"]), handle)
 
     def observed(self, *, alive: bool, exit_code: int | None = None) -> Handle:
         """The handle as observed now (alive or exited)."""

@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reconciler.core.desired import DesiredState
-from reconciler.core.observed import Status
-from reconciler.core.replicas import group
+from reconciler.core.instance import InstanceRecord, Status
+from reconciler.core.serving import group
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.registry import descriptor
-from reconciler.state.files import atomic_write
-from reconciler.state.statefile import ModelState
+from reconciler.state.directory import atomic_write
 
 ROUTES_FILE = "routes.json"
 ROUTES_VERSION = 1
@@ -116,7 +115,7 @@ class Routes:
         )
 
 
-def gateway_status(spec: ModelSpec, record: ModelState | None, unschedulable: bool) -> str:
+def gateway_status(spec: ModelSpec, record: InstanceRecord | None, unschedulable: bool) -> str:
     """What a request for this model gets (see the module docstring).
 
     A disabled model can still run, as another model's fallback: it is "running" then (the
@@ -147,7 +146,7 @@ def served_name(spec: ModelSpec) -> str | None:
 
 def build_routes(
     desired: DesiredState,
-    records: Mapping[str, ModelState],
+    records: Mapping[str, InstanceRecord],
     settings: GatewaySettings | None = None,
     *,
     unschedulable: Collection[str] = (),
@@ -160,7 +159,7 @@ def build_routes(
     requests (the daemon is about to stop them); `unschedulable` the plan's unschedulable ids.
     """
     models: dict[str, RouteModel] = {}
-    # the instances of a replicated model (reconciler.core.replicas) are one route: its id
+    # the instances of a replicated model (reconciler.core.serving) are one route: its id
     for model_id, instance_ids in group(desired.models).items():
         spec = desired.models[instance_ids[0]]
         statuses, instances = [], []

@@ -14,14 +14,13 @@ from dataclasses import dataclass, replace
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.plan import Action, Plan
 from reconciler.core.retry import Failure, waiting
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
-from reconciler.loop.records import Records, retry_of, state_from_handle
+from reconciler.loop.records import Records, record_from_handle
 from reconciler.loop.supervision import Supervisor, describe
-from reconciler.state.statefile import ModelState
 
 log = logging.getLogger("reconciler.loop.execution")
 
@@ -81,15 +80,15 @@ class Executor:
         """Called with the engines a plan is about to stop (preempt, restart, stop), before
         they are stopped: the gateway drains their in-flight requests there (bounded)."""
 
-    def mark_stopping(self, plan: Plan, states: dict[str, ModelState], now: float) -> bool:
+    def mark_stopping(self, plan: Plan, states: dict[str, InstanceRecord], now: float) -> bool:
         """Record `stopping` (`preempted`) before stopping anything: if this process dies
         mid-stop, the next pass sees an engine that was being stopped, not one that crashed.
         True when anything is to be stopped (the caller writes the state file first)."""
         stopping = [a for a in plan.actions if a.action in STOPS]
         for action in stopping:
             status = Status.preempted if action.action == "preempt" else Status.stopping
-            state = states.get(action.model) or ModelState(id=action.model)
-            states[action.model] = replace(state, status=status, last_transition=now)
+            state = states.get(action.model) or InstanceRecord(id=action.model)
+            states[action.model] = transition(state, status, now)
         return bool(stopping)
 
     def execute(
@@ -97,7 +96,7 @@ class Executor:
         plan: Plan,
         desired: DesiredState,
         handles: Mapping[str, list[Handle]],
-        states: dict[str, ModelState],
+        states: dict[str, InstanceRecord],
         now: float,
     ) -> list[str]:
         """Carry out the plan; one human line per action done (or failed)."""
@@ -122,7 +121,7 @@ class Executor:
         self,
         broken: Mapping[str, str],
         handles: Mapping[str, list[Handle]],
-        states: dict[str, ModelState],
+        states: dict[str, InstanceRecord],
         now: float,
     ) -> list[str]:
         """Models whose spec cannot be used: `error` with the reason, their engines stopped. Not
@@ -139,10 +138,10 @@ class Executor:
         model_id: str,
         reason: str,
         handles: list[Handle],
-        states: dict[str, ModelState],
+        states: dict[str, InstanceRecord],
         now: float,
     ) -> ActionResult:
-        state = states.get(model_id) or ModelState(id=model_id)
+        state = states.get(model_id) or InstanceRecord(id=model_id)
         running = [h for h in handles if h.alive]
         try:
             for handle in handles:  # an exited one: drops its record
@@ -153,23 +152,23 @@ class Executor:
         if not running and (state.status, state.last_error) == (Status.error, reason):
             return ActionResult.quiet(model_id)  # said already
         self.records.event(EventKind.error, model_id, reason)
-        states[model_id] = replace(
+        states[model_id] = transition(
             state,
-            status=Status.error,
+            Status.error,
+            now,
             pid=None,
             container_id=None,
             last_error=reason,
             given_up=False,
             next_retry_at=None,
             probe_failures=0,
-            last_transition=now,
         )
         return ActionResult.failed(model_id, reason)
 
     def _stop(
-        self, action: Action, handles: list[Handle], states: dict[str, ModelState], now: float
+        self, action: Action, handles: list[Handle], states: dict[str, InstanceRecord], now: float
     ) -> ActionResult:
-        state = states.get(action.model) or ModelState(id=action.model)
+        state = states.get(action.model) or InstanceRecord(id=action.model)
         try:
             for handle in handles:
                 if handle.alive:
@@ -180,9 +179,7 @@ class Executor:
             states[action.model] = self.supervisor.errored(state, message, now)
             return ActionResult.failed(action.model, message)
         status = Status.preempted if action.action == "preempt" else Status.stopped
-        states[action.model] = replace(
-            state, status=status, pid=None, container_id=None, last_transition=now
-        )
+        states[action.model] = transition(state, status, now, pid=None, container_id=None)
         if action.action == "restart":
             return ActionResult.quiet(action.model)  # the start below says it
         self.records.event(EventKind(action.action), action.model, action.reason)
@@ -198,10 +195,10 @@ class Executor:
                 log.exception("draining before a stop failed")
 
     def _start(
-        self, action: Action, spec: ModelSpec, states: dict[str, ModelState], now: float
+        self, action: Action, spec: ModelSpec, states: dict[str, InstanceRecord], now: float
     ) -> ActionResult:
-        state = states.get(spec.id) or ModelState(id=spec.id)
-        if waiting(retry_of(state), now):
+        state = states.get(spec.id) or InstanceRecord(id=spec.id)
+        if waiting(state, now):
             return ActionResult.quiet(spec.id)  # its backoff is not over
         placement = EnginePlacement(
             tuple(action.gpus), action.port, action.memory_mb or 0, host=self.host
@@ -226,10 +223,10 @@ class Executor:
             states[spec.id] = self.supervisor.fail(state, spec, failure, now)
             return ActionResult.failed(spec.id, failure.message)
         self.records.event(EventKind(action.action), spec.id, action.reason)
-        states[spec.id] = replace(
-            state_from_handle(state, handle),
-            status=Status.starting,
-            last_transition=now,
+        states[spec.id] = transition(
+            record_from_handle(state, handle, now),
+            Status.starting,
+            now,
             next_retry_at=None,
             probe_failures=0,
         )

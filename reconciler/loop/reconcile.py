@@ -27,7 +27,7 @@ from reconciler.core.plan import Plan, invalid_plan
 from reconciler.core.plan import make_plan as default_make_plan
 from reconciler.core.retry import JITTER, cleared
 from reconciler.core.serving import per_instance
-from reconciler.core.validate import validate
+from reconciler.core.spec_checks import validate
 from reconciler.engines.base import Engine, Handle
 from reconciler.engines.health import probe_client
 from reconciler.engines.process_engine import observe_all

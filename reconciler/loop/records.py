@@ -1,14 +1,15 @@
-"""What a pass reads and writes: the views of one engine, and the state directory.
+"""What a pass reads and writes: an engine's record from what was observed, and the state directory.
 
-One engine instance is seen three ways: `Handle` (the engines' observation: a process or a
-container that exists now), `ModelState` (the state file's record: what cannot be observed, such as
-restart counts and the last error), and `ObservedModel` (what the planner reads). The named
-conversions below carry the fields the types share by name, so no list of fields is copied.
+One engine instance is one `InstanceRecord` (reconciler.core.instance) from observation to the
+state file; the planner reads the same record. The engines report what exists as a `Handle` (a
+process or a container, alive or exited): `record_from_handle` carries the fields it names into
+the record, and HANDLE_ONLY says why each other field of a Handle stays behind (a test holds the
+two lists to Handle's fields, so a field added there is placed on purpose or not at all).
 
 `Records` is the pass's door to the state directory: the state file (cached in memory while it is
 the one this process wrote), the last valid desired state, operators' restart requests and the
-event log; all writes go through reconciler.state.files.atomic_write, write_state and
-reconciler.state.events.append_event. A muted `Records` (dry runs) writes nothing.
+event log; all writes go through reconciler.state.directory.atomic_write, write_state and
+reconciler.state.eventlog.append_event. A muted `Records` (dry runs) writes nothing.
 """
 
 from __future__ import annotations
@@ -16,23 +17,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from reconciler.core.desired import DesiredState
-from reconciler.core.events import EventKind
-from reconciler.core.observed import ObservedModel, Status
-from reconciler.core.problems import Problem
-from reconciler.core.retry import RetryState
-from reconciler.core.spec import ClusterSpec, ModelSpec
+from reconciler.core.cluster import ClusterSpec
+from reconciler.core.desired import DesiredState, Problem
+from reconciler.core.events import Event, EventExtras, EventKind
+from reconciler.core.instance import InstanceRecord, Status, planner_view, transition
+from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Handle
-from reconciler.state.events import append_event
-from reconciler.state.files import atomic_write
-from reconciler.state.paths import EVENTS_FILE, LAST_VALID_FILE, RESTART_REQUESTS, STATE_FILE
+from reconciler.state.directory import (
+    EVENTS_FILE,
+    LAST_VALID_FILE,
+    RESTART_REQUESTS,
+    STATE_FILE,
+    atomic_write,
+)
+from reconciler.state.eventlog import append_event
 from reconciler.state.statefile import (
     CorruptState,
-    ModelState,
     State,
     read_state,
     read_state_or_recover,
@@ -42,51 +46,49 @@ from reconciler.state.statefile import (
 log = logging.getLogger("reconciler.loop.records")
 
 
-def _shared(a: type, b: type) -> tuple[str, ...]:
-    return tuple(sorted({f.name for f in fields(a)} & {f.name for f in fields(b)}))
+# -- from what the engines report --------------------------------------------------------------
+
+HANDLE_TO_RECORD = ("pid", "container_id", "port", "gpus", "memory_mb", "spec_hash", "started_at")
+"""where and from what an engine runs: the fields record_from_handle copies"""
+HANDLE_ONLY = {
+    "model_id": "the record's id: the caller pairs them",
+    "framework": "which engine runs it, known from the spec",
+    "create_time": "tells a live process from a reused pid, while it lives",
+    "alive": "decides whether the record is placed at all, or failed",
+    "exit_code": "told once, in the crash event's message",
+    "log_path": "where the engine writes, known to its engine",
+}
+"""the fields of a Handle that the record does not keep, and why"""
 
 
-_FROM_HANDLE = _shared(Handle, ModelState)
-"""where and from what an engine runs: pid, container, port, GPUs, memory, spec hash, start"""
-_RETRY = _shared(RetryState, ModelState)
-_OBSERVED = _shared(ObservedModel, ModelState)
-
-
-# -- named conversions -----------------------------------------------------------------------
-
-
-def state_from_handle(state: ModelState, handle: Handle) -> ModelState:
+def record_from_handle(record: InstanceRecord, handle: Handle, now: float) -> InstanceRecord:
     """The record of a model whose engine `handle` exists: where it runs, from what spec. An
     engine that was not known to run is `starting` until its health check answers."""
-    values: dict[str, Any] = {name: getattr(handle, name) for name in _FROM_HANDLE}
-    values["gpus"] = list(handle.gpus)
-    running = state.status in (Status.running, Status.starting)
-    return replace(state, **values, status=state.status if running else Status.starting)
+    placed = replace(
+        record,
+        pid=handle.pid,
+        container_id=handle.container_id,
+        port=handle.port,
+        gpus=handle.gpus,
+        memory_mb=handle.memory_mb,
+        spec_hash=handle.spec_hash,
+        started_at=handle.started_at,
+    )
+    if placed.status in (Status.running, Status.starting):
+        return placed
+    return transition(placed, Status.starting, now)
 
 
-def retry_of(state: ModelState) -> RetryState:
-    values: dict[str, Any] = {name: getattr(state, name) for name in _RETRY}
-    values["last_log_lines"] = tuple(state.last_log_lines or ())
-    return RetryState(**values)
-
-
-def with_retry(state: ModelState, retry: RetryState) -> ModelState:
-    values: dict[str, Any] = {name: getattr(retry, name) for name in _RETRY}
-    values["last_log_lines"] = list(retry.last_log_lines)
-    return replace(state, **values)
-
-
-def observed_of(state: ModelState, engine_alive: bool) -> ObservedModel | None:
+def observed_of(record: InstanceRecord, engine_alive: bool) -> InstanceRecord | None:
     """What the planner reads of a model: a live engine where it runs; a preempted model waiting
-    for room; a model in error (its placement is gone); None for a stopped one."""
-    full = ObservedModel(**{name: getattr(state, name) for name in _OBSERVED})
-    full = replace(full, gpus=tuple(state.gpus))
-    if state.status in (Status.starting, Status.running) and engine_alive:
-        return full
-    if state.status == Status.preempted:  # waits for room; the reasons say so
-        return ObservedModel(state.id, Status.preempted)
-    if state.status == Status.error:
-        return replace(full, gpus=(), memory_mb=0, port=None)
+    for room (nothing but that: the reasons say so); a model in error, without the placement it
+    lost; None for a stopped one."""
+    if record.status in (Status.starting, Status.running) and engine_alive:
+        return planner_view(record)
+    if record.status == Status.preempted:
+        return InstanceRecord(record.id, Status.preempted)
+    if record.status == Status.error:
+        return replace(planner_view(record), gpus=(), memory_mb=0, port=None)
     return None
 
 
@@ -105,17 +107,17 @@ class Records:
         """the state file as this process last wrote it"""
         self._written: tuple[int, int, int] | None = None
 
-    def event(self, kind: EventKind | str, model: str | None, message: str, **extra: Any) -> None:
-        """Append to the event log and tell the listeners. `kind` must be an EventKind."""
-        kind = EventKind(kind)
+    def event(
+        self, kind: EventKind, model: str | None, message: str, **extra: Unpack[EventExtras]
+    ) -> None:
+        """Append to the event log and tell the listeners (with its JSON object, as written)."""
+        event = Event(self.clock(), EventKind(kind), model, message, **extra)
         if self.muted:
             return
-        record = {"time": self.clock(), "kind": str(kind), "model": model, "message": message}
-        record.update(extra)
-        append_event(self.state_dir / EVENTS_FILE, record)
+        append_event(self.state_dir / EVENTS_FILE, event)
         for listener in self.listeners:
             try:
-                listener(record)
+                listener(event.to_json())
             except Exception:  # a listener must never break a pass
                 log.exception("event listener failed")
 
@@ -137,7 +139,7 @@ class Records:
 
     def write(
         self,
-        states: Mapping[str, ModelState],
+        states: Mapping[str, InstanceRecord],
         revision: str | None,
         problems: list[Problem],
         now: float,

@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 from reconciler.core import health
 from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.retry import Failure, cleared, record_failure, record_permanent, record_ready
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import holdings
 from reconciler.engines.base import Engine, EngineError, Handle
 from reconciler.engines.health import Prober
-from reconciler.loop.records import Records, retry_of, state_from_handle, with_retry
-from reconciler.state.statefile import ModelState
+from reconciler.loop.records import Records, record_from_handle
 
 if TYPE_CHECKING:
     import httpx  # the client comes from the caller; apply imports httpx after its launches
@@ -75,10 +74,10 @@ class Supervisor:
         self,
         desired: DesiredState,
         handles: Mapping[str, list[Handle]],
-        states: Mapping[str, ModelState],
+        states: Mapping[str, InstanceRecord],
         now: float,
         dry_run: bool,
-    ) -> dict[str, ModelState]:
+    ) -> dict[str, InstanceRecord]:
         """Every model's record after looking at its engines. Whatever goes wrong while looking
         at one model (a probe, a stop, psutil) is that model's error; the others go on."""
         self.starting_urls = []
@@ -87,7 +86,7 @@ class Supervisor:
         started: list[str] = []
         for model_id in sorted(set(handles) | set(states)):
             spec = desired.models.get(model_id)
-            state = out.get(model_id) or ModelState(id=model_id)
+            state = out.get(model_id) or InstanceRecord(id=model_id)
             try:
                 new = self._model(
                     state, spec, handles.get(model_id, []), now, dry_run, probed, started
@@ -118,16 +117,16 @@ class Supervisor:
 
     def _model(
         self,
-        state: ModelState,
+        state: InstanceRecord,
         spec: ModelSpec | None,
         handles: Sequence[Handle],
         now: float,
         dry_run: bool,
         probed: dict[str, tuple[ModelSpec, Handle]],
         started: list[str],
-    ) -> ModelState | None:
+    ) -> InstanceRecord | None:
         if spec is not None and state.given_up and state.spec_hash not in (None, spec.spec_hash()):
-            state = with_retry(state, cleared(retry_of(state)))  # a changed spec: a new chance
+            state = cleared(state)  # a changed spec: a new chance
         alive = [h for h in handles if h.alive]
         dead = [h for h in handles if not h.alive]
         for handle in dead:
@@ -137,14 +136,14 @@ class Supervisor:
             if spec is None:  # neither desired nor running: forgotten
                 return None
             if state.status == Status.stopping:  # a pass died while stopping it
-                state = replace(state, status=Status.stopped, pid=None, container_id=None)
+                state = transition(state, Status.stopped, now, pid=None, container_id=None)
             if state.status in (Status.starting, Status.running):
                 message = exit_message(dead[0]) if dead else "engine disappeared"
                 logs = tuple(self._engine(dead[0]).logs(dead[0])) if dead else ()
                 state = self.fail(state, spec, Failure(message, logs), now)
             return state
         handle = self._dedupe(alive, spec, dry_run)
-        state = state_from_handle(state, handle)
+        state = record_from_handle(state, handle, now)
         if spec is None:
             return state
         # where it listens is looked at on every pass (a few reads of /proc), not only when a
@@ -177,8 +176,8 @@ class Supervisor:
         return self.prober.start(spec.id, owner(handle), url, timeout, self.http(), busy)
 
     def _judge(
-        self, state: ModelState, spec: ModelSpec, handle: Handle, now: float, dry_run: bool
-    ) -> ModelState:
+        self, state: InstanceRecord, spec: ModelSpec, handle: Handle, now: float, dry_run: bool
+    ) -> InstanceRecord:
         """What the engine's probe, if it ended, says of its health."""
         check = spec.health_check
         ready = state.status == Status.running
@@ -209,12 +208,11 @@ class Supervisor:
             self.records.event(
                 EventKind.ready, spec.id, f"ready after {seconds:.1f}s", seconds=seconds
             )
-            state = with_retry(replace(state, status=Status.running), record_ready(retry_of(state)))
-            return replace(state, last_transition=now)
+            return transition(record_ready(state), Status.running, now)
         if verdict.failure is None:
             if not verdict.ready:
                 self.starting_urls.append(self.url(spec, handle))
-                return replace(state, status=Status.starting)
+                return transition(state, Status.starting, now)
             return state
         if dry_run:
             return state
@@ -244,7 +242,7 @@ class Supervisor:
         self,
         desired: DesiredState | None,
         handles: Mapping[str, list[Handle]],
-        states: Mapping[str, ModelState],
+        states: Mapping[str, InstanceRecord],
         now: float,
     ) -> bool:
         """The liveness probes that are due, without a pass: True when nothing needs recording
@@ -283,29 +281,27 @@ class Supervisor:
     # -- failures ----------------------------------------------------------------------------
 
     def fail(
-        self, state: ModelState, spec: ModelSpec | None, failure: Failure, now: float
-    ) -> ModelState:
+        self, state: InstanceRecord, spec: ModelSpec | None, failure: Failure, now: float
+    ) -> InstanceRecord:
         """A failure that a restart may fix: count it, schedule the restart or give up."""
         if spec is None:
-            return replace(state, status=Status.stopped, last_transition=now)
-        retry = record_failure(retry_of(state), spec.retry_policy, failure, now, self.jitter())
-        if retry.given_up:
+            return transition(state, Status.stopped, now)
+        counted = record_failure(state, spec.retry_policy, failure, now, self.jitter())
+        if counted.given_up:
             tries = spec.retry_policy.max_retries
             message = f"{failure.message}; gave up after {tries} restart(s)"
             self.records.event(EventKind.gave_up, spec.id, message)
         else:
-            message = f"{failure.message}; restart #{retry.restarts} planned"
+            message = f"{failure.message}; restart #{counted.restarts} planned"
             self.records.event(EventKind.crashed, spec.id, message)
-        state = replace(state, status=Status.error, pid=None, container_id=None)
-        return replace(with_retry(state, retry), last_transition=now)
+        return transition(counted, Status.error, now, pid=None, container_id=None)
 
-    def errored(self, state: ModelState, message: str, now: float) -> ModelState:
+    def errored(self, state: InstanceRecord, message: str, now: float) -> InstanceRecord:
         """A failure that retrying cannot fix: `error` at once, until the spec changes or an
         operator asks for a restart."""
         self.records.event(EventKind.error, state.id, message)
-        retry = record_permanent(retry_of(state), message)
-        state = replace(state, status=Status.error, pid=None, container_id=None, probe_failures=0)
-        return replace(with_retry(state, retry), last_transition=now)
+        failed = record_permanent(state, message)
+        return transition(failed, Status.error, now, pid=None, container_id=None, probe_failures=0)
 
     # -- where engines are -------------------------------------------------------------------
 

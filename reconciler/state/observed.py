@@ -7,35 +7,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.observed import ObservedModel
+from reconciler.core.instance import InstanceRecord, planner_view
 from reconciler.state.shape import ObservedRecord, ShapeError, check
-from reconciler.state.statefile import STATE_VERSION, State, check_id, line_of, load_yaml
+from reconciler.state.statefile import (
+    STATE_VERSION,
+    State,
+    check_id,
+    line_of,
+    load_yaml,
+)
 
 
 class ObservedFileError(Exception):
     """An observed-state file cannot be used; the message names the file, line and field."""
 
 
-def to_observed(state: State) -> dict[str, ObservedModel]:
+def to_observed(state: State) -> dict[str, InstanceRecord]:
     """The planner's view of a state: what runs where, reserving how much."""
-    return {model_id: _observed(model_id, model) for model_id, model in state.models.items()}
+    return {model_id: planner_view(model) for model_id, model in state.models.items()}
 
 
-def _observed(model_id: str, model: Any) -> ObservedModel:
-    """A ModelState or an observed file's record, as the planner sees it."""
-    return ObservedModel(
-        id=model_id,
-        status=model.status,
-        gpus=tuple(model.gpus),
-        memory_mb=model.memory_mb,
-        port=model.port,
-        spec_hash=model.spec_hash,
-        given_up=model.given_up,
-        last_error=model.last_error,
-    )
-
-
-def read_observed(path: str | os.PathLike[str]) -> dict[str, ObservedModel]:
+def read_observed(path: str | os.PathLike[str]) -> dict[str, InstanceRecord]:
     """An observed-state file: a state file, or a hand-written minimal one.
 
     `{version: 1, models: {id: {status, gpus, memory_mb, port, spec_hash}}}`; every key may be
@@ -54,7 +46,7 @@ def read_observed(path: str | os.PathLike[str]) -> dict[str, ObservedModel]:
         raise ObservedFileError(str(exc)) from None
 
 
-def parse_observed(data: Any, source: str = "<observed>") -> dict[str, ObservedModel]:
+def parse_observed(data: Any, source: str = "<observed>") -> dict[str, InstanceRecord]:
     """Observed models from already-loaded YAML/JSON data (see read_observed)."""
     try:
         record = check(ObservedRecord, {} if data is None else data, source)
@@ -65,7 +57,16 @@ def parse_observed(data: Any, source: str = "<observed>") -> dict[str, ObservedM
         observed = {}
         for model_id, m in record.models.items():
             check_id(data, source, model_id, m.id)
-            observed[model_id] = _observed(model_id, m)
+            observed[model_id] = InstanceRecord(
+                id=model_id,
+                status=m.status,
+                port=m.port,
+                gpus=tuple(m.gpus),
+                memory_mb=m.memory_mb,
+                spec_hash=m.spec_hash,
+                last_error=m.last_error,
+                given_up=m.given_up,
+            )
         return observed
     except ShapeError as exc:
         raise ObservedFileError(str(exc)) from None

@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import Status
 
 
 class ShapeError(Exception):

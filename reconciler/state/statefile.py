@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.representer import RoundTripRepresenter
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status
 
 try:  # PyYAML built with libyaml: the fast path; without it ruamel reads and writes everything
     import yaml as _pyyaml
@@ -36,8 +36,9 @@ except ImportError:  # pragma: no cover - PyYAML without its C extension
     _pyyaml = None  # type: ignore[assignment]
     _CSafeDumper = None  # type: ignore[assignment,misc]
     _CSafeLoader = None  # type: ignore[assignment,misc]
-from reconciler.state.files import atomic_write
+from reconciler.state.directory import atomic_write
 from reconciler.state.shape import (
+    ModelRecord,
     ShapeError,
     StateRecord,
     check,
@@ -53,34 +54,6 @@ class CorruptState(Exception):
 
 
 @dataclass
-class ModelState:
-    """One model as the reconciler last left it."""
-
-    id: str
-    status: Status = Status.stopped
-    pid: int | None = None
-    container_id: str | None = None
-    port: int | None = None
-    gpus: list[int] = field(default_factory=list)
-    memory_mb: int = 0
-    """reservation per GPU, MiB"""
-    spec_hash: str | None = None
-    restarts: int = 0
-    """restarts in a row (reset once the engine is healthy)"""
-    restarts_total: int = 0
-    last_error: str | None = None
-    last_log_lines: list[str] = field(default_factory=list)
-    last_transition: float = 0.0
-    """unix time of the last status change"""
-    next_retry_at: float | None = None
-    given_up: bool = False
-    started_at: float | None = None
-    probe_failures: int = 0
-    """failed liveness probes in a row of a ready engine: counted across one-shot `apply`
-    runs, so that a hung engine reaches its failure_threshold without a daemon"""
-
-
-@dataclass
 class State:
     """The whole state file."""
 
@@ -88,7 +61,7 @@ class State:
     revision: str | None = None
     revision_dirty: bool = False
     applied_at: float | None = None
-    models: dict[str, ModelState] = field(default_factory=dict)
+    models: dict[str, InstanceRecord] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     """problems of the last invalid desired state (empty when it was valid), as
     Problem.to_dict(): {file, line, field, message, severity}"""
@@ -157,26 +130,23 @@ def state_document(state: State) -> dict[str, Any]:
     }
 
 
-def _model_document(model: ModelState) -> dict[str, Any]:
-    return {
-        "id": model.id,
-        "status": str(model.status),
-        "pid": model.pid,
-        "container_id": _text(model.container_id),
-        "port": model.port,
-        "gpus": _Flow(model.gpus),
-        "memory_mb": model.memory_mb,
-        "spec_hash": _text(model.spec_hash),
-        "restarts": model.restarts,
-        "restarts_total": model.restarts_total,
-        "last_error": _text(model.last_error),
-        "last_log_lines": [_text(line) for line in model.last_log_lines],
-        "last_transition": model.last_transition,
-        "next_retry_at": model.next_retry_at,
-        "given_up": model.given_up,
-        "started_at": model.started_at,
-        "probe_failures": model.probe_failures,
-    }
+def _model_document(model: InstanceRecord) -> dict[str, Any]:
+    """One record as the file holds it: the keys of its shape (ModelRecord), in its order."""
+    return {name: _plain(name, getattr(model, name)) for name in ModelRecord.model_fields}
+
+
+def _plain(name: str, value: object) -> object:
+    if isinstance(value, Status):
+        return str(value)
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, tuple):
+        return _Flow(value) if name in _ONE_LINE else [_plain(name, item) for item in value]
+    return value
+
+
+_ONE_LINE = frozenset({"gpus"})
+"""lists written on one line"""
 
 
 _YAML_LINE_BREAKS = frozenset("\x85\u2028\u2029")
@@ -344,8 +314,7 @@ def state_from_document(data: Any, source: str) -> State:
     models = {}
     for model_id, m in record.models.items():
         check_id(data, source, model_id, m.id)
-        fields = m.model_dump(exclude={"id"})
-        models[model_id] = ModelState(id=model_id, **fields)
+        models[model_id] = record_of(model_id, m)
     return State(
         version=record.version,
         revision=record.revision,
@@ -354,6 +323,16 @@ def state_from_document(data: Any, source: str) -> State:
         models=models,
         problems=[p.model_dump() for p in record.problems],
     )
+
+
+def record_of(model_id: str, checked: ModelRecord) -> InstanceRecord:
+    """The record a checked model of the file holds: every key of the shape, lists as tuples
+    (the shape's keys and the record's fields are the same names: a test holds them to it)."""
+    values = {name: getattr(checked, name) for name in ModelRecord.model_fields}
+    values.update(
+        id=model_id, gpus=tuple(checked.gpus), last_log_lines=tuple(checked.last_log_lines)
+    )
+    return InstanceRecord(**values)
 
 
 def check_id(data: Any, source: str, model_id: str, inner: str | None) -> None:

@@ -31,10 +31,10 @@ from typing import NamedTuple
 
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
-from reconciler.core.gpu import GPUInfo
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import converged_observed, make_plan
 from reconciler.core.schedule import Demand, GpuCapacity, Running, schedule
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.spec import ModelSpec
 
 SIZES = [(100, 10), (1_000, 100), (10_000, 1_000)]
@@ -199,7 +199,7 @@ def bench_make_plan() -> tuple[Time, Time, int]:
     for mid in rng.sample(sorted(models), n_models // 10):
         models[mid] = models[mid].model_copy(update={"priority": rng.randint(1, 10)})
     for mid in rng.sample(sorted(observed), len(observed) // 100):
-        observed[mid] = ObservedModel(mid, Status.error, last_error="exit 1")
+        observed[mid] = InstanceRecord(mid, Status.error, last_error="exit 1")
     revised = DesiredState(models, cluster, "bench-2")
     steady_plan = make_plan(revised, observed, gpus, memory)
     steady = best_of(RUNS, lambda: make_plan(revised, observed, gpus, memory))

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 import psutil
 
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.engines.base import MARKER_MODEL, MARKER_NAMESPACE
-from reconciler.state.paths import EVENTS_FILE, STATE_FILE, namespace_for
-from reconciler.state.statefile import ModelState, State, read_state
+from reconciler.state.directory import EVENTS_FILE, STATE_FILE, namespace_for
+from reconciler.state.statefile import State, read_state
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_VLLM = REPO / "tests" / "fakes" / "fake_vllm.py"
@@ -206,7 +206,7 @@ class Host:
         assert state is not None, f"no state file in {self.state_dir}"
         return state
 
-    def model(self, model_id: str) -> ModelState:
+    def model(self, model_id: str) -> InstanceRecord:
         models = self.state().models
         assert model_id in models, f"{model_id} not in the state file: {sorted(models)}"
         return models[model_id]

@@ -53,7 +53,7 @@ def test_real_llama_cpp_engine_through_apply(host: Host) -> None:
     first = host.apply(timeout=180)
     assert first.actions == ["start gemma: not running yet", "start sidecar: not running yet"]
     running(host, "gemma", "sidecar")
-    assert host.model("gemma").gpus == [0], "placed on the simulated GPU"
+    assert host.model("gemma").gpus == (0,), "placed on the simulated GPU"
     text = complete(host.port("gemma"))
     assert text.strip(), "the real model generated nothing"
     gemma_pid, sidecar_pid = host.pid("gemma"), host.pid("sidecar")

@@ -58,7 +58,7 @@ def test_docker_model_through_apply(host: Host, client: docker.DockerClient, ima
     first = host.apply()
     assert "start web: not running yet" in first.stdout, first
     web = host.model("web")
-    assert (web.status, web.gpus, web.pid) == (Status.running, [0], None)
+    assert (web.status, web.gpus, web.pid) == (Status.running, (0,), None)
     first_id = web.container_id
     box = container(client, first_id)
     assert box is not None and box.status == "running"

@@ -15,9 +15,10 @@ import git
 import pytest
 from cli_support import run_cli
 
-from reconciler.core.observed import Status
-from reconciler.source.backup import MANIFEST, BackupError, read_manifest, restore_backup
-from reconciler.state.statefile import ModelState, State, write_state
+from reconciler.core.instance import InstanceRecord, Status
+from reconciler.source.archive import MANIFEST, BackupError, read_manifest
+from reconciler.source.restore import restore_backup
+from reconciler.state.statefile import State, write_state
 
 MODEL = (
     "id: {id}\nframework: vllm\nmodel_path: /models/{id}\npriority: {priority}\n"
@@ -66,8 +67,10 @@ def host(tmp_path: Path) -> tuple[git.Repo, Path]:
         revision=repo.head.commit.hexsha,
         applied_at=1700000000.0,
         models={
-            "a": ModelState("a", Status.running, pid=None, port=8100, gpus=[0], memory_mb=8000),
-            "b": ModelState("b", Status.preempted, restarts_total=1),
+            "a": InstanceRecord(
+                "a", Status.running, pid=None, port=8100, gpus=(0,), memory_mb=8000
+            ),
+            "b": InstanceRecord("b", Status.preempted, restarts_total=1),
         },
     )
     write_state(state_dir / "state.yaml", state)

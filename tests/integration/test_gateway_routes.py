@@ -11,12 +11,11 @@ from gateway_support import Upstream, harness
 
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.spec import ModelSpec
-from reconciler.gateway.attach import settings_from
 from reconciler.gateway.framing import ChunkDecoder
 from reconciler.gateway.routes import GatewaySettings, build_routes, parse_routes
-from reconciler.state.statefile import ModelState
+from reconciler.gateway.service import settings_from
 
 
 def spec(model_id: str, **fields: object) -> ModelSpec:
@@ -41,13 +40,13 @@ def test_each_model_gets_the_status_that_decides_its_requests() -> None:
         spec("hub", framework="vllm", model_path="Qwen/Qwen2-7B"),
     )
     records = {
-        "up": ModelState("up", Status.running, port=8101),
-        "small": ModelState("small", Status.running, port=8102),
-        "booting": ModelState("booting", Status.starting, port=8103),
-        "crashed": ModelState("crashed", Status.error, next_retry_at=5.0),
-        "broken": ModelState("broken", Status.error, given_up=True),
-        "pushed-out": ModelState("pushed-out", Status.preempted),
-        "off": ModelState("off", Status.stopped),
+        "up": InstanceRecord("up", Status.running, port=8101),
+        "small": InstanceRecord("small", Status.running, port=8102),
+        "booting": InstanceRecord("booting", Status.starting, port=8103),
+        "crashed": InstanceRecord("crashed", Status.error, next_retry_at=5.0),
+        "broken": InstanceRecord("broken", Status.error, given_up=True),
+        "pushed-out": InstanceRecord("pushed-out", Status.preempted),
+        "off": InstanceRecord("off", Status.stopped),
     }
     routes = build_routes(
         state, records, unschedulable={"no-room"}, draining={"http://127.0.0.1:8102"}
@@ -76,7 +75,7 @@ def test_published_table_is_served_and_drained_before_a_stop(tmp_path: Path) -> 
     with harness(tmp_path / "gw") as gw:
         slow = gw.upstream(Upstream.fast(chunks=6, delay_ms=150))
         state = desired(spec("m"))
-        records = {"m": ModelState("m", Status.running, port=slow.port)}
+        records = {"m": InstanceRecord("m", Status.running, port=slow.port)}
         first = gw.service.publish(state, records)
         assert gw.service.publish(state, records) == first  # unchanged: not rewritten
         assert gw.service.wait_drained([], first, timeout_s=5)
@@ -97,7 +96,7 @@ def test_published_table_is_served_and_drained_before_a_stop(tmp_path: Path) -> 
         assert drained == [True]
         # new requests wait for a ready instance instead of reaching the draining one
         assert gw.service.inflight()["models"]["m"]["status"] == "running"
-        records = {"m": ModelState("m", Status.starting, port=slow.port)}
+        records = {"m": InstanceRecord("m", Status.starting, port=slow.port)}
         gw.service.publish(state, records)
         assert not gw.service.draining  # the stopped engine's mark went with it
 

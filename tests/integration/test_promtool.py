@@ -22,10 +22,10 @@ from daemon_support import running_daemon
 from prometheus_client import CollectorRegistry
 from ruamel.yaml import YAML
 
-from reconciler.core.gpu import GPUInfo
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, render
-from reconciler.state.statefile import ModelState, State
+from reconciler.state.statefile import State
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy/prometheus"
@@ -45,10 +45,10 @@ def busy_exposition() -> bytes:
     state = State(
         revision="4f2a9c1",
         models={
-            "qwen2-7b": ModelState(
-                "qwen2-7b", Status.running, gpus=[0], memory_mb=20000, restarts_total=2
+            "qwen2-7b": InstanceRecord(
+                "qwen2-7b", Status.running, gpus=(0,), memory_mb=20000, restarts_total=2
             ),
-            "small": ModelState("small", Status.preempted),
+            "small": InstanceRecord("small", Status.preempted),
         },
     )
     gpus = [GPUInfo(0, "NVIDIA A100-SXM4-80GB", 81920, 21000, 60920, 35.0, 55.0, 180.0)]

@@ -14,33 +14,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.core.desired import DesiredState
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import Plan
 
 VictimKey = tuple[int, int, int, tuple[str, ...]]
 
 
 def apply_plan(
-    plan: Plan, observed: Mapping[str, ObservedModel], desired: DesiredState
-) -> dict[str, ObservedModel]:
+    plan: Plan, observed: Mapping[str, InstanceRecord], desired: DesiredState
+) -> dict[str, InstanceRecord]:
     """Carry out `plan`'s actions in order: a stop leaves the engine stopped, a preemption leaves
     it preempted, a start or restart leaves it running where the action says, from the current
     spec. Whatever no action names stays as it was."""
     after = dict(observed)
     for action in plan.actions:
         if action.action == "stop":
-            after[action.model] = ObservedModel(action.model, Status.stopped)
+            after[action.model] = InstanceRecord(action.model, Status.stopped)
         elif action.action == "preempt":
-            after[action.model] = ObservedModel(action.model, Status.preempted)
+            after[action.model] = InstanceRecord(action.model, Status.preempted)
         else:
             spec = desired.models[action.model]
-            after[action.model] = ObservedModel(
+            after[action.model] = InstanceRecord(
                 action.model,
                 Status.running,
-                action.gpus,
-                action.memory_mb,
-                action.port,
-                spec.spec_hash(),
+                gpus=action.gpus,
+                memory_mb=action.memory_mb,
+                port=action.port,
+                spec_hash=spec.spec_hash(),
             )
     return after
 

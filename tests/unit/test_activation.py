@@ -18,9 +18,9 @@ from reconciler.core.activation import (
 )
 from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import make_plan, render_json, render_markdown, render_text
-from reconciler.core.replicas import instances
+from reconciler.core.serving import instances
 from reconciler.core.spec import ModelSpec
 from reconciler.gpus import declared
 
@@ -45,11 +45,11 @@ def desired_of(*specs: ModelSpec, gpu_mb: int = 2000) -> DesiredState:
     return DesiredState({s.id: s for s in specs}, cluster, "abc")
 
 
-def running(mid: str, memory: int = 1500, port: int = 8100) -> ObservedModel:
-    return ObservedModel(mid, Status.running, (0,), memory, port, spec_hash=None)
+def running(mid: str, memory: int = 1500, port: int = 8100) -> InstanceRecord:
+    return InstanceRecord(mid, Status.running, gpus=(0,), memory_mb=memory, port=port)
 
 
-def plan_with(desired: DesiredState, observed: list[ObservedModel], keep):
+def plan_with(desired: DesiredState, observed: list[InstanceRecord], keep):
     memory = {m: s.resource_requirements.gpu_memory_mb for m, s in desired.models.items()}
     seen = {o.id: o for o in observed}
     return make_plan(planned(desired, keep), seen, declared(desired.cluster), memory)

@@ -11,14 +11,13 @@ import pytest
 
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement, Handle
 from reconciler.loop.execution import Executor
 from reconciler.loop.records import Records
 from reconciler.loop.supervision import Supervisor
-from reconciler.state.statefile import ModelState
 
 NOW = 1_000.0
 
@@ -84,10 +83,10 @@ def events(tmp_path: Path) -> list[tuple[str, str | None]]:
 
 def run(
     ex: Executor, actions: list[Action], models: list[str]
-) -> tuple[list[str], dict[str, ModelState]]:
+) -> tuple[list[str], dict[str, InstanceRecord]]:
     desired = DesiredState({m: spec(m) for m in models}, ClusterSpec())
     handles = {a.model: [running(a.model)] for a in actions if a.action != "start"}
-    states: dict[str, ModelState] = {}
+    states: dict[str, InstanceRecord] = {}
     lines = ex.execute(Plan(None, True, actions=tuple(actions)), desired, handles, states, NOW)
     return lines, states
 
@@ -125,7 +124,7 @@ def test_a_failed_start_is_that_models_error_and_the_rest_go_on(tmp_path: Path) 
 
 def test_setting_aside_a_broken_spec_says_it_once(tmp_path: Path) -> None:
     ex, engine = executor(tmp_path)
-    states: dict[str, ModelState] = {}
+    states: dict[str, InstanceRecord] = {}
     handles = {"a": [running("a")]}
     first = ex.set_aside({"a": "bad spec"}, handles, states, NOW)
     assert first == ["error a: bad spec"] and engine.stopped == ["a"]

@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from ruamel.yaml import YAML
 
-from reconciler.core.gpu import GPUInfo
-from reconciler.core.observed import Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import Outcome, Plan, invalid_plan
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.metrics import (
     CONTENT_TYPE,
     DesiredSnapshot,
@@ -28,7 +28,7 @@ from reconciler.metrics import (
     render,
     snapshot_from_plan,
 )
-from reconciler.state.statefile import ModelState, State
+from reconciler.state.statefile import State
 
 MIB = 1048576
 REPO = Path(__file__).resolve().parents[2]
@@ -43,14 +43,14 @@ def a_state() -> State:
         revision="4f2a9c1",
         models={
             # restarts: 1 in a row now, 7 over the model's life: dashboards show the 7
-            "qwen2-7b": ModelState(
-                "qwen2-7b", Status.running, gpus=[0, 1], memory_mb=20000, restarts=1,
+            "qwen2-7b": InstanceRecord(
+                "qwen2-7b", Status.running, gpus=(0, 1), memory_mb=20000, restarts=1,
                 restarts_total=7,
             ),
-            "gemma": ModelState("gemma", Status.starting, gpus=[1], memory_mb=917),
+            "gemma": InstanceRecord("gemma", Status.starting, gpus=(1,), memory_mb=917),
             # preempted: the GPU it had is remembered, but it holds no memory any more
-            "small": ModelState("small", Status.preempted, gpus=[0], memory_mb=4000),
-            "broken": ModelState("broken", Status.error, restarts_total=5, given_up=True),
+            "small": InstanceRecord("small", Status.preempted, gpus=(0,), memory_mb=4000),
+            "broken": InstanceRecord("broken", Status.error, restarts_total=5, given_up=True),
         },
     )  # fmt: skip
 
@@ -161,10 +161,11 @@ def test_preemptions_are_counted_from_events_with_zero_for_the_others() -> None:
     assert value(samples, "reconciler_model_preemptions_total", model="gemma") == 0
 
 
-def test_ready_seconds_histogram_from_the_event_field_or_its_message() -> None:
+def test_ready_seconds_histogram_from_the_event_field_not_its_message() -> None:
     registry, metrics = make()
     metrics.record_event({"kind": "ready", "model": "gemma", "message": "ok", "seconds": 4.0})
-    metrics.record_event({"kind": "ready", "model": "gemma", "message": "ready after 40.5s"})
+    metrics.record_event({"kind": "ready", "model": "gemma", "message": "", "seconds": 40.5})
+    metrics.record_event({"kind": "ready", "model": "gemma", "message": "ready after 9.0s"})
     samples = scrape(registry)
     assert value(samples, "reconciler_model_ready_seconds_count", model="gemma") == 2
     assert value(samples, "reconciler_model_ready_seconds_sum", model="gemma") == 44.5

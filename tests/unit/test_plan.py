@@ -7,9 +7,8 @@ import json
 from planner_oracle import apply_plan
 
 from reconciler.core.cluster import ClusterSpec, DeclaredGPU
-from reconciler.core.desired import DesiredState
-from reconciler.core.gpu import GPUInfo
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.desired import DesiredState, Problem
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import (
     Action,
     GpuUsage,
@@ -21,7 +20,7 @@ from reconciler.core.plan import (
     render_markdown,
     render_text,
 )
-from reconciler.core.problems import Problem
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.spec import ModelSpec
 from reconciler.gpus import declared
 
@@ -46,7 +45,7 @@ def state(*specs: ModelSpec, gpus: tuple[int, ...] = (24000,), **cluster) -> Des
 
 
 def plan(
-    desired: DesiredState, *observed: ObservedModel, gpus: list[GPUInfo] | None = None
+    desired: DesiredState, *observed: InstanceRecord, gpus: list[GPUInfo] | None = None
 ) -> Plan:
     memory = {m: s.resource_requirements.gpu_memory_mb for m, s in desired.models.items()}
     return make_plan(
@@ -56,8 +55,8 @@ def plan(
 
 def running(
     mid: str, gpus: tuple[int, ...] = (0,), memory: int = 8000, port: int = 8100, **kw
-) -> ObservedModel:
-    return ObservedModel(mid, Status.running, gpus, memory, port, **kw)
+) -> InstanceRecord:
+    return InstanceRecord(mid, Status.running, gpus=gpus, memory_mb=memory, port=port, **kw)
 
 
 def steps(p: Plan) -> list[tuple[str, str]]:
@@ -211,7 +210,7 @@ def test_a_preempted_model_waits_and_comes_back_when_room_returns() -> None:
     )
     assert p.models["low"].status is Status.preempted
     after = apply_plan(p, {"low": running("low", memory=20000)}, desired)
-    assert after["low"] == ObservedModel("low", Status.preempted)
+    assert after["low"] == InstanceRecord("low", Status.preempted)
     waiting = plan(desired, *after.values())
     assert waiting.actions == ()
     assert waiting.models["low"].status is Status.preempted
@@ -223,7 +222,7 @@ def test_a_preempted_model_waits_and_comes_back_when_room_returns() -> None:
 
 def test_a_model_that_gave_up_stays_in_error_and_its_fallback_runs() -> None:
     desired = state(spec("a", fallback="b"), spec("b", 2, 1000, enabled=False))
-    gave_up = ObservedModel("a", Status.error, given_up=True, last_error="CUDA OOM")
+    gave_up = InstanceRecord("a", Status.error, given_up=True, last_error="CUDA OOM")
     p = plan(desired, gave_up)
     assert p.actions == (
         Action("start", "b", (0,), 1000, 8100, "fallback for a (in error, not retried: CUDA OOM)"),
@@ -234,13 +233,13 @@ def test_a_model_that_gave_up_stays_in_error_and_its_fallback_runs() -> None:
 
 
 def test_a_model_that_gave_up_gets_a_new_chance_when_its_spec_changes() -> None:
-    gave_up = ObservedModel("a", Status.error, spec_hash="0ld", given_up=True, last_error="x")
+    gave_up = InstanceRecord("a", Status.error, spec_hash="0ld", given_up=True, last_error="x")
     p = plan(state(spec("a")), gave_up)
     assert p.actions == (Action("start", "a", (0,), 8000, 8100, "spec changed after giving up"),)
 
 
 def test_a_crashed_engine_is_started_again() -> None:
-    crashed = ObservedModel("a", Status.error, last_error="exit status 1")
+    crashed = InstanceRecord("a", Status.error, last_error="exit status 1")
     p = plan(state(spec("a")), crashed)
     assert p.actions == (
         Action("start", "a", (0,), 8000, 8100, "restart after error: exit status 1"),
@@ -248,7 +247,7 @@ def test_a_crashed_engine_is_started_again() -> None:
 
 
 def test_a_stopping_engine_that_is_still_desired_restarts() -> None:
-    stopping = ObservedModel("a", Status.stopping, (0,), 8000, 8100)
+    stopping = InstanceRecord("a", Status.stopping, gpus=(0,), memory_mb=8000, port=8100)
     p = plan(state(spec("a")), stopping)
     assert p.actions == (Action("restart", "a", (0,), 8000, 8100, "it was stopping"),)
 
@@ -257,7 +256,7 @@ def test_a_port_now_fixed_for_another_model_restarts_the_engine_on_it() -> None:
     """The engine stops with the stops, so that its port is free before `b` starts on it, even
     when `b` starts first."""
     desired = state(spec("a", memory=None, gpu_count=0), spec("b", 9, gpu_count=0, port=8100))
-    p = plan(desired, ObservedModel("a", Status.running, (), 0, 8100))
+    p = plan(desired, InstanceRecord("a", Status.running, port=8100))
     assert p.actions == (
         Action("stop", "a", (), 0, 8100, "frees port 8100 for b: port 8100 is fixed for b"),
         Action("start", "b", (), 0, 8100, "not running yet"),
@@ -273,7 +272,7 @@ def test_a_port_an_engine_leaves_for_its_own_fixed_port_serves_others_in_the_sam
         spec("b", 9, memory=None, gpu_count=0),
         port_range=(8100, 8100),
     )
-    p = plan(desired, ObservedModel("a", Status.running, (), 0, 8100))
+    p = plan(desired, InstanceRecord("a", Status.running, port=8100))
     assert p.actions == (
         Action("stop", "a", (), 0, 8100, "frees port 8100 for b: port 8100 -> 8143"),
         Action("start", "b", (), 0, 8100, "not running yet"),
@@ -309,9 +308,16 @@ def test_converged_observed_is_what_runs_after_the_plan() -> None:
     previous = {"b": running("b", memory=20000, spec_hash="x"), "gone": running("gone", port=9)}
     after = converged_observed(plan(desired, *previous.values()), previous)
     assert after == {
-        "a": ObservedModel("a", Status.running, (0,), 20000, 8101, desired.models["a"].spec_hash()),
-        "b": ObservedModel("b", Status.preempted),
-        "gone": ObservedModel("gone", Status.stopped),
+        "a": InstanceRecord(
+            "a",
+            Status.running,
+            gpus=(0,),
+            memory_mb=20000,
+            port=8101,
+            spec_hash=desired.models["a"].spec_hash(),
+        ),
+        "b": InstanceRecord("b", Status.preempted),
+        "gone": InstanceRecord("gone", Status.stopped),
     }
 
 

@@ -12,13 +12,12 @@ from reconciler import kubernetes as k8s
 from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
 from reconciler.core.diff import diff_desired, render_diff
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import make_plan
-from reconciler.core.replicas import expand, group, instance_ids, model_of, per_instance
+from reconciler.core.serving import expand, group, instance_ids, model_of, per_instance
 from reconciler.core.spec import ModelSpec
 from reconciler.gateway.routes import build_routes
 from reconciler.gpus import declared
-from reconciler.state.statefile import ModelState
 
 
 def spec(mid: str, replicas: int = 1, memory: int = 8000, **fields: Any) -> ModelSpec:
@@ -39,7 +38,7 @@ def state(*specs: ModelSpec, gpus: tuple[int, ...] = (24000, 24000), **cluster: 
     return DesiredState({s.id: s for s in specs}, ClusterSpec(gpus=declared_gpus, **cluster))
 
 
-def placements(desired: DesiredState, *observed: ObservedModel) -> dict[str, tuple[int, ...]]:
+def placements(desired: DesiredState, *observed: InstanceRecord) -> dict[str, tuple[int, ...]]:
     """model -> GPUs of its start, planned on the expanded desired state."""
     expanded = expand(desired)
     memory = {m: s.resource_requirements.gpu_memory_mb for m, s in expanded.models.items()}
@@ -66,7 +65,9 @@ def test_a_spec_with_three_replicas_becomes_three_instances_of_one_replica() -> 
 
 
 def test_going_from_one_to_two_replicas_starts_one_instance_and_restarts_nothing() -> None:
-    running = ObservedModel("q", Status.running, (0,), 8000, 8100, spec_hash=spec("q").spec_hash())
+    running = InstanceRecord(
+        "q", Status.running, gpus=(0,), memory_mb=8000, port=8100, spec_hash=spec("q").spec_hash()
+    )
     desired = state(spec("q", replicas=2))
     expanded = expand(desired)
     memory = {m: 8000 for m in expanded.models}
@@ -76,8 +77,13 @@ def test_going_from_one_to_two_replicas_starts_one_instance_and_restarts_nothing
 
 def test_fewer_replicas_stop_the_highest_instances_only() -> None:
     observed = {
-        iid: ObservedModel(
-            iid, Status.running, (g,), 8000, 8100 + g, spec_hash=spec("q").spec_hash()
+        iid: InstanceRecord(
+            iid,
+            Status.running,
+            gpus=(g,),
+            memory_mb=8000,
+            port=8100 + g,
+            spec_hash=spec("q").spec_hash(),
         )
         for g, iid in enumerate(("q", "q.1"))
     }
@@ -110,7 +116,14 @@ def test_instances_share_a_gpu_when_no_other_gpu_fits_them() -> None:
 
 
 def test_a_higher_priority_instance_preempts_by_the_usual_rules() -> None:
-    low = ObservedModel("low", Status.running, (1,), 20000, 8101, spec_hash=spec("low").spec_hash())
+    low = InstanceRecord(
+        "low",
+        Status.running,
+        gpus=(1,),
+        memory_mb=20000,
+        port=8101,
+        spec_hash=spec("low").spec_hash(),
+    )
     desired = state(spec("q", replicas=2, memory=20000, priority=9), spec("low", priority=2))
     expanded = expand(desired)
     memory = {m: 20000 for m in expanded.models}
@@ -122,8 +135,8 @@ def test_a_higher_priority_instance_preempts_by_the_usual_rules() -> None:
 # ---- the gateway's table groups the instances of a model -----------------------------------
 
 
-def record(iid: str, status: Status, port: int | None = None) -> ModelState:
-    return ModelState(id=iid, status=status, port=port)
+def record(iid: str, status: Status, port: int | None = None) -> InstanceRecord:
+    return InstanceRecord(id=iid, status=status, port=port)
 
 
 def test_the_gateway_routes_a_model_over_its_ready_instances_under_its_id() -> None:

@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reconciler.core.retry as retry_module
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.retry import (
     JITTER,
     Failure,
-    RetryState,
     backoff_delay,
     backoff_s,
     cleared,
@@ -71,7 +71,7 @@ def test_every_delay_lies_between_the_jittered_floor_and_the_cap(
 
 
 def test_a_failure_schedules_the_restart_after_the_jittered_backoff() -> None:
-    state = record_failure(RetryState(), POLICY, CRASH, now=1000.0, jitter=1.1)
+    state = record_failure(InstanceRecord("m"), POLICY, CRASH, now=1000.0, jitter=1.1)
     assert state.restarts == 1 and state.restarts_total == 1 and not state.given_up
     assert state.next_retry_at == pytest.approx(1000.0 + 5 * 1.1)
     assert state.last_error == CRASH.message and state.last_log_lines == CRASH.log_lines
@@ -80,7 +80,7 @@ def test_a_failure_schedules_the_restart_after_the_jittered_backoff() -> None:
 
 
 def test_it_gives_up_after_max_retries_in_a_row() -> None:
-    state = RetryState()
+    state = InstanceRecord("m")
     for _ in range(POLICY.max_retries):
         state = record_failure(state, POLICY, CRASH, now=0.0, jitter=1.0)
         assert not state.given_up
@@ -90,7 +90,7 @@ def test_it_gives_up_after_max_retries_in_a_row() -> None:
 
 
 def test_ready_again_restarts_the_backoff_from_the_beginning() -> None:
-    state = RetryState()
+    state = InstanceRecord("m")
     for _ in range(2):
         state = record_failure(state, POLICY, CRASH, now=0.0, jitter=1.0)
     ready = record_ready(state)
@@ -100,18 +100,35 @@ def test_ready_again_restarts_the_backoff_from_the_beginning() -> None:
 
 
 def test_a_permanent_failure_gives_up_at_once_and_clearing_keeps_the_history() -> None:
-    state = record_permanent(RetryState(restarts_total=4), "port 8000 is in use")
+    state = record_permanent(InstanceRecord("m", restarts_total=4), "port 8000 is in use")
     assert state.given_up and state.next_retry_at is None
     assert state.last_error == "port 8000 is in use"
     fresh = cleared(state)
     assert not fresh.given_up and fresh.restarts == 0 and fresh.restarts_total == 4
 
 
+def test_the_bookkeeping_leaves_the_status_and_placement_to_the_caller() -> None:
+    placed = InstanceRecord("m", Status.running, pid=42, port=8100, gpus=(0,), memory_mb=900)
+    for after in (
+        record_failure(placed, POLICY, CRASH, now=0.0, jitter=1.0),
+        record_permanent(placed, "port 8100 is in use"),
+        record_ready(placed),
+        cleared(placed),
+    ):
+        assert (after.status, after.pid, after.port, after.gpus, after.memory_mb) == (
+            Status.running,
+            42,
+            8100,
+            (0,),
+            900,
+        )
+
+
 def test_waiting_only_before_the_retry_time() -> None:
-    state = RetryState(next_retry_at=50.0)
+    state = InstanceRecord("m", next_retry_at=50.0)
     assert waiting(state, 49.9)
     assert not waiting(state, 50.0)
-    assert not waiting(RetryState(), 0.0)
+    assert not waiting(InstanceRecord("m"), 0.0)
 
 
 def test_the_core_draws_no_random_numbers() -> None:

@@ -20,9 +20,9 @@ from ruamel.yaml import YAML
 
 from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
-from reconciler.core.gpu import GPUInfo
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import Plan, make_plan, render_json
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.spec import ModelSpec
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
@@ -46,7 +46,7 @@ def model(entry: dict[str, Any]) -> ModelSpec:
 
 def world(
     scenario: dict[str, Any],
-) -> tuple[DesiredState, dict[str, ObservedModel], list[GPUInfo], dict[str, int | None]]:
+) -> tuple[DesiredState, dict[str, InstanceRecord], list[GPUInfo], dict[str, int | None]]:
     cluster = dict(scenario["cluster"])
     gpus = cluster.pop("gpus")
     spec = ClusterSpec(
@@ -60,7 +60,7 @@ def world(
     observed = {}
     for entry in scenario.get("observed", []):
         fields = dict(entry, status=Status(entry["status"]), gpus=tuple(entry.get("gpus", ())))
-        observed[entry["id"]] = ObservedModel(**fields)
+        observed[entry["id"]] = InstanceRecord(**fields)
     memory = {m: s.resource_requirements.gpu_memory_mb for m, s in models.items()}
     return DesiredState(models, spec, "scenario"), observed, inventory, memory
 

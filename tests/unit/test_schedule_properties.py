@@ -16,9 +16,9 @@ from planner_oracle import apply_plan
 
 from reconciler.core.cluster import ClusterSpec, DeclaredGPU
 from reconciler.core.desired import DesiredState
-from reconciler.core.gpu import GPUInfo
-from reconciler.core.observed import ObservedModel, Status
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.plan import Plan, make_plan, render_json
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.spec import ModelSpec
 
 IDS = [f"m{i}" for i in range(8)]
@@ -29,7 +29,7 @@ PROPERTY = settings(max_examples=600, deadline=None, suppress_health_check=[Heal
 @dataclass(frozen=True)
 class World:
     desired: DesiredState
-    observed: dict[str, ObservedModel]
+    observed: dict[str, InstanceRecord]
     gpus: list[GPUInfo]
 
 
@@ -83,7 +83,7 @@ STATES = ["absent", "running", "running", "starting", "stopping", "error", "gave
 @st.composite
 def observations(
     draw: st.DrawFn, specs: dict[str, ModelSpec], capacity: dict[int, int]
-) -> dict[str, ObservedModel]:
+) -> dict[str, InstanceRecord]:
     """Engines started from this or an older spec, placed within capacity, on unique ports (one
     of them maybe another model's fixed port now); some crashed, gave up or were preempted."""
     free = dict(capacity)
@@ -95,7 +95,7 @@ def observations(
             continue
         if state in ("error", "gave up", "preempted"):
             status = Status.preempted if state == "preempted" else Status.error
-            observed[mid] = ObservedModel(
+            observed[mid] = InstanceRecord(
                 mid, status, given_up=state == "gave up", last_error="exit 1"
             )
             continue
@@ -113,7 +113,9 @@ def observations(
         port = draw(st.sampled_from([next(ports), 8140])) if draw(st.booleans()) else next(ports)
         if any(o.port == port for o in observed.values()):
             port = next(ports)
-        observed[mid] = ObservedModel(mid, Status(state), gpus, memory, port, spec_hash)
+        observed[mid] = InstanceRecord(
+            mid, Status(state), gpus=gpus, memory_mb=memory, port=port, spec_hash=spec_hash
+        )
     return observed
 
 
@@ -126,7 +128,7 @@ def worlds(draw: st.DrawFn) -> World:
     return World(DesiredState(specs, cluster, "rev"), observed, gpus)
 
 
-def plan_of(desired: DesiredState, observed: dict[str, ObservedModel], gpus) -> Plan:
+def plan_of(desired: DesiredState, observed: dict[str, InstanceRecord], gpus) -> Plan:
     memory = {m: s.resource_requirements.gpu_memory_mb for m, s in desired.models.items()}
     return make_plan(desired, observed, gpus, memory)
 

@@ -17,14 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.observed import ObservedModel, Status
-from reconciler.core.problems import Problem
+from reconciler.core.desired import Problem
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.state import statefile
 from reconciler.state.observed import ObservedFileError, read_observed, to_observed
 from reconciler.state.statefile import (
     END_MARKER,
     CorruptState,
-    ModelState,
     State,
     read_state,
     read_state_or_recover,
@@ -41,23 +40,25 @@ def sample_state() -> State:
         revision_dirty=True,
         applied_at=1732530000.25,
         models={
-            "qwen2-7b": ModelState(
+            "qwen2-7b": InstanceRecord(
                 id="qwen2-7b",
                 status=Status.running,
                 pid=4242,
                 port=8100,
-                gpus=[0, 1],
+                gpus=(0, 1),
                 memory_mb=9000,
                 spec_hash="0123456789abcdef",
                 restarts=1,
                 restarts_total=7,
                 last_error="exited with code 1",
-                last_log_lines=["ggml_cuda_init: found 2 CUDA devices", "key: value", "123"],
+                last_log_lines=("ggml_cuda_init: found 2 CUDA devices", "key: value", "123"),
                 last_transition=1732529990.5,
                 next_retry_at=None,
                 started_at=1732529980.0,
             ),
-            "web": ModelState(id="web", status=Status.error, container_id="c0ffee", given_up=True),
+            "web": InstanceRecord(
+                id="web", status=Status.error, container_id="c0ffee", given_up=True
+            ),
         },
         problems=[Problem("desired-state/models/a.yaml", 4, "port", "port 80 is taken").to_dict()],
     )
@@ -97,19 +98,19 @@ TRICKY = [
 ]  # fmt: skip
 text = st.text() | st.sampled_from(TRICKY)
 model_states = st.builds(
-    ModelState,
+    InstanceRecord,
     id=st.just("m"),
     status=st.sampled_from(Status),
     pid=st.none() | st.integers(1, 2**22),
     container_id=st.none() | text,
     port=st.none() | st.integers(1, 65535),
-    gpus=st.lists(st.integers(0, 15), max_size=4),
+    gpus=st.lists(st.integers(0, 15), max_size=4).map(tuple),
     memory_mb=st.integers(0, 10**6),
     spec_hash=st.none() | text,
     restarts=st.integers(0, 100),
     restarts_total=st.integers(0, 10**6),
     last_error=st.none() | text,
-    last_log_lines=st.lists(text, max_size=5),
+    last_log_lines=st.lists(text, max_size=5).map(tuple),
     last_transition=finite,
     next_retry_at=st.none() | finite,
     given_up=st.booleans(),
@@ -142,7 +143,8 @@ def test_any_state_round_trips(tmp_path, model, revision, message):
 WRITER = textwrap.dedent(
     """
     import sys
-    from reconciler.state.statefile import ModelState, State, write_state
+    from reconciler.core.instance import InstanceRecord
+    from reconciler.state.statefile import State, write_state
 
     path, count, LOG_LINES = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     i = 0
@@ -150,7 +152,7 @@ WRITER = textwrap.dedent(
         # The revision says how many models the state holds: a reader can check each file.
         n = i % 7 + 1
         lines = [f"line {j} of write {i} " + "x" * 80 for j in range(LOG_LINES)]
-        models = {f"m{k}": ModelState(f"m{k}", last_log_lines=lines) for k in range(n)}
+        models = {f"m{k}": InstanceRecord(f"m{k}", last_log_lines=tuple(lines)) for k in range(n)}
         write_state(path, State(revision=str(i), models=models))
         i += 1
         if i == 1:
@@ -328,9 +330,9 @@ def test_minimal_hand_written_observed_file(tmp_path):
         """,
     )
     assert read_observed(path) == {
-        "qwen2-7b": ObservedModel("qwen2-7b", Status.running, (0,), 9000),
-        "llama-8b": ObservedModel("llama-8b", Status.preempted),
-        "tiny": ObservedModel("tiny", Status.running),
+        "qwen2-7b": InstanceRecord("qwen2-7b", Status.running, gpus=(0,), memory_mb=9000),
+        "llama-8b": InstanceRecord("llama-8b", Status.preempted),
+        "tiny": InstanceRecord("tiny", Status.running),
     }
 
 
@@ -343,8 +345,8 @@ def test_full_observed_file_with_spec_hash_and_single_gpu(tmp_path):
           a: {status: starting, gpus: 1, memory_mb: 100, port: 8101, spec_hash: abc}
         """,
     )
-    assert read_observed(path)["a"] == ObservedModel(
-        "a", Status.starting, (1,), 100, port=8101, spec_hash="abc"
+    assert read_observed(path)["a"] == InstanceRecord(
+        "a", Status.starting, gpus=(1,), memory_mb=100, port=8101, spec_hash="abc"
     )
 
 
@@ -352,11 +354,11 @@ def test_a_state_file_is_an_observed_file(tmp_path):
     path = tmp_path / "state.yaml"
     write_state(path, sample_state())
     assert read_observed(path) == to_observed(sample_state())
-    assert to_observed(sample_state())["qwen2-7b"] == ObservedModel(
+    assert to_observed(sample_state())["qwen2-7b"] == InstanceRecord(
         "qwen2-7b",
         Status.running,
-        (0, 1),
-        9000,
+        gpus=(0, 1),
+        memory_mb=9000,
         port=8100,
         spec_hash="0123456789abcdef",
         last_error="exited with code 1",
