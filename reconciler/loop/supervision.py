@@ -260,7 +260,8 @@ class Supervisor:
                 return False
             self.last_probe[model_id] = (now, interval)
             handle = alive[0]
-            if self._start_probe(spec, handle) or self.prober.result(model_id, owner(handle)):
+            ended = self.prober.result(model_id, owner(handle)) is not None  # failed ones too
+            if self._start_probe(spec, handle) or ended:
                 due.append((model_id, spec, handle))  # started now, or ended and not judged
         self.prober.wait([model_id for model_id, _, _ in due], self.probe_wait_s)
         for model_id, spec, handle in due:
