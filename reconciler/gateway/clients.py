@@ -33,8 +33,10 @@ import re
 import resource
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from reconciler.gateway import errors
 from reconciler.gateway.errors import Refusal
@@ -240,7 +242,7 @@ def check(guard: Guard, request: web.Request, has_keys: bool) -> None:
 
 def client_middleware(
     guard: Guard, has_keys: Callable[[], bool], connections: Connections
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """`check` before any route; the connection counts as busy (not to be closed for a
     newcomer) while its request is answered; and a fault no check foresaw is one log line and an
     error in OpenAI's shape, not a traceback per request."""
@@ -303,7 +305,7 @@ class Bodies:
 
     async def read_json(
         self, request: web.Request, settings: GatewaySettings, claim: Claim
-    ) -> tuple[bytes, dict]:
+    ) -> tuple[bytes, dict[str, Any]]:
         """The body and its JSON object (with a string `model`), or a Refusal."""
         limit = settings.max_body_bytes
         too_big = errors.too_big(limit)

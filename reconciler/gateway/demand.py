@@ -97,7 +97,7 @@ class DemandWatch:
             if reason:
                 self.trigger(reason)
 
-    def check(self, report: Mapping, desired: DesiredState) -> str | None:
+    def check(self, report: Mapping[str, Any], desired: DesiredState) -> str | None:
         """Why the loop should run a pass now, or None."""
         now = self.clock()
         self._last = traffic = parse(report)
@@ -123,7 +123,7 @@ class DemandWatch:
         return None
 
 
-def parse(report: Mapping) -> dict[str, Traffic]:
+def parse(report: Mapping[str, Any]) -> dict[str, Traffic]:
     """GET /internal/inflight's `models` as Traffic per model."""
     return {
         model_id: Traffic(

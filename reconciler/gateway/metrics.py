@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -27,7 +28,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
+Family = TypeVar("Family", Counter, Gauge, Histogram)
 UNKNOWN_MODEL = "unknown"
 
 
@@ -127,14 +130,14 @@ class GatewayMetrics:
             ["key"],
             registry=r,
         )
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
 
-    def _child(self, family: Counter | Gauge | Histogram, *labels: str):
+    def _child(self, family: Family, *labels: str) -> Family:
         key = (family._name, *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = family.labels(*labels)
-        return child
+        return cast(Family, child)  # keyed by the family's name: the child is of its type
 
     def request_done(self, model: str, code: int, seconds: float) -> None:
         self._child(self.requests, model, str(code)).inc()
@@ -218,7 +221,7 @@ class TrafficWindow:
         bins = bucket.bins
         bins[key] = bins.get(key, 0) + 1
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, object]:
         """{window_s, models: {id: {requests, requests_per_s, p50_ms, p95_ms, errors_per_s}}};
         window_s is the span covered: shorter than the window while the gateway is young.
         Models without a request in the window are left out."""

@@ -12,16 +12,18 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from reconciler.gateway import errors
 from reconciler.gateway.clients import FORWARDED_HEADERS
 from reconciler.gateway.errors import MODEL_HEADER
+from reconciler.gateway.framing import UpstreamError
 from reconciler.gateway.metrics import Failover, GatewayMetrics
 from reconciler.gateway.routes import GatewaySettings
 from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
-from reconciler.gateway.upstream import Pool, UpstreamError
+from reconciler.gateway.upstream import Pool
 
 RETRY_STATUSES = {502: Failover.http_502, 503: Failover.http_503}
 """engine answers that mean "try another instance", and the failover reason each counts as"""
@@ -58,7 +60,7 @@ class Relay:
         entry: Entry,
         target: Entry,
         body: bytes,
-        payload: dict,
+        payload: dict[str, Any],
         started: float,
     ) -> web.StreamResponse:
         """Try instances until one answers (failover before the first byte), then relay."""
@@ -86,7 +88,7 @@ class Relay:
         instance: Instance,
         target: Entry,
         body: bytes,
-        payload: dict,
+        payload: dict[str, Any],
         started: float,
     ) -> web.StreamResponse | Miss:
         """One try on one instance: a response, or why to try elsewhere."""

@@ -167,7 +167,7 @@ class Gateway:
     async def wait_for_target(self, entry: Entry) -> Entry:
         """The model itself when ready, its running fallback when it cannot run, or wait."""
         settings = self.settings
-        deadline = None
+        deadline = 0.0  # set when it joins the queue, before it waits
         queued = False
         try:
             while True:
@@ -288,4 +288,6 @@ def from_this_host(request: web.Request) -> bool:
     if request.remote in LOOPBACK:
         return True
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return bool(sockname) and request.remote == sockname[0]
+    if not sockname:
+        return False
+    return bool(request.remote == sockname[0])

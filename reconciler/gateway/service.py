@@ -193,9 +193,12 @@ class GatewayService:
         ...}}, models: {id: {status, inflight, queued}}}."""
         try:
             with urllib.request.urlopen(f"{self.base}/internal/inflight", timeout=timeout_s) as r:
-                return json.loads(r.read())
+                report = json.loads(r.read())
         except (OSError, ValueError, urllib.error.URLError) as exc:
             raise GatewayError(f"the gateway on {self.base} does not answer: {exc}") from exc
+        if not isinstance(report, dict):
+            raise GatewayError(f"the gateway on {self.base} answered {type(report).__name__}")
+        return report
 
     def answered(self, timeout_s: float) -> dict[str, Any] | None:
         """As inflight, or None when the gateway does not answer."""

@@ -159,7 +159,7 @@ class Table:
         if not instance.listed and instance.inflight == 0:
             self.instances.pop(instance.url, None)
 
-    def inflight_report(self) -> dict:
+    def inflight_report(self) -> dict[str, object]:
         now = time.monotonic()
         return {
             "generation": self.routes.generation,
