@@ -200,13 +200,15 @@ class Executor:
         state = states.get(spec.id) or InstanceRecord(id=spec.id)
         if waiting(state, now):
             return ActionResult.quiet(spec.id)  # its backoff is not over
-        placement = EnginePlacement(
-            tuple(action.gpus), action.port, action.memory_mb or 0, host=self.host
-        )
         engine = self.engines.get(spec.framework)
         try:
             if engine is None:
                 raise EngineError(f"no {spec.framework} engine on this host")
+            if action.port is None:  # the planner places every start on a port
+                raise EngineError("the plan gave it no port")
+            placement = EnginePlacement(
+                tuple(action.gpus), action.port, action.memory_mb or 0, host=self.host
+            )
             handle = engine.start(spec, placement)
         except FINAL_START_ERRORS as exc:
             if not isinstance(exc, EngineError):

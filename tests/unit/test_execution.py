@@ -132,3 +132,12 @@ def test_setting_aside_a_broken_spec_says_it_once(tmp_path: Path) -> None:
     again = ex.set_aside({"a": "bad spec"}, {"a": []}, states, NOW + 1)
     assert again == []
     assert events(tmp_path) == [("error", "a")]
+
+
+def test_a_start_the_plan_gave_no_port_is_that_models_error_not_a_crash(tmp_path: Path) -> None:
+    ex, engine = executor(tmp_path)
+    unplaced = Action("start", "a", (), 0, None, "because a")
+    lines, states = run(ex, [unplaced, act("start", "b", 9001)], ["a", "b"])
+    assert engine.started == ["b"]
+    assert states["a"].status == Status.error
+    assert lines == ["error a: the plan gave it no port", "start b: because b"]
