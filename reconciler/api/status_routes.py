@@ -55,7 +55,7 @@ def model_summary(
     memory: MemoryOf | None = None,
 ) -> ModelSummary:
     status = state.status if state else Status.stopped
-    holds_gpus = state is not None and state.status in OCCUPYING
+    holding = state if state is not None and state.status in OCCUPYING else None
     requested = spec.resource_requirements.gpu_memory_mb if spec else None
     uptime = None
     if state and state.started_at and status in (Status.starting, Status.running):
@@ -68,9 +68,9 @@ def model_summary(
         enabled=spec.enabled if spec else None,
         priority=spec.priority if spec else None,
         framework=spec.framework if spec else None,
-        gpus=list(state.gpus) if holds_gpus else [],
-        memory_mb=state.memory_mb if holds_gpus else requested,
-        port=state.port if holds_gpus else (spec.port if spec else None),
+        gpus=list(holding.gpus) if holding else [],
+        memory_mb=holding.memory_mb if holding else requested,
+        port=holding.port if holding else (spec.port if spec else None),
         restarts=state.restarts_total if state else 0,
         uptime_s=uptime,
         last_error=state.last_error if state else None,
@@ -98,13 +98,13 @@ def instances_of(
     found = []
     for iid in ids:
         state = records.get(iid)
-        holds_gpus = state is not None and state.status in OCCUPYING
+        holding = state if state is not None and state.status in OCCUPYING else None
         found.append(
             InstanceOut(
                 id=iid,
                 status=state.status if state else Status.stopped,
-                port=state.port if holds_gpus else None,
-                gpus=list(state.gpus) if holds_gpus else [],
+                port=holding.port if holding else None,
+                gpus=list(holding.gpus) if holding else [],
                 restarts=state.restarts_total if state else 0,
                 last_error=state.last_error if state else None,
             )

@@ -17,10 +17,14 @@ from __future__ import annotations
 import gc
 import importlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import typer
 from typer.core import TyperCommand, TyperGroup
+
+if TYPE_CHECKING:
+    # typer ships its own copy of click; its groups are typed with that copy's classes
+    from typer import _click as click
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module under reconciler.cli, short help: the first paragraph of its docstring;
@@ -73,7 +77,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def command_app(**settings: Any) -> typer.Typer:
+class AppSettings(TypedDict, total=False):
+    """What a command module may set on its Typer (absent: typer's default)."""
+
+    cls: type[TyperGroup]
+    help: str
+    no_args_is_help: bool
+
+
+def command_app(**settings: Unpack[AppSettings]) -> typer.Typer:
     """A Typer for a command module, with the settings every command shares."""
     return typer.Typer(
         add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False, **settings
@@ -83,17 +95,17 @@ def command_app(**settings: Any) -> typer.Typer:
 class LazyGroup(TyperGroup):
     """The top-level group: commands named in COMMANDS, their modules imported on first use."""
 
-    def list_commands(self, ctx: typer.Context) -> list[str]:
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             module = importlib.import_module(f"{__name__}.{COMMANDS[cmd_name][0]}")
             self.commands.update(typer.main.get_group(module.app).commands)
             _imported()
         return self.commands.get(cmd_name)
 
-    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # the same listing as click's, from COMMANDS instead of the loaded commands
         limit = formatter.width - 6 - max(map(len, COMMANDS))
         rows = [

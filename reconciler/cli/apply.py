@@ -39,6 +39,11 @@ def _output() -> tuple[Console, Console]:
     return options.out, options.err
 
 
+def _prepare_output() -> None:
+    """converge's `meanwhile`: the consoles, made while the engines start (see _output)."""
+    _output()
+
+
 def _reconciler(directory: Path, state_dir: Path | None, rev: str | None = None) -> Reconciler:
     return Reconciler(Settings(directory, private_state_dir(state_dir), rev))
 
@@ -62,7 +67,11 @@ def apply_cmd(
         plan = reconciler.pass_once(dry_run=True).plan
         sys.stdout.write(render_plan(plan, PlanFormat.text) + "\n")
         raise typer.Exit(0 if plan.valid else 1)
-    results = [reconciler.pass_once()] if once else converge(reconciler, timeout, meanwhile=_output)
+    results = (
+        [reconciler.pass_once()]
+        if once
+        else converge(reconciler, timeout, meanwhile=_prepare_output)
+    )
     out, err = _output()
     from reconciler.cli.loading import Format, print_problems
 
@@ -102,7 +111,7 @@ def restart_cmd(
         )
         raise typer.Exit(1)
     reconciler.request_restart(model_id)
-    results = converge(reconciler, 900.0, meanwhile=_output)
+    results = converge(reconciler, 900.0, meanwhile=_prepare_output)
     out, _ = _output()
     from .status import exit_on_model_errors, print_status
 

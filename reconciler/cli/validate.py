@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -16,11 +16,11 @@ from reconciler.cli import command_app
 from reconciler.cli.loading import Format, print_problems, read_desired, validate_here
 from reconciler.cli.options import DEFAULT_DIR, DirArg, RevOpt, out, usage_error
 from reconciler.core.cluster import cluster_json_schema
-from reconciler.core.spec import model_json_schema
+from reconciler.core.spec import JSONSchema, model_json_schema
 from reconciler.engines.registry import FRAMEWORKS
 
 
-def model_schema() -> dict[str, Any]:
+def model_schema() -> JSONSchema:
     """The model spec's schema, with the registry's frameworks as the `framework` choices."""
     schema = model_json_schema()
     framework = schema["properties"]["framework"]

@@ -8,7 +8,15 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from reconciler.core.spec import SECRET_NAME_PATTERN, ModelId, Port, SecretName, Strict, json_schema
+from reconciler.core.spec import (
+    SECRET_NAME_PATTERN,
+    JSONSchema,
+    ModelId,
+    Port,
+    SecretName,
+    Strict,
+    json_schema,
+)
 
 MIN_KEY_CHARS = 32
 """a shorter gateway key is refused (guessable); the daemon reports it as an error event"""
@@ -279,5 +287,5 @@ class ClusterSpec(Strict):
     )
 
 
-def cluster_json_schema() -> dict:
+def cluster_json_schema() -> JSONSchema:
     return json_schema(ClusterSpec, "cluster.schema.json")

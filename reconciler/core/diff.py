@@ -7,7 +7,6 @@ YAML text diff: this module compares the validated models field by field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler.core.desired import DesiredState
 
@@ -15,8 +14,9 @@ from reconciler.core.desired import DesiredState
 @dataclass(frozen=True)
 class FieldChange:
     field: str
-    before: Any
-    after: Any
+    before: object
+    """a JSON value as the spec dumps it; None where the field is absent"""
+    after: object
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,10 @@ def diff_cluster(base: DesiredState | None, head: DesiredState | None) -> list[F
 def render_diff(changes: list[ModelChange], cluster: list[FieldChange] | None = None) -> str:
     """One line per model (and per changed field); empty string when nothing changed."""
     lines = []
-    for change in cluster or []:
-        lines.append(f"~ cluster.{change.field}: {_show(change.before)} -> {_show(change.after)}")
+    for setting in cluster or []:
+        lines.append(
+            f"~ cluster.{setting.field}: {_show(setting.before)} -> {_show(setting.after)}"
+        )
     for change in changes:
         mark = {"added": "+", "removed": "-", "changed": "~"}[change.kind]
         lines.append(f"{mark} {change.model} ({change.kind})")
@@ -90,9 +92,9 @@ def summary(changes: list[ModelChange]) -> str:
     return "; ".join(parts) or "no model changes"
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         for key, item in value.items():
             out.update(_flatten(item, f"{prefix}{key}."))
         if not value and prefix:
@@ -101,7 +103,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):

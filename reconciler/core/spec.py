@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -160,11 +160,15 @@ class ModelSpec(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def model_json_schema() -> dict:
+JSONSchema = dict[str, Any]
+"""A JSON Schema document as pydantic makes it: JSON Schema's shape, which no type here holds."""
+
+
+def model_json_schema() -> JSONSchema:
     return json_schema(ModelSpec, "model.schema.json")
 
 
-def json_schema(model: type[BaseModel], name: str) -> dict:
+def json_schema(model: type[BaseModel], name: str) -> JSONSchema:
     schema = model.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -10,16 +10,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import TypeVar
 
 import jsonschema
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from reconciler.core.cluster import ClusterSpec, cluster_json_schema
 from reconciler.core.desired import (
     DesiredState,
+    FieldPath,
     Problem,
     RawDesiredState,
+    Severity,
     SourceDoc,
     ValidationResult,
 )
@@ -102,7 +104,12 @@ _BARE_CATALOG: Catalog = {
 """Without the registry's catalog: any parameter passes, and a docker model still needs an image."""
 
 
-def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> Any:
+SpecModel = TypeVar("SpecModel", bound=BaseModel)
+
+
+def _parse(
+    doc: SourceDoc, kind: str, model: type[SpecModel], problems: list[Problem]
+) -> SpecModel | None:
     unusable = [
         Problem(doc.file, doc.line_of(path), _dotted(path), message)
         for path, message in unusable_values(doc.data)
@@ -133,7 +140,7 @@ def _parse(doc: SourceDoc, kind: str, model: type, problems: list[Problem]) -> A
         return None
 
 
-def accepted_strictly(data: Any, model: type) -> Any:
+def accepted_strictly(data: object, model: type[SpecModel]) -> SpecModel | None:
     """The spec when pydantic's strict mode accepts `data` as it is, else None.
 
     The fast path for the common case, a clean file: strict mode takes no "5" for 5 and no list
@@ -150,7 +157,8 @@ def accepted_strictly(data: Any, model: type) -> Any:
 def _schema_problem(doc: SourceDoc, error: jsonschema.ValidationError) -> list[Problem]:
     path = tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = list(error.schema.get("properties", {}))
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        allowed = list(schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed]
         return [
             Problem(
@@ -185,7 +193,7 @@ def _fitting_branch(error: jsonschema.ValidationError) -> list[jsonschema.Valida
     return fitting[0] if len(fitting) == 1 else []
 
 
-def _message(error: jsonschema.ValidationError, path: tuple) -> str:
+def _message(error: jsonschema.ValidationError, path: FieldPath) -> str:
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return f"missing required field '{missing}'"
@@ -198,9 +206,8 @@ def _message(error: jsonschema.ValidationError, path: tuple) -> str:
     if error.validator == "pattern" and path == ("health_check", "path"):
         return f"{error.instance!r} must start with '/': a path on the engine's own address"
     if error.validator == "anyOf":
-        options = [
-            repr(s["const"]) if "const" in s else s.get("type") for s in error.validator_value
-        ]
+        branches = error.validator_value if isinstance(error.validator_value, list) else []
+        options = [repr(s["const"]) if "const" in s else s.get("type") for s in branches]
         return f"{error.instance!r} must be one of: {', '.join(map(str, options))}"
     return error.message
 
@@ -214,7 +221,7 @@ def _suggestion(key: str, allowed: list[str], kind: str = "fields") -> str:
     return f" (did you mean '{close[0]}'?)" if close else f"; known {kind}: {', '.join(allowed)}"
 
 
-def _dotted(path: tuple) -> str:
+def _dotted(path: FieldPath) -> str:
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
 
 
@@ -242,7 +249,7 @@ def _check_model(
 ) -> list[Problem]:
     problems = []
 
-    def add(path: tuple, message: str, severity: str = "error") -> None:
+    def add(path: FieldPath, message: str, severity: Severity = "error") -> None:
         problems.append(Problem(doc.file, doc.line_of(path), _dotted(path), message, severity))
 
     stem = doc.file.rsplit("/", 1)[-1].rsplit(".", 1)[0]

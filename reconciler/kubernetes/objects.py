@@ -102,7 +102,7 @@ def deployment(
             "name": spec.id,
             "namespace": ctx.namespace,
             "labels": {**labels(spec), LABEL_FRAMEWORK: spec.framework, LABEL_SPEC_HASH: spec_hash},
-            "annotations": annotations(spec, ctx),
+            "annotations": model_annotations(spec, ctx),
         },
         "spec": {
             "replicas": spec.replicas if spec.enabled else 0,
@@ -119,7 +119,7 @@ def deployment(
     }
 
 
-def annotations(spec: ModelSpec, ctx: ModelContext) -> dict[str, str]:
+def model_annotations(spec: ModelSpec, ctx: ModelContext) -> dict[str, str]:
     found = {ANNOTATION_SOURCE_FILE: ctx.source_file, ANNOTATION_REVISION: ctx.revision}
     if spec.name:
         found[ANNOTATION_NAME] = spec.name

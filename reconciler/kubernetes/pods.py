@@ -185,6 +185,7 @@ def volumes(spec: ModelSpec, pod: PodModel, kube: KubernetesSpec) -> list[dict[s
     found: list[dict[str, Any]] = []
     if pod.mounted:
         volume = kube.model_volume
+        source: dict[str, dict[str, str | bool | None]]
         if volume.type == "hostPath":
             source = {"hostPath": {"path": volume.host_path, "type": "Directory"}}
         else:

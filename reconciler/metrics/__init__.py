@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -85,6 +85,9 @@ def snapshot_from_plan(plan: Plan | None) -> DesiredSnapshot | None:
     priorities = {m: o.priority for m, o in plan.models.items() if o.priority is not None}
     return DesiredSnapshot(plan.valid, plan.revision, priorities, len(plan.unschedulable))
 
+
+SOURCES = ("state", "gpus", "desired", "gpus_declared", "notifications", "memory")
+"""The live sources by name, as reconciler_metrics_source_errors labels them."""
 
 StateSource = Callable[[], State | None]
 GPUSource = Callable[[], Sequence[GPUInfo]]
@@ -165,7 +168,7 @@ class ReconcilerMetrics:
 
     # -- hooks the daemon calls ------------------------------------------------------------
 
-    def record_event(self, event: Mapping[str, Any]) -> None:
+    def record_event(self, event: Mapping[str, object]) -> None:
         """Count one event {time, kind, model, message, ...}. Never raises on a malformed one:
         a metrics hook must not break the loop that calls it."""
         kind = event.get("kind") if isinstance(event, Mapping) else None
@@ -210,11 +213,14 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def _ready_seconds(event: Mapping[str, Any]) -> float | None:
+def _ready_seconds(event: Mapping[str, object]) -> float | None:
     seconds = event.get("seconds")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
         return max(0.0, float(seconds))
     return None  # read from its field only, never from the words of its message
+
+
+T = TypeVar("T")
 
 
 class _LiveCollector(Collector):
@@ -231,46 +237,46 @@ class _LiveCollector(Collector):
         memory: MemorySource,
     ) -> None:
         self._metrics = metrics
-        self._sources: dict[str, Callable[[], Any]] = {
-            "state": state,
-            "gpus": gpus,
-            "desired": desired,
-            "gpus_declared": gpus_declared,
-            "notifications": notifications,
-            "memory": memory,
-        }
+        self._state = state
+        self._gpus = gpus
+        self._desired = desired
+        self._gpus_declared = gpus_declared
+        self._notifications = notifications
+        self._memory = memory
 
     def describe(self) -> Iterable[Metric]:
         # Names only: registering must not call the sources (the daemon may not be ready yet).
         return Families().all()
 
     def collect(self) -> Iterable[Metric]:
-        state: State | None = self._read("state", None)
-        gpus: Sequence[GPUInfo] = self._read("gpus", [])
-        desired = desired_snapshot(self._read("desired", None))
-        declared = bool(self._read("gpus_declared", False))
-        notifications: Mapping[tuple[str, str], int] = self._read("notifications", {})
+        state = self._read("state", self._state, None)
+        gpus: Sequence[GPUInfo] = self._read("gpus", self._gpus, [])
+        desired = desired_snapshot(self._read("desired", self._desired, None))
+        declared = self._read("gpus_declared", self._gpus_declared, False)
+        notifications: Mapping[tuple[str, str], int] = self._read(
+            "notifications", self._notifications, {}
+        )
         preemptions, last_success, source_errors = self._metrics._counted()
         families = Families()
         models = models_of(state)
         priorities = dict(desired.priorities) if desired else {}
         add_models(families, models, priorities, preemptions)
         add_gpus(families, gpus, reserved_bytes_by_gpu(models), declared)
-        add_memory(families, self._read("memory", {}))
+        add_memory(families, self._read("memory", self._memory, {}))
         add_desired(families, desired)
         if last_success is not None:
             families.last_success.add_metric([], last_success)
         for (target, outcome), count in sorted(notifications.items()):
             families.notifications.add_metric([target, outcome], count)
-        for source in self._sources:
+        for source in SOURCES:
             families.source_errors.add_metric([source], source_errors.get(source, 0))
         return families.all()
 
-    def _read(self, source: str, default: Any) -> Any:
+    def _read(self, name: str, source: Callable[[], T], default: T) -> T:
         """One source's value; a failing source leaves its families empty, not the scrape."""
         try:
-            return self._sources[source]()
+            return source()
         except Exception:
-            log.warning("metrics: reading %s failed", source, exc_info=True)
-            self._metrics._source_failed(source)
+            log.warning("metrics: reading %s failed", name, exc_info=True)
+            self._metrics._source_failed(name)
             return default

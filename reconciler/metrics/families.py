@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from reconciler.core.instance import OCCUPYING, Status
+from reconciler.core.instance import OCCUPYING, InstanceRecord, Status
 from reconciler.core.schedule.values import MIB, GPUInfo
 from reconciler.state.statefile import State
 
@@ -130,17 +130,19 @@ def add_memory(families: Families, memory: Mapping[str, tuple[int | None, int | 
             families.memory_measured.add_metric([model_id], measured * MIB)
 
 
-def desired_snapshot(value: Any) -> DesiredSnapshot | None:
+def desired_snapshot(
+    value: tuple[bool, str | None, Mapping[str, int], int] | None,
+) -> DesiredSnapshot | None:
     return None if value is None else DesiredSnapshot(*value)
 
 
-def models_of(state: State | None) -> Mapping[str, Any]:
+def models_of(state: State | None) -> Mapping[str, InstanceRecord]:
     return state.models if state is not None else {}
 
 
 def add_models(
     families: Families,
-    models: Mapping[str, Any],
+    models: Mapping[str, InstanceRecord],
     priorities: Mapping[str, int],
     preemptions: Mapping[str, int],
 ) -> None:
@@ -160,7 +162,7 @@ def add_models(
                 families.reserved.add_metric([model_id, str(gpu)], model.memory_mb * MIB)
 
 
-def reserved_bytes_by_gpu(models: Mapping[str, Any]) -> dict[int, int]:
+def reserved_bytes_by_gpu(models: Mapping[str, InstanceRecord]) -> dict[int, int]:
     reserved: Tally[int] = Tally()
     for model in models.values():
         if model.status in OCCUPYING:
@@ -183,7 +185,7 @@ def add_gpus(
                 family.add_metric([index], value)
 
 
-def telemetry(families: Families, gpu: GPUInfo) -> Iterator[tuple[Metric, float | None]]:
+def telemetry(families: Families, gpu: GPUInfo) -> Iterator[tuple[GaugeMetricFamily, float | None]]:
     yield families.gpu_utilization, None if gpu.utilization is None else gpu.utilization / 100
     yield families.gpu_temperature, gpu.temperature
     yield families.gpu_power, gpu.power

@@ -179,6 +179,7 @@ def send_email(
     where = str(server)
     context = ssl.create_default_context()
     try:
+        smtp: smtplib.SMTP  # SMTP_SSL is one
         if server.tls == "tls":
             smtp = smtplib.SMTP_SSL(
                 server.host, server.port, timeout=target.timeout_s, context=context

@@ -209,7 +209,9 @@ def load_staged(root: str | os.PathLike[str]) -> RawDesiredState:
     # GIT_INDEX_FILE for the hooks; that index, not .git/index, is what will be committed.
     index_file = os.environ.get("GIT_INDEX_FILE")
     index = git.IndexFile(repo, os.path.abspath(index_file)) if index_file else repo.index
-    entries = {path: entry for (path, stage), entry in index.entries.items() if stage == 0}
+    entries = {
+        os.fspath(path): entry for (path, stage), entry in index.entries.items() if stage == 0
+    }
 
     def blob(path: str) -> tuple[int, bytes] | None:
         entry = entries.get(path)
@@ -327,12 +329,12 @@ def _assemble(
         if isinstance(text, Problem):
             problems.append(text)
             continue
-        doc, problem = parse_document(path, text)
+        doc, problem = parse_document(path, text)  # one of the two, never both
         if problem is not None:
             problems.append(problem)
-        elif is_cluster:
+        if doc is not None and is_cluster:
             cluster = doc
-        else:
+        elif doc is not None:
             models.append(doc)
     return RawDesiredState(root, revision, cluster, models, problems)
 

@@ -59,12 +59,15 @@ class RemoteSource:
         allow_force_push: bool = False,
         timeout_s: float = GIT_TIMEOUT_S,
     ) -> None:
-        if workdir is None and state_dir is None:
+        if workdir is not None:
+            self.workdir = Path(workdir)
+        elif state_dir is not None:
+            self.workdir = Path(state_dir) / CLONE_DIR
+        else:
             raise TypeError("RemoteSource needs workdir= or state_dir=")
         self.url = url
         self.branch = branch
         self.path = path.strip("/") or "."
-        self.workdir = Path(workdir) if workdir is not None else Path(state_dir) / CLONE_DIR
         self.allow_force_push = allow_force_push
         self.timeout_s = timeout_s
         self._repo: git.Repo | None = None
@@ -108,7 +111,7 @@ class RemoteSource:
         old = sha_of(head_commit(repo))
         if old == new:
             return SyncResult(False, old, new)
-        if old is None or repo.is_ancestor(old, new):
+        if old is None or repo.is_ancestor(old, new):  # type: ignore[arg-type]  # stub says Commit; GitPython hands any rev to git merge-base
             repo.head.reset(new, index=True, working_tree=True)
             return SyncResult(True, old, new)
         reason = self._rewrite_reason(repo, old, new)
@@ -198,7 +201,7 @@ class RemoteSource:
             return True
 
     def _rewrite_reason(self, repo: git.Repo, old: str, new: str) -> str:
-        if repo.is_ancestor(new, old):
+        if repo.is_ancestor(new, old):  # type: ignore[arg-type]  # stub says Commit; GitPython hands any rev to git merge-base
             how = f"was reset back to {new[:12]}, behind the applied {old[:12]}"
         else:
             how = f"({new[:12]}) no longer contains the applied {old[:12]}"

@@ -27,9 +27,10 @@ from reconciler.core.desired import FieldPath, Problem, SourceDoc
 try:  # PyYAML built with libyaml; without it every file takes the ruamel path
     import yaml as _pyyaml
     from yaml._yaml import CParser as _CParser
+
+    _LIBYAML = True
 except ImportError:  # pragma: no cover - PyYAML without its C extension
-    _pyyaml = None  # type: ignore[assignment]
-    _CParser = None
+    _LIBYAML = False
 
 # Specs are a few levels deep; a limit keeps hostile input (deep nesting, alias bombs) from
 # exhausting the stack or the memory of everything that reads the data afterwards.
@@ -65,7 +66,7 @@ _NOT_FOR_LIBYAML = re.compile(
 
 def parse_document(file: str, text: str) -> tuple[SourceDoc | None, Problem | None]:
     """Parse one YAML text; return the document, or the problem that makes it unusable."""
-    if _CParser is not None and _NOT_FOR_LIBYAML.search(text) is None:
+    if _LIBYAML and _NOT_FOR_LIBYAML.search(text) is None:
         try:
             data, lines = _build(_libyaml_events(text))
         except Exception:  # any rejection is reported by the ruamel path below
@@ -146,7 +147,7 @@ _KINDS: dict[type, int] = {
     ruamel_events.AliasEvent: _ALIAS,
     ruamel_events.DocumentStartEvent: _DOCUMENT,
 }
-if _pyyaml is not None:
+if _LIBYAML:
     _KINDS.update(
         {
             _pyyaml.ScalarEvent: _SCALAR,

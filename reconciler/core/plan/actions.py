@@ -122,21 +122,22 @@ class Diff:
         self.port_owner = {p.port: p.id for p in self.placements.values() if p.port is not None}
 
     def actions(self) -> tuple[Action, ...]:
-        stops: list[tuple[tuple, Action]] = []
-        preempts: list[tuple[tuple, Action]] = []
-        starts: list[tuple[tuple, Action]] = []
-        for mid in sorted(set(self.running) | set(self.placements)):
+        stops: list[tuple[OrderKey, Action]] = []
+        preempts: list[tuple[OrderKey, Action]] = []
+        starts: list[tuple[OrderKey, Action]] = [
+            (_high_first(placed), _start(placed, self._start_reason(mid, placed)))
+            for mid, placed in self.placements.items()
+            if mid not in self.running
+        ]
+        for mid in sorted(self.running):
             placed = self.placements.get(mid)
-            obs = self.observed[mid] if mid in self.running else None
+            obs = self.observed[mid]
             low_first = (self._priority(mid), mid)
-            high_first = (-placed.priority, mid) if placed else ()
-            if obs is None:
-                starts.append((high_first, _start(placed, self._start_reason(mid, placed))))
-            elif mid in self.preempted:
+            if mid in self.preempted:
                 preempts.append((low_first, _stop(obs, "preempt", self._preempt_reason(mid))))
                 if placed:
                     reason = f"moved after preemption by {self.preempted[mid]}"
-                    starts.append((high_first, _start(placed, reason)))
+                    starts.append((_high_first(placed), _start(placed, reason)))
             elif placed is None:
                 stops.append((low_first, _stop(obs, "stop", self._stop_reason(mid))))
             elif self._unchanged(mid, obs, placed):
@@ -144,17 +145,18 @@ class Diff:
             elif tuple(sorted(obs.gpus)) == placed.gpus and not self._port_taken(mid, obs):
                 why = self._why(mid, obs, placed)
                 restart = Action("restart", mid, placed.gpus, placed.memory_mb, placed.port, why)
-                starts.append((high_first, restart))
+                starts.append((_high_first(placed), restart))
             else:
                 why = self._why(mid, obs, placed)
-                if tuple(sorted(obs.gpus)) == placed.gpus:  # only its port moves
+                # same GPUs here means its port is taken (so it has one): only the port moves
+                if tuple(sorted(obs.gpus)) == placed.gpus and obs.port is not None:
                     moving = f"frees port {obs.port} for {self.port_owner[obs.port]}: {why}"
                     moved = f"restarted on port {placed.port}: {why}"
                 else:
                     moving = f"moving to {gpu_names(placed.gpus)}: {why}"
                     moved = f"moved from {gpu_names(obs.gpus)}: {why}"
                 stops.append((low_first, _stop(obs, "stop", moving)))
-                starts.append((high_first, _start(placed, moved)))
+                starts.append((_high_first(placed), _start(placed, moved)))
         ordered = [*_in_order(stops), *_in_order(preempts), *_in_order(starts)]
         return tuple(action for _, action in ordered)
 
@@ -262,8 +264,16 @@ class Diff:
         return "; ".join(causes) or "it no longer fits where it runs"
 
 
-def _in_order(keyed: list[tuple[tuple, Action]]) -> list[tuple[tuple, Action]]:
+OrderKey = tuple[int, str]
+"""(priority or its negation, model id): the order of actions within stops, preempts, starts."""
+
+
+def _in_order(keyed: list[tuple[OrderKey, Action]]) -> list[tuple[OrderKey, Action]]:
     return sorted(keyed, key=lambda item: item[0])
+
+
+def _high_first(placed: Placement) -> OrderKey:
+    return (-placed.priority, placed.id)
 
 
 def _start(placed: Placement, reason: str) -> Action:

@@ -10,7 +10,7 @@ from reconciler.core.plan.actions import Action, Outcome, Plan, gpu_names
 
 def render_json(plan: Plan) -> str:
     """The plan as JSON: stable keys and order, byte-identical for the same plan."""
-    document = {
+    document: dict[str, object] = {
         "revision": plan.revision,
         "valid": plan.valid,
         "problems": [p.to_dict() for p in plan.problems],

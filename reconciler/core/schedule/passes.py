@@ -119,7 +119,9 @@ class LookAhead(Board):
                 break
         return found
 
-    def _rollout(self, gpus: tuple[int, ...], memory: int, upcoming: list[Demand]) -> tuple:
+    def _rollout(
+        self, gpus: tuple[int, ...], memory: int, upcoming: list[Demand]
+    ) -> tuple[bool, ...]:
         """Which of `upcoming` fit, in order, if `d` takes `gpus` and they are packed."""
         free = dict(self.free)
         for g in gpus:

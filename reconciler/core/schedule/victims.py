@@ -108,7 +108,8 @@ class Victims(Board):
             sums = self._gpu_pool(g, level)[1]
             counts.append((0 if need <= 0 else bisect_left(sums, need) + 1, g))
         counts.sort()
-        options = []
+        # (cost, rank, GPU, victims) per GPU: the best `count` of them are chosen
+        options: list[tuple[tuple[int, int, tuple[str, ...]], int, int, list[Entry]]] = []
         for n, g in counts:
             if len(options) >= count and n > options[count - 1][0][0]:
                 break
