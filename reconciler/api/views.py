@@ -30,7 +30,8 @@ from reconciler.loop.memory import MEMORY_FILE, parse_learned
 from reconciler.source import commits as git_history
 from reconciler.source import repo as git_repo
 from reconciler.state.directory import BULLETIN_FILE, EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
-from reconciler.state.statefile import CorruptState, State, read_state
+from reconciler.state.reading import CorruptState, read_state
+from reconciler.state.statefile import State
 
 log = logging.getLogger("reconciler.api")
 

@@ -27,7 +27,7 @@ from reconciler.core.secrets import secret_uses
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.memory import read_learned
 from reconciler.loop.planning import Requirements, plan_desired
-from reconciler.state.observed import ObservedFileError, read_observed
+from reconciler.state.reading import ObservedFileError, read_observed
 
 from . import command_app
 from .options import DEFAULT_DIR, DirArg, RevOpt, StateDirOpt, err, resolve_state_dir, usage_error

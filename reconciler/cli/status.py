@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from reconciler.state.directory import STATE_FILE
-from reconciler.state.statefile import read_state_or_recover
+from reconciler.state.reading import read_state_or_recover
 
 from . import command_app
 from .options import StateDirOpt, err, out, resolve_state_dir

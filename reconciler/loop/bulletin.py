@@ -28,7 +28,8 @@ from reconciler.core.plan import Action, GpuUsage, Outcome, Plan, Unschedulable
 from reconciler.core.secrets import SecretUse
 from reconciler.engines.base import Handle
 from reconciler.state.directory import atomic_write
-from reconciler.state.statefile import State, state_document, state_from_document
+from reconciler.state.reading import state_from_document
+from reconciler.state.statefile import State, state_document
 
 
 @dataclass(frozen=True)

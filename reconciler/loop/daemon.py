@@ -38,7 +38,8 @@ from reconciler.notify import Notifier
 from reconciler.source.local import LocalSource
 from reconciler.source.remote import RemoteSource
 from reconciler.state.directory import BULLETIN_FILE, STATE_FILE
-from reconciler.state.statefile import CorruptState, State, read_state
+from reconciler.state.reading import CorruptState, read_state
+from reconciler.state.statefile import State
 
 log = logging.getLogger("reconciler.loop.daemon")
 

@@ -43,7 +43,8 @@ from reconciler.source.load import LoadError, load_directory, load_revision
 from reconciler.source.local import LocalSource
 from reconciler.source.repo import Revision, Source, SourceError
 from reconciler.state.directory import STATE_FILE, namespace_for, private_dir
-from reconciler.state.statefile import State, read_state_or_recover, write_state
+from reconciler.state.reading import read_state_or_recover
+from reconciler.state.statefile import State, write_state
 
 if TYPE_CHECKING:
     import httpx  # imported by http_client(): `apply` needs it only once an engine is launched

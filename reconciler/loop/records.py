@@ -35,13 +35,8 @@ from reconciler.state.directory import (
     atomic_write,
 )
 from reconciler.state.eventlog import append_event
-from reconciler.state.statefile import (
-    CorruptState,
-    State,
-    read_state,
-    read_state_or_recover,
-    write_state,
-)
+from reconciler.state.reading import CorruptState, read_state, read_state_or_recover
+from reconciler.state.statefile import State, write_state
 
 log = logging.getLogger("reconciler.loop.records")
 

@@ -31,7 +31,7 @@ from reconciler.source.repo import (
 )
 from reconciler.state.directory import EVENTS_FILE, STATE_FILE
 from reconciler.state.eventlog import read_events
-from reconciler.state.statefile import CorruptState, read_state
+from reconciler.state.reading import CorruptState, read_state
 
 if TYPE_CHECKING:
     import git

@@ -1,56 +1,46 @@
-"""The state file: what the reconciler last did and saw, as human-readable YAML.
+"""The state file's document: what the reconciler last did and saw, its shape declared once.
 
-Written with the one atomic write (state.files), so a reader or a crash sees the old file or
-the new one, never a mix.
-The last line is an end marker: a file cut short by something else (a full disk, a careless
-copy) is detected even when what remains still parses. A corrupt file is moved aside, never
-deleted, and the reconciler rebuilds its state from observation (engines carry their own
-identity, so nothing is lost but counters and the last error).
+The shape (the pydantic models below, strict: a `pid: "12"` is an error, not a conversion) is
+the one declaration of the file: writing walks its keys in its order, and reading checks a file
+against it and takes the same keys back into the record (reconciler.core.instance.
+InstanceRecord; a test holds the shape's keys to the record's fields). The observed-state files
+of `reconciler plan --observed FILE` are the same shape with a default of their own (a listed
+model runs) and no unknown key. Reading, and its errors in an operator's words, is
+reconciler.state.reading.
 
-The same reader accepts the observed-state files of `reconciler plan --observed FILE`: a state
-file, or a minimal hand-written `{models: {id: {gpus: [0], memory_mb: 8000}}}`.
+The text is human-readable YAML, written with the one atomic write (state.directory), so a
+reader or a crash sees the old file or the new one, never a mix. The last line is an end
+marker: a file cut short by something else (a full disk, a careless copy) is detected even when
+what remains still parses.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.representer import RoundTripRepresenter
 
-from reconciler.core.instance import InstanceRecord, Status
+from reconciler.core.instance import InstanceRecord, Status, planner_view
+from reconciler.state.directory import atomic_write
 
-try:  # PyYAML built with libyaml: the fast path; without it ruamel reads and writes everything
+try:  # PyYAML built with libyaml: the fast path; without it ruamel writes everything
     import yaml as _pyyaml
     from yaml import CSafeDumper as _CSafeDumper
-    from yaml import CSafeLoader as _CSafeLoader
 except ImportError:  # pragma: no cover - PyYAML without its C extension
     _pyyaml = None  # type: ignore[assignment]
     _CSafeDumper = None  # type: ignore[assignment,misc]
-    _CSafeLoader = None  # type: ignore[assignment,misc]
-from reconciler.state.directory import atomic_write
-from reconciler.state.shape import (
-    ModelRecord,
-    ShapeError,
-    StateRecord,
-    check,
-)
 
 STATE_VERSION = 1
 HEADER = "# Reconciler state, rewritten on every pass: read it, do not edit it.\n"
 END_MARKER = "# end of reconciler state"
-
-
-class CorruptState(Exception):
-    """The state file exists but is not a complete version-1 state; the message says why."""
 
 
 @dataclass
@@ -65,6 +55,194 @@ class State:
     problems: list[dict[str, Any]] = field(default_factory=list)
     """problems of the last invalid desired state (empty when it was valid), as
     Problem.to_dict(): {file, line, field, message, severity}"""
+
+
+# ---- the shape ------------------------------------------------------------------------------
+
+
+def kind(value: Any) -> str:
+    """A value as a message shows it: short, and never the whole of a long string."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(str(value) if isinstance(value, str) else value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _status(value: Any) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Status)
+        raise PydanticCustomError(
+            "status",
+            "unknown status {value} (one of {allowed})",
+            {"value": repr(value), "allowed": allowed},
+        ) from None
+
+
+def _gpu_list(value: Any) -> list[int]:
+    """GPU indexes: a list, or a single index for one GPU (hand-written files)."""
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items
+    ):
+        raise PydanticCustomError(
+            "gpus", "expected a list of GPU indexes, found {found}", {"found": kind(value)}
+        )
+    return [int(i) for i in items]
+
+
+def _mapping_of_mappings(value: Any) -> Any:
+    """`models:` left empty, or a model left empty, means "none" / "all defaults"."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {k: ({} if v is None else v) for k, v in value.items()}
+    return value
+
+
+StatusField = Annotated[Status, BeforeValidator(_status)]
+GPUs = Annotated[list[int], BeforeValidator(_gpu_list)]
+
+
+class _Strict(BaseModel):
+    # defer_build: the validators are built when a file is first read, not on import; a pass
+    # that finds no state file (a host's first `apply`) launches its engines without them
+    model_config = ConfigDict(strict=True, frozen=True, defer_build=True)
+
+
+class ModelRecord(_Strict):
+    """One model in the state file; every key may be left out."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    id: str | None = None
+    status: StatusField = Status.stopped
+    pid: int | None = None
+    container_id: str | None = None
+    port: int | None = None
+    gpus: GPUs = []
+    memory_mb: int = 0
+    spec_hash: str | None = None
+    restarts: int = 0
+    restarts_total: int = 0
+    last_error: str | None = None
+    last_log_lines: list[str] = []
+    last_transition: float = 0.0
+    next_retry_at: float | None = None
+    given_up: bool = False
+    started_at: float | None = None
+    probe_failures: int = 0
+
+
+class ProblemRecord(_Strict):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    file: str = ""
+    line: int = 0
+    field: str = ""
+    message: str = ""
+    severity: Annotated[str, BeforeValidator(lambda v: _one_of(v, ("error", "warning")))] = "error"
+
+
+def _one_of(value: Any, allowed: tuple[str, ...]) -> Any:
+    if value not in allowed:
+        raise PydanticCustomError("one_of", "must be {allowed}", {"allowed": " or ".join(allowed)})
+    return value
+
+
+class StateRecord(_Strict):
+    """The whole state file (its version is checked before this model is)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    version: int
+    revision: str | None = None
+    revision_dirty: bool = False
+    applied_at: float | None = None
+    models: Annotated[dict[str, ModelRecord], BeforeValidator(_mapping_of_mappings)] = {}
+    problems: Annotated[list[ProblemRecord], BeforeValidator(lambda v: [] if v is None else v)] = []
+
+
+class ObservedModelRecord(ModelRecord):
+    """A model in a hand-written observed file: the state file's keys, a misspelt one refused;
+    a listed model is one that runs, and reserves no negative memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: StatusField = Status.running
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+
+
+_ObservedModels = Annotated[dict[str, ObservedModelRecord], BeforeValidator(_mapping_of_mappings)]
+
+
+class ObservedRecord(StateRecord):
+    """An observed-state file: a state file, or a minimal hand-written one (version 1 when left
+    out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = STATE_VERSION
+    # the models are checked as the stricter subclass: a narrowed dict value to mypy
+    models: _ObservedModels = {}  # type: ignore[assignment]
+
+
+# ---- the document ---------------------------------------------------------------------------
+
+
+def state_document(state: State) -> dict[str, Any]:
+    """The state as plain values, keys in the shape's order (what the file holds; JSON can
+    carry it too)."""
+    document: dict[str, Any] = {}
+    for name in StateRecord.model_fields:
+        if name == "models":
+            models = sorted(state.models.items())
+            document[name] = {model_id: _model_document(model) for model_id, model in models}
+        elif name == "problems":
+            keys = ProblemRecord.model_fields
+            document[name] = [{key: _plain(key, p[key]) for key in keys} for p in state.problems]
+        else:
+            document[name] = _plain(name, getattr(state, name))
+    return document
+
+
+def _model_document(model: InstanceRecord) -> dict[str, Any]:
+    """One record as the file holds it: the keys of its shape (ModelRecord), in its order."""
+    return {name: _plain(name, getattr(model, name)) for name in ModelRecord.model_fields}
+
+
+def _plain(name: str, value: object) -> object:
+    if isinstance(value, Status):
+        return str(value)
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, tuple):
+        return _Flow(value) if name in _ONE_LINE else [_plain(name, item) for item in value]
+    return value
+
+
+_ONE_LINE = frozenset({"gpus"})
+"""lists written on one line"""
+
+
+def record_of(model_id: str, checked: ModelRecord) -> InstanceRecord:
+    """The record a checked model of a file holds: every key of the shape, lists as tuples."""
+    values = {name: getattr(checked, name) for name in ModelRecord.model_fields}
+    values.update(id=model_id, gpus=tuple(checked.gpus))
+    values.update(last_log_lines=tuple(checked.last_log_lines))
+    return InstanceRecord(**values)
+
+
+def to_observed(state: State) -> dict[str, InstanceRecord]:
+    """The planner's view of a state: what runs where, reserving how much."""
+    return {model_id: planner_view(model) for model_id, model in state.models.items()}
 
 
 # ---- writing --------------------------------------------------------------------------------
@@ -97,7 +275,7 @@ def render_state(state: State) -> str:
     return f"{HEADER}{body}{END_MARKER}\n"
 
 
-class _Flow(list):  # type: ignore[type-arg]
+class _Flow(list[object]):
     """A list written on one line: `gpus: [0, 1]` reads better than a block list."""
 
 
@@ -105,48 +283,6 @@ class _Quoted(str):
     """Text written in double quotes, with escapes."""
 
     __slots__ = ()
-
-
-def state_document(state: State) -> dict[str, Any]:
-    """The state as plain values (what the file holds; JSON can carry it too)."""
-    return {
-        "version": state.version,
-        "revision": _text(state.revision),
-        "revision_dirty": state.revision_dirty,
-        "applied_at": state.applied_at,
-        "models": {
-            model_id: _model_document(model) for model_id, model in sorted(state.models.items())
-        },
-        "problems": [
-            {
-                "file": _text(p["file"]),
-                "line": p["line"],
-                "field": _text(p["field"]),
-                "message": _text(p["message"]),
-                "severity": p["severity"],
-            }
-            for p in state.problems
-        ],
-    }
-
-
-def _model_document(model: InstanceRecord) -> dict[str, Any]:
-    """One record as the file holds it: the keys of its shape (ModelRecord), in its order."""
-    return {name: _plain(name, getattr(model, name)) for name in ModelRecord.model_fields}
-
-
-def _plain(name: str, value: object) -> object:
-    if isinstance(value, Status):
-        return str(value)
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, tuple):
-        return _Flow(value) if name in _ONE_LINE else [_plain(name, item) for item in value]
-    return value
-
-
-_ONE_LINE = frozenset({"gpus"})
-"""lists written on one line"""
 
 
 _YAML_LINE_BREAKS = frozenset("\x85\u2028\u2029")
@@ -203,7 +339,7 @@ _StateRepresenter.add_representer(_Flow, _represent_flow)
 
 if _CSafeDumper is not None:
 
-    class _StateDumper(_CSafeDumper):  # type: ignore[misc,valid-type]
+    class _StateDumper(_CSafeDumper):
         """libyaml's emitter with the state file's quoting (a subclass, for the same reason)."""
 
     _StateDumper.add_representer(str, _represent_text)
@@ -211,138 +347,3 @@ if _CSafeDumper is not None:
     _StateDumper.add_representer(_Flow, _represent_flow)
 else:  # pragma: no cover - PyYAML without its C extension
     _StateDumper = None  # type: ignore[assignment,misc]
-
-
-# ---- reading --------------------------------------------------------------------------------
-
-
-def read_state(path: str | os.PathLike[str]) -> State | None:
-    """The state file, or None when there is none. Raises CorruptState for a bad file.
-
-    I/O errors other than a missing file (permissions...) are raised as they are: the file
-    may be fine, so it must not be treated as corrupt.
-    """
-    target = Path(path)
-    try:
-        raw = target.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        message = f"{target} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        raise CorruptState(message) from None
-    if text.rstrip().splitlines()[-1:] != [END_MARKER]:
-        raise CorruptState(f"{target} has no end marker: cut short by a torn write or a copy")
-    fast = _read_with_libyaml(text, str(target))
-    if fast is not None:
-        return fast
-    try:
-        return state_from_document(load_yaml(text, str(target)), str(target))
-    except ShapeError as exc:
-        raise CorruptState(str(exc)) from None
-
-
-def _read_with_libyaml(text: str, source: str) -> State | None:
-    """The state read by libyaml (PyYAML's C parser: ~15x faster than ruamel's round-trip
-    loader on a host of hundreds of models); None when it is not installed or the text is not
-    a good state for it. A state file is ours, and a value that YAML 1.1 (libyaml) reads
-    differently from 1.2 (ruamel) turns out a wrong type, which the strict shape check
-    refuses: then ruamel reads it again, and a bad file is reported with its lines."""
-    if _CSafeLoader is None:
-        return None
-    try:
-        return state_from_document(_pyyaml.load(text, Loader=_CSafeLoader), source)
-    except Exception:  # ruamel's reading decides, and words the problem
-        return None
-
-
-def read_state_or_recover(path: str | os.PathLike[str]) -> tuple[State | None, str | None]:
-    """(state, None); (None, None) without a file; (None, why) after moving a bad file aside.
-
-    The corrupt file is kept as <path>.corrupt-<timestamp> for a post-mortem, and temp files
-    left by a writer that died mid-write are removed, so call this at start-up, before this
-    process writes. The caller rebuilds from observation.
-    """
-    target = Path(path)
-    _remove_stale_temp_files(target)
-    try:
-        return read_state(target), None
-    except CorruptState as exc:
-        reason = str(exc)
-    try:
-        aside = _move_aside(target)
-    except OSError as exc:
-        return None, f"{reason}; could not move it aside ({exc.strerror or exc})"
-    return None, f"{reason}; moved aside to {aside.name}; rebuilding state from observation"
-
-
-def _move_aside(target: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    aside = target.with_name(f"{target.name}.corrupt-{stamp}")
-    suffix = 1
-    while aside.exists():
-        aside = target.with_name(f"{target.name}.corrupt-{stamp}-{suffix}")
-        suffix += 1
-    os.rename(target, aside)
-    return aside
-
-
-def _remove_stale_temp_files(target: Path) -> None:
-    for temp in target.parent.glob(f".{target.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            temp.unlink()
-
-
-def load_yaml(text: str, source: str) -> Any:
-    try:
-        return YAML(typ="rt").load(text)
-    except MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise ShapeError(f"{source}:{line}: not valid YAML: {exc.problem}") from None
-    except YAMLError as exc:
-        raise ShapeError(f"{source}: not valid YAML: {exc}") from None
-
-
-def state_from_document(data: Any, source: str) -> State:
-    """The state from plain values, shape-checked (ShapeError naming `source` otherwise)."""
-    version = data.get("version") if isinstance(data, dict) else None
-    if version != STATE_VERSION or isinstance(version, bool):
-        found = "no version" if version is None else f"version {version}"
-        raise ShapeError(f"{source}: {found}; this reconciler reads version {STATE_VERSION}")
-    record = check(StateRecord, data, source)
-    models = {}
-    for model_id, m in record.models.items():
-        check_id(data, source, model_id, m.id)
-        models[model_id] = record_of(model_id, m)
-    return State(
-        version=record.version,
-        revision=record.revision,
-        revision_dirty=record.revision_dirty,
-        applied_at=record.applied_at,
-        models=models,
-        problems=[p.model_dump() for p in record.problems],
-    )
-
-
-def record_of(model_id: str, checked: ModelRecord) -> InstanceRecord:
-    """The record a checked model of the file holds: every key of the shape, lists as tuples
-    (the shape's keys and the record's fields are the same names: a test holds them to it)."""
-    values = {name: getattr(checked, name) for name in ModelRecord.model_fields}
-    values.update(
-        id=model_id, gpus=tuple(checked.gpus), last_log_lines=tuple(checked.last_log_lines)
-    )
-    return InstanceRecord(**values)
-
-
-def check_id(data: Any, source: str, model_id: str, inner: str | None) -> None:
-    if inner is not None and inner != model_id:
-        line = line_of(data["models"][model_id], "id")
-        where = f"{source}:{line}" if line else source
-        raise ShapeError(f"{where}: models.{model_id}.id: id {inner!r} under key {model_id!r}")
-
-
-def line_of(mapping: Any, key: str) -> int | None:
-    with contextlib.suppress(Exception):
-        return mapping.lc.key(key)[0] + 1
-    return None

@@ -44,7 +44,7 @@ from reconciler.core.spec import ModelSpec
 from reconciler.engines.holdings import measure
 from reconciler.engines.registry import estimate_spec
 from reconciler.model_files.locate import PKG_PREFIX
-from reconciler.state.statefile import read_state
+from reconciler.state.reading import read_state
 
 GOAL = 0.10
 PROMPT = "Count slowly from one to two hundred, writing every number in words: " * 12

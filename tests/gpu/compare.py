@@ -22,7 +22,7 @@ from reconciler.engines.holdings import measure
 from reconciler.engines.registry import estimate_spec
 from reconciler.gpus import inventory
 from reconciler.state.directory import LAST_VALID_FILE, STATE_FILE
-from reconciler.state.statefile import read_state
+from reconciler.state.reading import read_state
 
 GOAL = 0.10
 

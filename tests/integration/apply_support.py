@@ -33,7 +33,8 @@ import psutil
 from reconciler.core.instance import InstanceRecord, Status
 from reconciler.engines.base import MARKER_MODEL, MARKER_NAMESPACE
 from reconciler.state.directory import EVENTS_FILE, STATE_FILE, namespace_for
-from reconciler.state.statefile import State, read_state
+from reconciler.state.reading import read_state
+from reconciler.state.statefile import State
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_VLLM = REPO / "tests" / "fakes" / "fake_vllm.py"

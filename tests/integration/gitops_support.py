@@ -35,7 +35,8 @@ from reconciler.core.instance import Status
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import MARKER_HASH, MARKER_MODEL, MARKER_NAMESPACE
 from reconciler.state.directory import STATE_FILE
-from reconciler.state.statefile import State, read_state
+from reconciler.state.reading import read_state
+from reconciler.state.statefile import State
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ from apply_support import Host, managed_host, stand_in
 from reconciler.core.instance import Status
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.state.directory import STATE_FILE
-from reconciler.state.statefile import read_state
+from reconciler.state.reading import read_state
 
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "20"))
 SMALL = ("m1", "m2", "m3")

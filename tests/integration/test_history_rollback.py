@@ -15,7 +15,8 @@ import git
 import pytest
 from cli_support import run_cli
 
-from reconciler.state.statefile import State, read_state, write_state
+from reconciler.state.reading import read_state
+from reconciler.state.statefile import State, write_state
 
 MODEL = (
     "id: {id}\nframework: vllm\nmodel_path: /models/{id}\npriority: {priority}\n"

@@ -15,8 +15,8 @@ from reconciler.core.instance import InstanceRecord, Status
 from reconciler.engines.base import Handle
 from reconciler.engines.identity import EngineRecord
 from reconciler.loop.records import HANDLE_ONLY, HANDLE_TO_RECORD, record_from_handle
-from reconciler.state.shape import ModelRecord
-from reconciler.state.statefile import State, read_state, write_state
+from reconciler.state.reading import read_state
+from reconciler.state.statefile import ModelRecord, State, write_state
 
 # one value per Handle field, none of them its default
 HANDLE_VALUES: dict[str, object] = {

@@ -19,17 +19,15 @@ from hypothesis import strategies as st
 
 from reconciler.core.desired import Problem
 from reconciler.core.instance import InstanceRecord, Status
-from reconciler.state import statefile
-from reconciler.state.observed import ObservedFileError, read_observed, to_observed
-from reconciler.state.statefile import (
-    END_MARKER,
+from reconciler.state import reading, statefile
+from reconciler.state.reading import (
     CorruptState,
-    State,
+    ObservedFileError,
+    read_observed,
     read_state,
     read_state_or_recover,
-    render_state,
-    write_state,
 )
+from reconciler.state.statefile import END_MARKER, State, render_state, to_observed, write_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,12 +127,12 @@ def test_any_state_round_trips(tmp_path, model, revision, message):
     assert read_state(path) == state
     # every writer's text is read back the same by every reader: libyaml (YAML 1.1) writing,
     # ruamel (1.2) reading, and the other way round; the fallbacks when PyYAML has no libyaml
-    with mock.patch.object(statefile, "_CSafeLoader", None):
+    with mock.patch.object(reading, "_CSafeLoader", None):
         assert read_state(path) == state
     with mock.patch.object(statefile, "_StateDumper", None):
         write_state(path, state)
     assert read_state(path) == state
-    with mock.patch.object(statefile, "_CSafeLoader", None):
+    with mock.patch.object(reading, "_CSafeLoader", None):
         assert read_state(path) == state
 
 
