@@ -28,7 +28,7 @@ import psutil
 
 from reconciler.core.desired import Problem
 from reconciler.core.events import EventKind
-from reconciler.core.retry import backoff_delay
+from reconciler.core.health import backoff_delay
 from reconciler.engines.health import wait_ready
 from reconciler.loop.reconcile import PassResult, Reconciler
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
+from reconciler.core.health import Failure, waiting
 from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.plan import Action, Plan
-from reconciler.core.retry import Failure, waiting
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Engine, EngineError, EnginePlacement, Handle
 from reconciler.loop.records import Records, record_from_handle

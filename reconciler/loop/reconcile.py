@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Unpack
 from reconciler.core.activation import MakePlan
 from reconciler.core.desired import DesiredState, Problem
 from reconciler.core.events import EventExtras, EventKind
+from reconciler.core.health import JITTER, cleared
 from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.plan import Plan, invalid_plan
 from reconciler.core.plan import make_plan as default_make_plan
-from reconciler.core.retry import JITTER, cleared
 from reconciler.core.serving import per_instance
 from reconciler.core.spec_checks import validate
 from reconciler.engines.base import Engine, Handle
@@ -79,7 +79,7 @@ class PassResult:
 
 
 def draw_jitter() -> float:
-    """A restart delay factor (reconciler.core.retry.backoff_delay): the shell's randomness."""
+    """A restart delay factor (reconciler.core.health.backoff_delay): the shell's randomness."""
     return random.uniform(1.0 - JITTER, 1.0 + JITTER)
 
 

@@ -1,7 +1,7 @@
 """Supervision: notice crashed, hung and misplaced engines, count failures, stop what failed.
 
-The decisions are the core's (reconciler.core.health: startup timeout, failure threshold;
-reconciler.core.retry: backoff, giving up); this module observes (HTTP probes, the sockets an
+The decisions are the core's (reconciler.core.health: startup timeout, failure threshold,
+backoff, giving up); this module observes (HTTP probes, the sockets an
 engine listens on), acts (stops engines) and records (events, the model's record).
 
 An engine that listens anywhere but its assigned address and port is stopped and left in
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from reconciler.core import health
 from reconciler.core.desired import DesiredState
 from reconciler.core.events import EventKind
+from reconciler.core.health import Failure, cleared, record_failure, record_permanent, record_ready
 from reconciler.core.instance import InstanceRecord, Status, transition
-from reconciler.core.retry import Failure, cleared, record_failure, record_permanent, record_ready
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import holdings
 from reconciler.engines.base import Engine, EngineError, Handle

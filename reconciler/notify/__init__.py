@@ -28,7 +28,7 @@ from typing import Any
 
 from reconciler.core.cluster import NotificationTarget
 from reconciler.core.events import EventKind
-from reconciler.core.retry import backoff_delay
+from reconciler.core.health import backoff_delay
 from reconciler.core.secrets import credential_refusals, target_label
 from reconciler.notify.delivery import (
     DESIRED_STATE,

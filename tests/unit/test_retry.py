@@ -1,4 +1,4 @@
-"""Restart bookkeeping (reconciler.core.retry): backoff doubling, cap, jitter bounds, giving up."""
+"""Restart bookkeeping (reconciler.core.health): backoff doubling, cap, jitter bounds, giving up."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import reconciler.core.retry as retry_module
-from reconciler.core.instance import InstanceRecord, Status
-from reconciler.core.retry import (
+import reconciler.core.health as health_module
+from reconciler.core.health import (
     JITTER,
     Failure,
     backoff_delay,
@@ -22,6 +21,7 @@ from reconciler.core.retry import (
     record_ready,
     waiting,
 )
+from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.spec import RetryPolicy
 
 POLICY = RetryPolicy(max_retries=3, backoff_s=5, max_backoff_s=300)
@@ -132,7 +132,7 @@ def test_waiting_only_before_the_retry_time() -> None:
 
 
 def test_the_core_draws_no_random_numbers() -> None:
-    tree = ast.parse(Path(retry_module.__file__).read_text())
+    tree = ast.parse(Path(health_module.__file__).read_text())
     imported = {
         alias.name
         for node in ast.walk(tree)
