@@ -165,8 +165,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "an engine's 502/503 is passed to the client instead of failing over",
         "reconciler/gateway/relay.py",
-        "RETRY_STATUSES = frozenset({502, 503})",
-        "RETRY_STATUSES = frozenset()",
+        "RETRY_STATUSES = {502: Failover.http_502, 503: Failover.http_503}",
+        "RETRY_STATUSES = {}",
         GATEWAY,
     ),
     Mutant(
@@ -200,8 +200,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "every failover is counted as a connection failure",
         "reconciler/gateway/relay.py",
-        'self.metrics.failover(target.id, result.split(":")[0])',
-        'self.metrics.failover(target.id, "connection")',
+        "self.metrics.failover(target.id, result.reason)",
+        "self.metrics.failover(target.id, Failover.connection)",
         GATEWAY,
     ),
     Mutant(
