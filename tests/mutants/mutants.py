@@ -325,6 +325,21 @@ MUTANTS: tuple[Mutant, ...] = (
         "status=statuses[0],",
         REPLICAS,
     ),
+    # -- carrying out a plan --------------------------------------------------------------------
+    Mutant(
+        "a model whose engine could not be stopped is started again beside it",
+        "reconciler/loop/execution.py",
+        "if not done.ok:",
+        "if False:",
+        ("tests/unit/test_execution.py",),
+    ),
+    Mutant(
+        "a failed probe that ended between passes is taken for nothing to record",
+        "reconciler/loop/supervision.py",
+        "ended = self.prober.result(model_id, owner(handle)) is not None",
+        "ended = bool(self.prober.result(model_id, owner(handle)))",
+        ("tests/unit/test_supervision_probes.py",),
+    ),
     # -- the Docker engine -----------------------------------------------------------------------
     Mutant(
         "the Docker daemon is asked before a model's mount is checked",
