@@ -68,10 +68,6 @@ class InstanceRecord:
         return self.status in OCCUPYING
 
 
-ObservedState = Mapping[str, InstanceRecord]
-"""What the planner reads: the records of the instances that hold or wait for room."""
-
-
 def planner_view(record: InstanceRecord) -> InstanceRecord:
     """The record with only the fields the planner reads (what runs where, from what spec, and
     whether it gave up); the crash bookkeeping and the engine's process stay behind, so that
@@ -129,7 +125,6 @@ def transition(
     """`record` in status `to`, with the fields in `changes` set too; last_transition becomes
     `now` when the status changes (staying put keeps the time it was entered). Raises
     ForbiddenTransition for a move TRANSITIONS does not list."""
-
     if not allowed(record.status, to):
         raise ForbiddenTransition(f"{record.id}: {record.status} -> {to} is not a transition")
     if "status" in changes or "last_transition" in changes:
