@@ -96,8 +96,8 @@ class Records:
         self.clock = clock
         self.muted = False
         """a dry run: nothing is written, no event logged"""
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
-        """called with every event, after it is written (metrics, notifications, SSE)"""
+        self.listeners: list[Callable[[Mapping[str, Any]], object]] = []
+        """called with every event's JSON object, after it is written (metrics, notifications)"""
         self.last_state: State | None = None
         """the state file as this process last wrote it"""
         self._written: tuple[int, int, int] | None = None
