@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import httpx
 from fastapi import APIRouter, HTTPException, Query
@@ -276,7 +275,7 @@ def fetch_traffic(gateway_url: str | None) -> TrafficOut:
 
 def traffic_router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
-    memo = Memo(FRESH_S)
+    memo: Memo[TrafficOut] = Memo(FRESH_S)
     gateway_url = views.settings.gateway_url
 
     @routes.get("/traffic", response_model=TrafficOut)
@@ -322,7 +321,7 @@ def status_router(views: Views) -> APIRouter:
         return status_out(views)
 
     @routes.get("/history", response_model=list[HistoryOut])
-    def history(limit: int = Query(20, ge=1, le=200)) -> list[dict[str, Any]]:
+    def history(limit: int = Query(20, ge=1, le=200)) -> list[dict[str, object]]:
         """Commits that changed desired state, newest first, and what became of each here."""
         return views.history(limit)
 

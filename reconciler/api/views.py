@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from reconciler.api.api_service import DaemonLink
-from reconciler.api.responses import MemoryOut, RevisionOut
+from reconciler.api.responses import MemoryOut, ModelSummary, RevisionOut
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.estimate import MemoryFigures
 from reconciler.core.instance import InstanceRecord
+from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.serving import instances
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Engine, Handle
@@ -106,22 +107,22 @@ class Background(Generic[T]):
             self._at = began  # a failure is retried after fresh_s, not on every request
 
 
-class Memo:
+class Memo(Generic[T]):
     """One value computed at most once per `ttl_s` and per key, by one thread at a time."""
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
-        self._key: Any = object()
-        self._value: Any = None
+        self._entry: tuple[object, T] | None = None  # (key, value); None until computed
         self._at = 0.0
 
-    def get(self, key: Any, compute: Callable[[], T]) -> T:
+    def get(self, key: object, compute: Callable[[], T]) -> T:
         with self._lock:
-            if key != self._key or time.monotonic() - self._at > self.ttl_s:
-                self._value = compute()
-                self._key, self._at = key, time.monotonic()
-            return self._value
+            entry = self._entry
+            if entry is None or key != entry[0] or time.monotonic() - self._at > self.ttl_s:
+                entry = self._entry = (key, compute())
+                self._at = time.monotonic()
+            return entry[1]
 
 
 LOG_LINES = 50
@@ -194,10 +195,10 @@ class Views:
         self._bulletin_file = ParsedFile(self.state_dir / BULLETIN_FILE, self._parse_bulletin)
         self._learned_file = ParsedFile(self.state_dir / MEMORY_FILE, lambda _, b: parse_learned(b))
         self._engines: dict[str, Engine] | None = None
-        self.gpu_memo = Memo(2.0)
-        self.history_memo = Memo(15.0)
-        self.tree_memo = Memo(5.0)
-        self.models_memo = Memo(1.0)
+        self.gpu_memo: Memo[list[GPUInfo]] = Memo(2.0)
+        self.history_memo: Memo[list[dict[str, object]]] = Memo(15.0)
+        self.tree_memo: Memo[RevisionOut] = Memo(5.0)
+        self.models_memo: Memo[tuple[list[ModelSummary], bytes]] = Memo(1.0)
         self._commits: dict[str, RevisionOut] = {}
 
     # the loop, as its last bulletin says
@@ -334,12 +335,12 @@ class Views:
             self._commits[sha] = found
         return found
 
-    def history(self, limit: int) -> list[dict[str, Any]]:
+    def history(self, limit: int) -> list[dict[str, object]]:
         state = self.state()
         key = (self.head_sha(), state.revision if state else None, limit)
         return self.history_memo.get(key, lambda: self._history(limit))
 
-    def _history(self, limit: int) -> list[dict[str, Any]]:
+    def _history(self, limit: int) -> list[dict[str, object]]:
         try:
             record = git_history.read_applied(self.state_dir)
             entries = git_history.history(self.desired_dir, limit, record)

@@ -261,10 +261,10 @@ def float_param(parameters: Mapping[str, object], key: str) -> float | None:
     if value is None:
         return None
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError  # a list or mapping from YAML, or a YAML boolean
+        return float(value)
+    except ValueError:
         raise CannotEstimate(f"{key} '{value}' is not a number") from None
 
 

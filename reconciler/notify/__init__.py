@@ -24,7 +24,6 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler.core.cluster import NotificationTarget
 from reconciler.core.events import EventKind
@@ -80,7 +79,7 @@ class EventClassifier:
         self._unschedulable: set[str | None] = set()
         """models reported unschedulable and not started since"""
 
-    def classify(self, event: Mapping[str, Any]) -> str | None:
+    def classify(self, event: Mapping[str, object]) -> str | None:
         kind, model = event.get("kind"), event.get("model")
         if not isinstance(model, str):  # None: the event is about the desired state
             model = None
@@ -114,7 +113,7 @@ class EventClassifier:
         return None
 
 
-def recovered_message(event: Mapping[str, Any]) -> str:
+def recovered_message(event: Mapping[str, object]) -> str:
     model = event.get("model")
     if model is None:
         return "the desired state is valid again"
@@ -180,7 +179,7 @@ class Notifier:
             log.error("notifications: %s", problem)
         return refused
 
-    def notify(self, event: Mapping[str, Any]) -> str | None:
+    def notify(self, event: Mapping[str, object]) -> str | None:
         """Queue the notification this event calls for, if any; returns its kind. Never blocks
         and never raises on a malformed event."""
         if not isinstance(event, Mapping):
@@ -226,7 +225,7 @@ class Notifier:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _notification(self, kind: str, event: Mapping[str, Any]) -> Notification:
+    def _notification(self, kind: str, event: Mapping[str, object]) -> Notification:
         model = event.get("model")
         text = str(event.get("message") or "")
         message = recovered_message(event) if kind == "recovered" else text
@@ -302,9 +301,6 @@ class RetryPolicy:
         ]
 
 
-_FINISH = object()
-
-
 class _Worker(threading.Thread):
     """Delivers one target's notifications in order, with retries, on its own thread."""
 
@@ -322,8 +318,8 @@ class _Worker(threading.Thread):
         self.label, self.target = label, target
         self._delivery, self._policy, self._count = delivery, policy, count
         self._queue_size = queue_size
-        # Unbounded underneath, bounded by offer(): finish() can always add its marker.
-        self._queue: queue.Queue[Any] = queue.Queue()
+        # Unbounded underneath, bounded by offer(): finish() can always add its marker (None).
+        self._queue: queue.Queue[Notification | None] = queue.Queue()
         self._offer_lock = threading.Lock()
         self._abandoned = threading.Event()
 
@@ -336,7 +332,7 @@ class _Worker(threading.Thread):
 
     def finish(self) -> None:
         """End after delivering what is queued."""
-        self._queue.put(_FINISH)
+        self._queue.put(None)
 
     def abandon(self) -> None:
         """Stop retrying and drop what is left (close() ran out of time)."""
@@ -344,7 +340,7 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         try:
-            while (item := self._queue.get()) is not _FINISH:
+            while (item := self._queue.get()) is not None:
                 if self._abandoned.is_set():
                     self._count(self.label, "dropped")
                 else:

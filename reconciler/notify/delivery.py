@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -39,7 +38,7 @@ class Notification:
     message: str
     time: float
     host: str
-    event: Mapping[str, Any] = field(default_factory=dict)
+    event: Mapping[str, object] = field(default_factory=dict)
     """the reconciler event it came from"""
 
     @property
@@ -52,7 +51,7 @@ class Notification:
     def text(self) -> str:
         return f"{self.title()}\n{self.message}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "source": "reconciler",
             "host": self.host,
@@ -113,7 +112,7 @@ def _url(target: NotificationTarget, environ: Mapping[str, str]) -> str:
     return url
 
 
-def post_json(client: httpx.Client, url: str, payload: Mapping[str, Any]) -> None:
+def post_json(client: httpx.Client, url: str, payload: Mapping[str, object]) -> None:
     """POST a JSON document. Messages name only the scheme and host: the path may be a secret
     (a Slack webhook URL is its own credential)."""
     where = redact_url(url)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reconciler.source.repo import (
     SourceError,
@@ -122,7 +122,7 @@ def _check_manifest(archive: str, m: Manifest) -> None:
         raise refuse("origin_url is not text")
 
 
-def _branch_ok(branch: Any) -> bool:
+def _branch_ok(branch: object) -> bool:
     return (
         isinstance(branch, str)
         and _BRANCH.fullmatch(branch) is not None
@@ -131,7 +131,7 @@ def _branch_ok(branch: Any) -> bool:
     )
 
 
-def _relative_ok(path: Any) -> bool:
+def _relative_ok(path: object) -> bool:
     if not isinstance(path, str) or not path or "\\" in path or "\0" in path:
         return False
     parts = PurePosixPath(path).parts
@@ -159,7 +159,7 @@ def check_members(archive: str | os.PathLike[str], tar: tarfile.TarFile, m: Mani
 
 
 if TYPE_CHECKING:
-    pass
+    import git
 
 
 @dataclass(frozen=True)
@@ -209,21 +209,21 @@ def create_backup(
     return BackupResult(target, manifest, warnings)
 
 
-def _uncommitted_warning(repo: Any, rel: str) -> list[str]:
+def _uncommitted_warning(repo: git.Repo, rel: str) -> list[str]:
     dirty = uncommitted(repo, rel)
     if not dirty:
         return []
     return [f"uncommitted changes under {rel} are not in the backup: {', '.join(dirty)}"]
 
 
-def _branch(repo: Any) -> str | None:
+def _branch(repo: git.Repo) -> str | None:
     try:
         return repo.active_branch.name
     except TypeError:  # detached HEAD
         return None
 
 
-def _origin_url(repo: Any) -> str | None:
+def _origin_url(repo: git.Repo) -> str | None:
     for remote in repo.remotes:
         if remote.name == "origin":
             return redact_url(remote.url, keep_path=True)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 from reconciler.core.desired import DesiredState, Problem, RawDesiredState, ValidationResult
 from reconciler.core.diff import diff_cluster, diff_desired, render_diff, summary
@@ -104,7 +104,7 @@ class HistoryEntry:
     """the revision the state file says is applied now"""
     problems: tuple[Problem, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         r = self.revision
         return {
             "sha": r.sha,

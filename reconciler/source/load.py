@@ -10,7 +10,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reconciler.core.desired import Problem, RawDesiredState
 from reconciler.source.repo import SourceError, open_repo, relative_dir, resolve, subtree
@@ -272,7 +272,7 @@ def load_revision_bare(
 
 
 def _tree_files(
-    repo: git.Repo, commit: Any, tree: Any, rel: str
+    repo: git.Repo, commit: git.Commit, tree: git.Tree, rel: str
 ) -> Iterator[tuple[bool, str, Text]]:
     prefix = "" if rel == "." else rel + "/"
 

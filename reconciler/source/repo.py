@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from reconciler.core.desired import Problem, RawDesiredState
@@ -171,7 +171,7 @@ def sha_of(commit: git.Commit | None) -> str | None:
     return commit.hexsha if commit is not None else None
 
 
-def subtree(commit: git.Commit, rel: str) -> Any:
+def subtree(commit: git.Commit, rel: str) -> git.Tree | git.Blob | git.Submodule | None:
     """The tree (or blob) at `rel` in a commit; None when nothing is there."""
     if rel == ".":
         return commit.tree
@@ -207,7 +207,7 @@ def uncommitted(repo: git.Repo, rel: str) -> list[str]:
     return sorted(p[len(prefix) :] for p in paths if p.startswith(prefix))
 
 
-def git_stderr(exc: Any, one_line: bool = True) -> str:
+def git_stderr(exc: Exception, one_line: bool = True) -> str:
     """What git said (a GitCommandError's stderr), without credentials."""
     text = str(getattr(exc, "stderr", "") or exc).strip()
     text = text.removeprefix("stderr:").strip().strip("'").strip()

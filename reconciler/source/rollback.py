@@ -7,7 +7,7 @@ import contextlib
 import io
 import os
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reconciler.core.engine_args import Catalog
 from reconciler.source.commits import valid_at
@@ -92,7 +92,7 @@ def _commit_with_subtree(
     return git.Commit.create_from_tree(repo, tree, message, parent_commits=[head], head=False)
 
 
-def _with_subtree(repo: git.Repo, tree: Any, parts: list[str], subtree: bytes) -> bytes:
+def _with_subtree(repo: git.Repo, tree: git.Tree | None, parts: list[str], subtree: bytes) -> bytes:
     """A copy of `tree` with the directory at `parts` replaced; only trees on the path change."""
     from git.objects.fun import tree_entries_from_data
 
@@ -108,7 +108,7 @@ def _with_subtree(repo: git.Repo, tree: Any, parts: list[str], subtree: bytes) -
     return _write_tree(repo, entries)
 
 
-def _tree(repo: git.Repo, binsha: bytes) -> Any:
+def _tree(repo: git.Repo, binsha: bytes) -> git.Tree:
     import git
 
     return git.Tree(repo, binsha)
@@ -164,6 +164,6 @@ def push(directory: str | os.PathLike[str]) -> str:
         return f"{remote}/{target}"
 
 
-def _push_error(exc: Any) -> str:
+def _push_error(exc: git.GitCommandError) -> str:
     """The remote's own lines (a pre-receive hook's file:line messages) as git printed them."""
     return git_stderr(exc, one_line=False)
