@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 import psutil
 
@@ -82,7 +83,7 @@ def with_descendants(pids: Collection[int]) -> frozenset[int]:
     return frozenset(found)
 
 
-def _nvml_session_start() -> Any:
+def _nvml_session_start() -> ModuleType:
     """Import pynvml and initialise NVML, turning a missing driver into an InventoryError."""
     try:
         import pynvml
@@ -97,7 +98,7 @@ def _nvml_session_start() -> Any:
     return pynvml
 
 
-def _init_failure_message(pynvml: Any, exc: Exception) -> str:
+def _init_failure_message(pynvml: ModuleType, exc: Exception) -> str:
     if isinstance(exc, pynvml.NVMLError_LibraryNotFound):
         return (
             "NVML is not available on this host (libnvidia-ml.so.1 not found: "
@@ -110,13 +111,13 @@ def _init_failure_message(pynvml: Any, exc: Exception) -> str:
     return f"NVML could not be initialised: {exc}"
 
 
-def _nvml_shutdown(pynvml: Any) -> None:
+def _nvml_shutdown(pynvml: ModuleType) -> None:
     # A failing shutdown must not hide the inventory (or the error) we already have.
     with contextlib.suppress(pynvml.NVMLError):
         pynvml.nvmlShutdown()
 
 
-def _read_device(pynvml: Any, index: int, managed_pids: frozenset[int]) -> GPUInfo:
+def _read_device(pynvml: ModuleType, index: int, managed_pids: frozenset[int]) -> GPUInfo:
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
     used_mb = memory.used // MIB
@@ -137,7 +138,7 @@ def _read_device(pynvml: Any, index: int, managed_pids: frozenset[int]) -> GPUIn
     )
 
 
-def _optional(pynvml: Any, read: Callable[[], float]) -> float | None:
+def _optional(pynvml: ModuleType, read: Callable[[], float]) -> float | None:
     """A telemetry value, or None when the GPU does not report it.
 
     Telemetry is display-only, so any NVML error (typically NotSupported on some boards and in
@@ -149,7 +150,9 @@ def _optional(pynvml: Any, read: Callable[[], float]) -> float | None:
         return None
 
 
-def _unmanaged_mb(pynvml: Any, handle: Any, used_mb: int, managed_pids: frozenset[int]) -> int:
+def _unmanaged_mb(
+    pynvml: ModuleType, handle: DeviceHandle, used_mb: int, managed_pids: frozenset[int]
+) -> int:
     """Used memory that is not our engines': used minus what NVML attributes to managed pids.
 
     Subtracting from `used` rather than summing the other processes also counts memory no
@@ -167,13 +170,24 @@ def _unmanaged_mb(pynvml: Any, handle: Any, used_mb: int, managed_pids: frozense
     return max(0, used_mb - managed_bytes // MIB)
 
 
-def _gpu_processes(pynvml: Any, handle: Any) -> list[Any]:
+class _ProcessInfo(Protocol):
+    """What NVML's process list gives per process (its c_nvmlProcessInfo_t structures)."""
+
+    pid: int
+    usedGpuMemory: int | None  # bytes; None where NVML reports it not available
+
+
+DeviceHandle = Any
+"""NVML's opaque device pointer: pynvml ships no type for it."""
+
+
+def _gpu_processes(pynvml: ModuleType, handle: DeviceHandle) -> list[_ProcessInfo]:
     """Compute and graphics processes, one entry per pid (a process can have both contexts).
 
     usedGpuMemory is the whole process's memory on this GPU, so the larger of the two readings
     is kept, never their sum.
     """
-    by_pid: dict[int, Any] = {}
+    by_pid: dict[int, _ProcessInfo] = {}
     compute = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
     graphics = pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle)
     for process in [*compute, *graphics]:

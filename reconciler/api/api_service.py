@@ -44,7 +44,7 @@ class DaemonLink:
         self._file = sock.makefile("rwb")
         self._lock = threading.Lock()  # one question at a time: answers come back in order
 
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
+    def call(self, op: str, **args: str) -> dict[str, Any]:
         line = json.dumps({"op": op, **args}).encode() + b"\n"
         with self._lock:
             try:

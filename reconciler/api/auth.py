@@ -9,7 +9,7 @@ import hmac
 import ipaddress
 import json
 import math
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
@@ -60,7 +60,7 @@ def _finite(text: str) -> float:
     return value
 
 
-def json_object(body: bytes | str, what: str = "body") -> dict[str, Any]:
+def json_object(body: bytes | str, what: str = "body") -> dict[str, object]:
     """`body` parsed as a JSON object; HTTP 400 naming the problem for anything else."""
     try:
         payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite)

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
@@ -99,7 +98,7 @@ def signature_valid(secret: str, body: bytes, headers: Mapping[str, str]) -> boo
     return valid
 
 
-def push_payload(body: bytes, content_type: str) -> dict[str, Any]:
+def push_payload(body: bytes, content_type: str) -> dict[str, object]:
     """The JSON event; GitHub's form encoding (payload=<json>) is accepted too. 400 if bad."""
     what = "webhook body"
     if content_type.startswith("application/x-www-form-urlencoded"):
@@ -111,14 +110,14 @@ def push_payload(body: bytes, content_type: str) -> dict[str, Any]:
     return json_object(body, what)
 
 
-def webhook_event(headers: Mapping[str, str], payload: Mapping[str, Any]) -> str:
+def webhook_event(headers: Mapping[str, str], payload: Mapping[str, object]) -> str:
     for name in EVENT_HEADERS:
         if headers.get(name):
             return headers[name].strip().lower()
     return "push" if "ref" in payload else "unknown"
 
 
-def on_push(views: Views, event: str, payload: Mapping[str, Any]) -> AcceptedOut | JSONResponse:
+def on_push(views: Views, event: str, payload: Mapping[str, object]) -> AcceptedOut | JSONResponse:
     branch = views.settings.branch
     if event == "ping":
         return JSONResponse({"status": "pong", "detail": "webhook configured"}, status_code=200)

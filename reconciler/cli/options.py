@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,7 +29,7 @@ RevOpt = Annotated[
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Console:
     if name in ("out", "err"):
         return _console(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.spec import ModelSpec
@@ -39,13 +39,16 @@ class Problem:
 
 FieldPath = tuple[str | int, ...]
 
+PlainValue = dict[str, "PlainValue"] | list["PlainValue"] | str | int | float | bool | None
+"""A YAML document's values once parsed: what JSON can hold (mapping keys are always text)."""
+
 
 @dataclass(frozen=True)
 class SourceDoc:
     """One YAML document: its display path, its plain data, and the line of every field."""
 
     file: str
-    data: Any
+    data: dict[str, PlainValue]
     lines: dict[FieldPath, int] = field(default_factory=dict)
 
     def line_of(self, path: Iterable[str | int]) -> int:

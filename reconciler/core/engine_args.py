@@ -8,7 +8,6 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler.core.desired import FieldPath
 from reconciler.core.spec import ModelSpec
@@ -197,7 +196,7 @@ def _short(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def unusable_values(data: Any) -> Iterator[tuple[FieldPath, str]]:
+def unusable_values(data: object) -> Iterator[tuple[FieldPath, str]]:
     """Numbers no engine or tool parses, and NUL anywhere in a document, with their fields.
 
     Run before the schema: its messages repr a value, and the repr of an int of more than
@@ -225,7 +224,7 @@ def _integer(value: int) -> str:
     return f"an integer of about {digits} digits"
 
 
-def _leaves(value: Any, path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+def _leaves(value: object, path: FieldPath) -> Iterator[tuple[FieldPath, object]]:
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:

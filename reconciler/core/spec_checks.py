@@ -86,7 +86,7 @@ def validate(
                     problems.append(Problem(doc.file, line, "model_path", message, "warning"))
     # ids of every file that names one, valid or not, so that a broken file does not also make
     # each fallback to it look unknown
-    named = {d.data["id"] for d in raw.models if isinstance(d.data.get("id"), str)}
+    named = {model_id for d in raw.models if isinstance(model_id := d.data.get("id"), str)}
     problems.extend(_check_across(specs, named, cluster, raw.cluster))
     problems.extend(alias_problems(specs, named))
     problems.sort(key=lambda p: (p.file, p.line, p.severity, p.field, p.message))

@@ -9,7 +9,6 @@ import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.nodes import ScalarNode
@@ -91,7 +90,7 @@ def _writer(*, pure: bool = False) -> YAML:
 
 
 def yaml_file(
-    docs: Iterable[dict[str, Any]], notes: Iterable[str] = (), *, pure: bool = False
+    docs: Iterable[dict[str, object]], notes: Iterable[str] = (), *, pure: bool = False
 ) -> str:
     """A generated file: the marker, notes as comments, then each document after `---`."""
     out = io.StringIO()
@@ -270,9 +269,9 @@ def source_files(raw: RawDesiredState) -> dict[str, str]:
     """Model id -> its spec file relative to the desired-state directory (not to the current
     directory, which would make the output depend on where the command ran)."""
     return {
-        doc.data["id"]: f"{MODELS_DIR}/{Path(doc.file).name}"
+        model_id: f"{MODELS_DIR}/{Path(doc.file).name}"
         for doc in raw.models
-        if isinstance(doc.data.get("id"), str)
+        if isinstance(model_id := doc.data.get("id"), str)
     }
 
 

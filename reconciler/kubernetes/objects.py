@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler.core.cluster import KubernetesSpec
 from reconciler.core.spec import ModelSpec
@@ -48,7 +47,7 @@ def priority_class_name(priority: int) -> str:
     return f"reconciler-priority-{priority:02d}"  # zero-padded: names sort like priorities
 
 
-def priority_class(priority: int) -> dict[str, Any]:
+def priority_class(priority: int) -> dict[str, object]:
     return {
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",
@@ -77,9 +76,9 @@ def labels(spec: ModelSpec) -> dict[str, str]:
 
 def deployment(
     spec: ModelSpec, pod: PodModel, ctx: ModelContext, kube: KubernetesSpec
-) -> dict[str, Any]:
+) -> dict[str, object]:
     count = spec.resource_requirements.gpu_count
-    pod_spec: dict[str, Any] = {
+    pod_spec: dict[str, object] = {
         "priorityClassName": priority_class_name(spec.priority),
         # Service links would put <SERVICE>_PORT variables into every engine: a Service named
         # `vllm` gives VLLM_PORT=tcp://..., which vLLM reads as its own setting and dies on.
@@ -134,7 +133,7 @@ def model_annotations(spec: ModelSpec, ctx: ModelContext) -> dict[str, str]:
     return found
 
 
-def service(spec: ModelSpec, ctx: ModelContext, kube: KubernetesSpec) -> dict[str, Any]:
+def service(spec: ModelSpec, ctx: ModelContext, kube: KubernetesSpec) -> dict[str, object]:
     port = container_port(spec, kube)
     return {
         "apiVersion": "v1",
@@ -189,7 +188,7 @@ def on_demand_text(spec: ModelSpec) -> str:
     )
 
 
-def kustomization(resources: Iterable[str]) -> dict[str, Any]:
+def kustomization(resources: Iterable[str]) -> dict[str, object]:
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",

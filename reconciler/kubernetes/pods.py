@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import posixpath
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler.core.cluster import KubernetesSpec
 from reconciler.core.spec import HealthCheck, ModelSpec
@@ -128,7 +127,7 @@ def _seconds(value: float) -> int:
     return max(1, math.ceil(value))
 
 
-def probes(health: HealthCheck, path: str) -> dict[str, dict[str, Any]]:
+def probes(health: HealthCheck, path: str) -> dict[str, dict[str, object]]:
     """Readiness, liveness and startup probes with the spec's period, timeout and threshold.
 
     The startup probe allows `startup_timeout_s`; liveness only begins once it has passed, so a
@@ -146,14 +145,14 @@ def container_port(spec: ModelSpec, kube: KubernetesSpec) -> int:
     return spec.port if spec.port is not None else kube.container_port
 
 
-def container(spec: ModelSpec, pod: PodModel, kube: KubernetesSpec) -> dict[str, Any]:
+def container(spec: ModelSpec, pod: PodModel, kube: KubernetesSpec) -> dict[str, object]:
     """The engine container (FlagValueError for a parameter value that would become a flag)."""
     d = descriptor(spec.framework)
     port = container_port(spec, kube)
     image, launcher = image_and_launcher(d, kube)
     placed = spec.model_copy(update={"model_path": pod.path})
     argv = d.argv(placed, _placement(spec, port), launcher)
-    body: dict[str, Any] = {
+    body: dict[str, object] = {
         "name": CONTAINER,
         "image": (spec.image or "") if d.needs_image else image,
         "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
@@ -181,8 +180,8 @@ def container(spec: ModelSpec, pod: PodModel, kube: KubernetesSpec) -> dict[str,
     return body
 
 
-def volumes(spec: ModelSpec, pod: PodModel, kube: KubernetesSpec) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
+def volumes(spec: ModelSpec, pod: PodModel, kube: KubernetesSpec) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = []
     if pod.mounted:
         volume = kube.model_volume
         source: dict[str, dict[str, str | bool | None]]
@@ -196,7 +195,7 @@ def volumes(spec: ModelSpec, pod: PodModel, kube: KubernetesSpec) -> list[dict[s
     return found
 
 
-def gpu_memory_affinity(need_mb: int) -> dict[str, Any]:
+def gpu_memory_affinity(need_mb: int) -> dict[str, object]:
     """Only nodes whose GPUs have at least `need_mb` MiB (`Gt` is strict, hence need - 1)."""
     expression = {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(need_mb - 1)]}
     terms = [{"matchExpressions": [expression]}]

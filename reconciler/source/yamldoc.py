@@ -22,7 +22,7 @@ from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.resolver import Resolver
 
-from reconciler.core.desired import FieldPath, Problem, SourceDoc
+from reconciler.core.desired import FieldPath, PlainValue, Problem, SourceDoc
 
 try:  # PyYAML built with libyaml; without it every file takes the ruamel path
     import yaml as _pyyaml
@@ -105,7 +105,7 @@ def _parse_with_ruamel(file: str, text: str) -> tuple[SourceDoc | None, Problem 
 
 
 def _document(
-    file: str, data: Any, lines: dict[FieldPath, int]
+    file: str, data: PlainValue, lines: dict[FieldPath, int]
 ) -> tuple[SourceDoc | None, Problem | None]:
     if data is None:
         return None, Problem(file, 1, "", "file is empty: expected a mapping of fields")
@@ -114,7 +114,7 @@ def _document(
     return SourceDoc(file, data, lines), None
 
 
-def _kind(value: Any) -> str:
+def _kind(value: PlainValue) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, bool):
@@ -127,14 +127,14 @@ def _kind(value: Any) -> str:
 @dataclass
 class _Frame:
     path: FieldPath
-    value: dict[str, Any] | list[Any]
+    value: dict[str, PlainValue] | list[PlainValue]
     anchor: str | None
     line: int
     size: int = 1
     key: str | None = None  # a mapping's key waiting for its value
     key_line: int = 0
     key_is_merge: bool = False
-    merges: list[tuple[Any, int]] = field(default_factory=list)
+    merges: list[tuple[PlainValue, int]] = field(default_factory=list)
 
 
 _SCALAR, _OPEN_MAP, _OPEN_SEQ, _CLOSE, _ALIAS, _DOCUMENT = range(6)
@@ -161,7 +161,7 @@ if _LIBYAML:
     )
 
 
-def _build(events: Iterable[Any]) -> tuple[Any, dict[FieldPath, int]]:
+def _build(events: Iterable[Any]) -> tuple[PlainValue, dict[FieldPath, int]]:
     """Plain values (dict, list, str, int, float, bool, None) and the line of every field.
 
     Keys are always strings, spelled as written (`1:` is the key "1"). Aliases share the
@@ -169,12 +169,12 @@ def _build(events: Iterable[Any]) -> tuple[Any, dict[FieldPath, int]]:
     """
     lines: dict[FieldPath, int] = {(): 1}
     stack: list[_Frame] = []
-    anchors: dict[str, tuple[Any, int, str | None]] = {}  # value, node count, scalar text
-    root: Any = None
+    anchors: dict[str, tuple[PlainValue, int, str | None]] = {}  # value, node count, its text
+    root: PlainValue = None
     documents = 0
     nodes = 0
 
-    def attach(value: Any, size: int, line: int, text: str | None, merge: bool) -> None:
+    def attach(value: PlainValue, size: int, line: int, text: str | None, merge: bool) -> None:
         nonlocal root, nodes
         nodes += size
         if nodes > MAX_NODES:
@@ -227,7 +227,7 @@ def _build(events: Iterable[Any]) -> tuple[Any, dict[FieldPath, int]]:
             expected = "map" if kind == _OPEN_MAP else "seq"
             if event.tag not in (None, "!", _CORE + expected):
                 raise _Unusable(line, f"unsupported tag '{_short(event.tag)}'")
-            container: dict[str, Any] | list[Any] = {} if kind == _OPEN_MAP else []
+            container: dict[str, PlainValue] | list[PlainValue] = {} if kind == _OPEN_MAP else []
             stack.append(_Frame(child_path(), container, event.anchor, line))
         elif kind == _CLOSE:
             frame = stack.pop()
@@ -265,7 +265,7 @@ def _merge(frame: _Frame, lines: dict[FieldPath, int]) -> None:
 _BOOLS = {"true": True, "false": False}
 
 
-def _scalar(event: Any, line: int) -> tuple[Any, bool]:
+def _scalar(event: Any, line: int) -> tuple[PlainValue, bool]:
     """The value of a scalar (YAML 1.2 core schema) and whether it is a `<<` merge key."""
     text: str = event.value
     tag = event.tag
@@ -282,7 +282,7 @@ _CACHED_LENGTH = 64
 """Keys and short values repeat across files (`framework`, `true`, `4096`): resolve them once."""
 
 
-def _plain(text: str) -> tuple[Any, bool]:
+def _plain(text: str) -> tuple[PlainValue, bool]:
     """An untagged, unquoted scalar: the YAML 1.2 core schema decides what it is."""
     tag = str(_RESOLVER.resolve(ScalarNode, text, (True, False)))
     with contextlib.suppress(ValueError, KeyError, _Unusable):
@@ -293,7 +293,7 @@ def _plain(text: str) -> tuple[Any, bool]:
 _plain_cached = functools.lru_cache(maxsize=4096)(_plain)
 
 
-def _scalar_as(tag: str, text: str, line: int) -> tuple[Any, bool]:
+def _scalar_as(tag: str, text: str, line: int) -> tuple[PlainValue, bool]:
     try:
         if tag == _CORE + "str" or tag == _CORE + "timestamp":  # dates stay text, as in JSON
             return text, False
