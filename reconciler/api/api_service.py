@@ -72,7 +72,7 @@ class ControlServer:
     def __init__(self, daemon: Daemon, sock: socket.socket) -> None:
         self.daemon = daemon
         self._sock = sock
-        self._ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        self._ops: dict[str, Callable[[dict[str, object]], dict[str, object]]] = {
             "metrics": self._metrics,
             "reconcile": self._reconcile,
             "restart": self._restart,
@@ -98,7 +98,7 @@ class ControlServer:
                 stream.write(json.dumps(self.answer(line)).encode() + b"\n")
                 stream.flush()
 
-    def answer(self, line: bytes) -> dict[str, Any]:
+    def answer(self, line: bytes) -> dict[str, object]:
         try:
             request = json.loads(line)
             handler = self._ops[request["op"]]
@@ -107,20 +107,20 @@ class ControlServer:
             log.warning("API link: %s", exc)
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
-    def _metrics(self, _request: dict[str, Any]) -> dict[str, Any]:
+    def _metrics(self, _request: dict[str, object]) -> dict[str, object]:
         return {"body": render(self.daemon.registry).decode()}
 
-    def _reconcile(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _reconcile(self, request: dict[str, object]) -> dict[str, object]:
         self.daemon.controller.trigger(str(request.get("reason", "api")))
         return {}
 
-    def _restart(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _restart(self, request: dict[str, object]) -> dict[str, object]:
         model_id = str(request["model"])
         self.daemon.reconciler.request_restart(model_id)  # refuses what is not a model id
         self.daemon.controller.trigger(f"restart {model_id} (api)")
         return {}
 
-    def _webhook(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _webhook(self, request: dict[str, object]) -> dict[str, object]:
         with contextlib.suppress(Exception):  # the record is for operators; it must not fail
             self.daemon.reconciler.event(EventKind.webhook, None, str(request.get("detail", "")))
         self.daemon.controller.fetch_now("webhook")

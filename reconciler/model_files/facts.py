@@ -135,12 +135,12 @@ def facts_cache_dir() -> Path:
     return cache_dir().parent / "facts"
 
 
-def _cache_file(key: dict[str, Any]) -> Path:
+def _cache_file(key: dict[str, object]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return facts_cache_dir() / f"gguf-{digest}.json"
 
 
-def _load_cached_facts(key: dict[str, Any]) -> GGUFFacts | None:
+def _load_cached_facts(key: dict[str, object]) -> GGUFFacts | None:
     """The cached facts, or None for a missing, stale or damaged entry (then re-read)."""
     try:
         entry = json.loads(_cache_file(key).read_text(encoding="utf-8"))
@@ -151,7 +151,7 @@ def _load_cached_facts(key: dict[str, Any]) -> GGUFFacts | None:
         return None
 
 
-def _store_cached_facts(key: dict[str, Any], facts: GGUFFacts) -> None:
+def _store_cached_facts(key: dict[str, object], facts: GGUFFacts) -> None:
     """Best effort: a cache that cannot be written only costs the next start its time."""
     target = _cache_file(key)
     try:
