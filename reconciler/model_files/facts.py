@@ -244,13 +244,14 @@ def _gguf_value(header: GGUFHeader, key: str, path: str, default: Any = _MISSING
     return value
 
 
-def _largest(value: Any, key: str, path: str) -> int:
+def _largest(value: object, key: str, path: str) -> int:
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    whole = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    if not values or len(whole) != len(values):
         raise FactsError(f"{path}: {key} is not a whole number ({value!r})")
-    if max(values) <= 0:
+    if max(whole) <= 0:
         raise FactsError(f"{path}: {key} must be positive ({value!r})")
-    return max(values)
+    return max(whole)
 
 
 def _vocabulary_size(header: GGUFHeader, path: str) -> int:

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 PKG_PREFIX = "pkg:"
 
@@ -44,7 +45,7 @@ def resolve(model_path: str, *, assemble: bool = True) -> Path:
             f"(pip install {module_name.replace('_', '-')})"
         )
     module = importlib.import_module(module_name)
-    target = cache_dir() / module_name / module.MODEL_NAME
+    target: Path = cache_dir() / module_name / module.MODEL_NAME
     if assemble:
         try:
             _assemble_once(module, target)
@@ -53,7 +54,7 @@ def resolve(model_path: str, *, assemble: bool = True) -> Path:
     return target
 
 
-def _assemble_once(module, target: Path) -> None:
+def _assemble_once(module: ModuleType, target: Path) -> None:
     """module.assemble() hashes the whole file on every call (0.2 s for Gemma 3 270M, twice per
     pass). A stamp next to the file remembers the size and mtime it last verified."""
     stamp = target.with_name(target.name + ".verified")
