@@ -91,7 +91,8 @@ SOURCES = ("state", "gpus", "desired", "gpus_declared", "notifications", "memory
 
 StateSource = Callable[[], State | None]
 GPUSource = Callable[[], Sequence[GPUInfo]]
-DesiredSource = Callable[[], tuple[bool, str | None, Mapping[str, int], int]]
+DesiredSource = Callable[[], tuple[bool, str | None, Mapping[str, int], int] | None]
+"""(valid, revision, priorities, unschedulable), a DesiredSnapshot; None before the first pass"""
 NotificationSource = Callable[[], Mapping[tuple[str, str], int]]
 MemorySource = Callable[[], Mapping[str, tuple[int | None, int | None]]]
 """model id -> (estimated MiB, measured MiB) per GPU"""
