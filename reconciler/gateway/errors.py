@@ -100,6 +100,14 @@ def no_upstream(model: str, problem: str, retry_after: int) -> Refusal:
     return Refusal(503, message, UNAVAILABLE, "upstream_unavailable", retry_after=retry_after)
 
 
+def key_withheld(model: str) -> Refusal:
+    # why (which variable, which host) is the operator's to read, in gateway.log
+    message = f"the gateway may not send the key of the remote model `{model}` to its endpoint"
+    # 502: the gateway cannot make a valid request upstream; retrying will not help until the
+    # host's operator binds the key (a client's own mistake it is not)
+    return Refusal(502, message, "server_error", "remote_key_withheld")
+
+
 def not_found(method: str, path: str) -> Refusal:
     return Refusal(404, f"no route for {shown(method)} {shown(path)}", INVALID, "not_found")
 

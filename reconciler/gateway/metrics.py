@@ -124,6 +124,13 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=r,
         )
+        self.overflows = Counter(
+            "reconciler_gateway_overflow",
+            "Requests sent to a model's overflow model because more than queue_over already "
+            "waited for it",
+            ["model", "to"],
+            registry=r,
+        )
         self.key_requests = Counter(
             "reconciler_gateway_key_requests",
             "Requests accepted per API key name",
@@ -161,6 +168,9 @@ class GatewayMetrics:
 
     def failover(self, model: str, reason: Failover) -> None:
         self._child(self.failovers, model, reason).inc()
+
+    def overflowed(self, model: str, to: str) -> None:
+        self._child(self.overflows, model, to).inc()
 
     def key_used(self, name: str) -> None:
         self._child(self.key_requests, name).inc()

@@ -2,15 +2,19 @@
 another instance, then to the fallback), then pass back the answer or its stream chunk by chunk.
 
 The instances come from the gateway's Table; the connections from the lean client of
-upstream.py, which frames each answer strictly (framing.py).
+upstream.py, which frames each answer strictly (framing.py). A remote model's one instance is
+its endpoint: what changes for it (path, key, name, TLS) is remote_endpoint.py's; a 502 or 503
+it answers fails over like an engine's when a fallback can answer instead, and is passed through
+as it came when none can (a provider's own error says more than ours).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +25,18 @@ from reconciler.gateway.clients import FORWARDED_HEADERS
 from reconciler.gateway.errors import MODEL_HEADER
 from reconciler.gateway.framing import UpstreamError
 from reconciler.gateway.metrics import Failover, GatewayMetrics
-from reconciler.gateway.routes import GatewaySettings
+from reconciler.gateway.remote_endpoint import (
+    KeyCheck,
+    endpoint_headers,
+    endpoint_path,
+    key_check,
+    with_model,
+)
+from reconciler.gateway.routes import GatewaySettings, RemoteRoute
 from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
 from reconciler.gateway.upstream import Pool
 
+log = logging.getLogger("reconciler.gateway")
 RETRY_STATUSES = {502: Failover.http_502, 503: Failover.http_503}
 """engine answers that mean "try another instance", and the failover reason each counts as"""
 USAGE_FIELD = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
@@ -49,10 +61,14 @@ class Relay:
         metrics: GatewayMetrics,
         pool: Pool,
         settings: Callable[[], GatewaySettings],
+        environ: Mapping[str, str],
     ) -> None:
         self.table, self.metrics, self.pool = table, metrics, pool
         self.settings = settings
         """the settings of the routing table loaded now (they change with it)"""
+        self.environ = environ
+        """the gateway's environment: where remote models' keys are read"""
+        self._keys: dict[tuple[str, RemoteRoute], KeyCheck] = {}
 
     async def forward(
         self,
@@ -68,15 +84,19 @@ class Relay:
         last_problem = "no instance is ready"
         while True:
             instance = self.table.pick(target, tried)
+            fallback = self.table.fallback_of(entry) if target.id == entry.id else None
+            if fallback is not None and (fallback.id == target.id or fallback.full()):
+                fallback = None  # itself, or a remote one at its limit: nobody to go to
             if instance is None:
-                fallback = self.table.fallback_of(entry) if target.id == entry.id else None
-                if fallback is None or fallback.id == target.id:
+                if fallback is None:
                     raise errors.no_upstream(target.id, last_problem, self.settings().retry_after_s)
                 self.metrics.failover(entry.id, Failover.fallback)
                 target, tried = fallback, set()
                 continue
-            tried.add(instance.url)
-            result = await self.attempt(request, instance, target, body, payload, started)
+            tried.add(instance.key)
+            # a remote model's endpoint is its one instance: with no fallback it has the last word
+            final = target.route.remote is not None and fallback is None
+            result = await self.attempt(request, instance, target, body, payload, started, final)
             if isinstance(result, web.StreamResponse):
                 return result
             last_problem = str(result)
@@ -90,25 +110,37 @@ class Relay:
         body: bytes,
         payload: dict[str, Any],
         started: float,
+        final: bool = False,
     ) -> web.StreamResponse | Miss:
-        """One try on one instance: a response, or why to try elsewhere."""
-        served_name = target.route.served_name or target.id
-        if payload["model"] != served_name:
-            body = json.dumps({**payload, "model": served_name}).encode()
+        """One try on one instance: a response, or why to try elsewhere (unless `final`: then
+        a 502 or 503 is the answer)."""
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        remote = target.route.remote
+        if remote is None:
+            path = request.raw_path  # checked by check_client: what the engine gets
+            body = with_model(body, payload, target.route.served_name or target.id)
+        else:
+            key = self.key_for(target.id, remote)
+            if key.refusal is not None:
+                raise errors.key_withheld(target.id)
+            path = endpoint_path(remote.endpoint, request.raw_path)
+            body = with_model(body, payload, remote.upstream_model)
+            headers = endpoint_headers(remote, headers, key.authorization)
         instance.inflight += 1
+        instance.unanswered += 1
+        answered = False
         self.metrics.inflight_add(target.id, 1)
         upstream = None
         try:
             try:
                 upstream = await self.pool.post(
                     instance.url,
-                    request.raw_path,  # checked by check_client: what the engine gets
+                    path,
                     body,
                     headers,
                     idle_timeout_s=self.settings().upstream_idle_timeout_s,
                 )
-                if upstream.status in RETRY_STATUSES:
+                if upstream.status in RETRY_STATUSES and not final:
                     reason = RETRY_STATUSES[upstream.status]
                     return Miss(reason, f"the engine answered {upstream.status}")
                 content_type = upstream.headers.get("content-type", "application/json")
@@ -119,6 +151,8 @@ class Relay:
                 else:
                     data = await upstream.read()
                 instance.last_byte_at = time.monotonic()  # an answer is a sign of life too
+                instance.unanswered -= 1
+                answered = True
             except UpstreamError as exc:
                 instance.down_until = time.monotonic() + DOWN_FOR_S
                 return Miss(Failover.connection, f"{type(exc).__name__} {exc}")
@@ -142,8 +176,12 @@ class Relay:
                 upstream.close()  # a stream the client left is cut here, which stops the engine
             self.table.touch(target.id)  # before it counts as idle: never idle with one in flight
             instance.inflight -= 1
+            if not answered:
+                instance.unanswered -= 1
             self.metrics.inflight_add(target.id, -1)
             self.table.retire_if_idle(instance)
+            if remote is not None and remote.max_concurrency is not None:
+                self.table.freed(target.id)
 
     async def relay_stream(
         self,
@@ -184,6 +222,16 @@ class Relay:
         if usage:
             self.record_usage(model, usage)
         return response
+
+    def key_for(self, model_id: str, remote: RemoteRoute) -> KeyCheck:
+        """The key check of a remote route, made once per route (the environment is the
+        process's, fixed at its start), and logged once when the key is withheld."""
+        check = self._keys.get((model_id, remote))
+        if check is None:
+            check = self._keys[(model_id, remote)] = key_check(model_id, remote, self.environ)
+            if check.refusal is not None:
+                log.error("remote model %s: key withheld: %s", model_id, check.refusal)
+        return check
 
     def record_usage(self, model: str, data: bytes) -> None:
         # a regular expression, not a second JSON parse of every answer: this is the hot path

@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.instance import InstanceRecord, Status
@@ -72,6 +72,28 @@ class RouteInstance:
 
 
 @dataclass(frozen=True)
+class RemoteRoute:
+    """Where the gateway sends a remote model's requests (`framework: remote`)."""
+
+    endpoint: str
+    """the OpenAI base URL, e.g. https://api.example.com/v1"""
+    upstream_model: str
+    """the `model` the endpoint knows"""
+    key_env: str | None = None
+    """the gateway's RECONCILER_SECRET_* variable holding the endpoint's key (never the key)"""
+    max_concurrency: int | None = None
+    """requests in flight to the endpoint at most; more wait in the model's queue"""
+
+
+@dataclass(frozen=True)
+class OverflowRoute:
+    """A local model's cloud burst: past `queue_over` waiting requests, new ones go to `model`."""
+
+    model: str
+    queue_over: int
+
+
+@dataclass(frozen=True)
 class RouteModel:
     id: str
     status: str
@@ -81,7 +103,9 @@ class RouteModel:
     served_name: str | None = None
     """the `model` the engine expects in a request body (None = the id)"""
     instances: tuple[RouteInstance, ...] = ()
-    """ready instances only"""
+    """ready instances only (a running remote model: one, at its endpoint)"""
+    remote: RemoteRoute | None = None
+    overflow: OverflowRoute | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,8 @@ class Routes:
                 "fallback": m.fallback,
                 "served_name": m.served_name,
                 "instances": [asdict(i) for i in m.instances],
+                "remote": None if m.remote is None else asdict(m.remote),
+                "overflow": None if m.overflow is None else asdict(m.overflow),
             }
             for m in sorted(self.models.values(), key=lambda m: m.id)
         }
@@ -211,7 +237,20 @@ def parse_routes(text: str) -> Routes:
                 fallback=m.get("fallback"),
                 served_name=m.get("served_name"),
                 instances=tuple(RouteInstance(**i) for i in m.get("instances") or ()),
+                remote=_parsed(RemoteRoute, m.get("remote")),
+                overflow=_parsed(OverflowRoute, m.get("overflow")),
             )
         return Routes(models, settings, int(data.get("generation", 0)))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise RoutesError(f"bad routes file: {exc}") from exc
+
+
+Part = TypeVar("Part", RemoteRoute, OverflowRoute)
+
+
+def _parsed(kind: type[Part], value: object) -> Part | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RoutesError(f"{kind.__name__}: expected an object, got {type(value).__name__}")
+    return kind(**value)

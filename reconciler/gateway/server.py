@@ -24,6 +24,7 @@ from reconciler.gateway.clients import Bodies, Claim, Connections, Guard, client
 from reconciler.gateway.errors import MODEL_HEADER, Refusal
 from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics, TrafficWindow
 from reconciler.gateway.relay import Relay
+from reconciler.gateway.remote_endpoint import tls_context
 from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
 from reconciler.gateway.routes import parse_routes as parse_routes_text
 from reconciler.gateway.table import Entry, Table
@@ -52,8 +53,8 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.traffic = TrafficWindow()
         self.keys: list[tuple[str, bytes]] = []
-        self.pool = Pool()
-        self.relay = Relay(self.table, self.metrics, self.pool, lambda: self.settings)
+        self.pool = Pool(tls=lambda: tls_context(self.environ))
+        self.relay = Relay(self.table, self.metrics, self.pool, lambda: self.settings, self.environ)
         self.guard = Guard(listen_host)
         self.connections = Connections(limit=2**31)
         """the listening socket's (__main__.serve sets the limit): requests mark theirs busy"""
@@ -165,7 +166,9 @@ class Gateway:
             raise errors.no_table(self.settings.retry_after_s)
 
     async def wait_for_target(self, entry: Entry) -> Entry:
-        """The model itself when ready, its running fallback when it cannot run, or wait."""
+        """The model itself when ready, its running fallback when it cannot run, its overflow
+        model when too many wait for it, or wait: for it to become ready, or (a remote model at
+        its max_concurrency) for one of its requests to end."""
         settings = self.settings
         deadline = 0.0  # set when it joins the queue, before it waits
         queued = False
@@ -174,13 +177,18 @@ class Gateway:
                 entry = self.table.entries.get(entry.id, entry)
                 if not entry.route.enabled:
                     raise errors.disabled(entry.id)
+                if not queued and (spill := self.overflow_of(entry)) is not None:
+                    self.metrics.overflowed(entry.id, spill.id)
+                    return spill
+                target = None
                 if entry.ready():
-                    return entry
-                if entry.status in UNAVAILABLE or entry.id not in self.table.entries:
-                    fallback = self.table.fallback_of(entry)
-                    if fallback is not None:
-                        return fallback
-                    raise errors.unavailable(entry.id, entry.status, settings.retry_after_s)
+                    target = entry
+                elif entry.status in UNAVAILABLE or entry.id not in self.table.entries:
+                    target = self.table.fallback_of(entry)
+                    if target is None:
+                        raise errors.unavailable(entry.id, entry.status, settings.retry_after_s)
+                if target is not None and not target.full():
+                    return target
                 now = time.monotonic()
                 if not queued:
                     if entry.waiting >= settings.max_queue:
@@ -189,10 +197,12 @@ class Gateway:
                         )
                     queued, deadline = True, now + settings.queue_timeout_s
                     entry.waiting += 1
-                    if entry.waiting_since is None:
-                        entry.waiting_since = now
+                    if entry.waiting_since is None and target is None:
+                        entry.waiting_since = now  # a cold start, as clients feel it
                     self.metrics.queue_add(entry.id, 1)
-                changed = self.table.changed
+                # not ready: wait for a new table; at its limit: for a slot (or a new table)
+                table = self.table
+                changed = table.changed if target is None else table.room_event(target.id)
                 try:
                     await asyncio.wait_for(changed.wait(), max(0.0, deadline - now))
                 except TimeoutError:
@@ -206,6 +216,17 @@ class Gateway:
                 if current.waiting == 0:
                     current.waiting_since = None
                 self.metrics.queue_add(entry.id, -1)
+
+    def overflow_of(self, entry: Entry) -> Entry | None:
+        """The model a new request for `entry` goes to instead, when more than queue_over
+        requests already wait for `entry` and that model can take it now."""
+        overflow = entry.route.overflow
+        if overflow is None or entry.waiting_for_answer() <= overflow.queue_over:
+            return None
+        spill = self.table.entries.get(overflow.model)
+        if spill is None or spill.id == entry.id or not spill.ready() or spill.full():
+            return None
+        return spill
 
     async def handle_models(self, request: web.Request) -> web.Response:
         try:

@@ -4,8 +4,11 @@ after every pass, asked to drain an engine before the loop stops it, read for on
 and for whether an engine whose probe timed out is busy).
 
 The gateway runs in a process of its own so that its traffic never competes with the reconcile
-loop for the interpreter. The daemon feeds it through the routes file (routes.write_routes) and
-reads back in-flight counts from its loopback-only GET /internal/inflight.
+loop for the interpreter. It inherits the daemon's environment (GatewayService.env): its client
+keys, remote models' keys (RECONCILER_SECRET_*, with their _HOSTS bindings) and the CA bundle for
+remote endpoints (RECONCILER_REMOTE_CA_FILE) are read there, never from git. The daemon feeds it
+through the routes file (routes.write_routes) and reads back in-flight counts from its
+loopback-only GET /internal/inflight.
 """
 
 from __future__ import annotations
@@ -379,6 +382,8 @@ def activity(gateway: GatewayService) -> dict[int, Activity]:
         return {}
     seen: dict[int, Activity] = {}
     for url, instance in report.get("instances", {}).items():
+        if instance.get("remote"):
+            continue  # a remote model's endpoint: its port is not one of this host's engines
         port = urlsplit(url).port
         if port is not None:
             age = instance.get("last_byte_age_s")

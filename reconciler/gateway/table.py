@@ -23,7 +23,12 @@ noticed yet that it died)"""
 class Instance:
     url: str
     model: str
+    key: str = ""
+    """unique in the table: the URL of an engine; a remote endpoint's, with `#<model>` (two
+    remote models may share an endpoint, each with its own count against its limit)"""
     inflight: int = 0
+    unanswered: int = 0
+    """requests sent to it that have had no byte back yet (they wait, as clients see it)"""
     served: int = 0
     draining: bool = False
     listed: bool = True
@@ -31,6 +36,9 @@ class Instance:
     last_byte_at: float | None = None
     """monotonic time it last sent bytes to a client (the daemon's health checks: a busy
     engine is not a dead one)"""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.url
 
     @property
     def routable(self) -> bool:
@@ -61,6 +69,18 @@ class Entry:
     def ready(self) -> bool:
         return self.route.status == "running" and any(i.routable for i in self.instances)
 
+    def full(self) -> bool:
+        """A remote model with max_concurrency requests in flight: the next one waits."""
+        remote = self.route.remote
+        if remote is None or remote.max_concurrency is None:
+            return False
+        return sum(i.inflight for i in self.instances) >= remote.max_concurrency
+
+    def waiting_for_answer(self) -> int:
+        """Requests that wait for this model as clients see it: in its queue, or sent to it
+        with no byte back yet (queued inside its engine): what overflow's queue_over counts."""
+        return self.waiting + sum(i.unanswered for i in self.instances)
+
 
 class Table:
     def __init__(self) -> None:
@@ -71,6 +91,9 @@ class Table:
         self.instances: dict[str, Instance] = {}
         self.changed = asyncio.Event()
         """set (and replaced) on every reload: queued requests look again"""
+        self.room: dict[str, asyncio.Event] = {}
+        """per remote model with max_concurrency: set (and replaced) when a request to it ends
+        or the table reloads, so that a request waiting for a free slot looks again"""
 
     def load(self, routes: Routes) -> list[tuple[str, float]]:
         """Swap in a new table; returns (model, seconds) for models that became ready while
@@ -89,23 +112,24 @@ class Table:
                 entry.waiting_since = previous.waiting_since
                 entry.last_request_at = previous.last_request_at
             for spec in route.instances:
-                instance = self.instances.get(spec.url)
+                key = spec.url if route.remote is None else f"{spec.url}#{model_id}"
+                instance = self.instances.get(key)
                 if instance is None or instance.model != model_id:
-                    instance = Instance(spec.url, model_id)
-                    self.instances[spec.url] = instance
+                    instance = Instance(spec.url, model_id, key)
+                    self.instances[key] = instance
                 instance.draining = spec.draining
                 instance.listed = True
                 entry.instances.append(instance)
-                listed.add(spec.url)
+                listed.add(key)
             entries[model_id] = entry
             if entry.waiting_since is not None and entry.ready():
                 cold_starts.append((model_id, now - entry.waiting_since))
                 entry.waiting_since = None
-        for url, instance in list(self.instances.items()):
-            if url not in listed:
+        for key, instance in list(self.instances.items()):
+            if key not in listed:
                 instance.listed = False
                 if instance.inflight == 0:
-                    del self.instances[url]
+                    del self.instances[key]
         names: dict[str, Entry] = {}
         for entry in entries.values():
             for alias in entry.route.aliases:
@@ -115,7 +139,22 @@ class Table:
         self.routes, self.entries, self.names = routes, entries, names
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
+        for model_id in list(self.room):
+            self.freed(model_id)
         return cold_starts
+
+    def room_event(self, model_id: str) -> asyncio.Event:
+        """What a request waiting for a free slot of `model_id` waits on."""
+        event = self.room.get(model_id)
+        if event is None:
+            event = self.room[model_id] = asyncio.Event()
+        return event
+
+    def freed(self, model_id: str) -> None:
+        """A slot of `model_id` may be free: its waiting requests look again."""
+        event = self.room.pop(model_id, None)
+        if event is not None:
+            event.set()
 
     def resolve(self, name: str) -> Entry | None:
         return self.names.get(name)
@@ -140,7 +179,7 @@ class Table:
         for step in range(count):
             index = (start + step) % count
             instance = candidates[index]
-            if not instance.routable or instance.url in exclude:
+            if not instance.routable or instance.key in exclude:
                 continue
             key = (instance.down_until > now, instance.inflight)
             if best is None or key < best_key:
@@ -157,15 +196,16 @@ class Table:
 
     def retire_if_idle(self, instance: Instance) -> None:
         if not instance.listed and instance.inflight == 0:
-            self.instances.pop(instance.url, None)
+            self.instances.pop(instance.key, None)
 
     def inflight_report(self) -> dict[str, object]:
         now = time.monotonic()
         return {
             "generation": self.routes.generation,
             "instances": {
-                url: {
+                key: {
                     "model": i.model,
+                    "remote": i.key != i.url,
                     "inflight": i.inflight,
                     "served": i.served,
                     "draining": i.draining,
@@ -173,7 +213,7 @@ class Table:
                     # an age, not a time: the daemon's clock is not this process's monotonic one
                     "last_byte_age_s": None if i.last_byte_at is None else now - i.last_byte_at,
                 }
-                for url, i in sorted(self.instances.items())
+                for key, i in sorted(self.instances.items())
             },
             "models": {
                 model_id: {

@@ -1,4 +1,6 @@
 """A lean HTTP/1.1 client for the engines: kept-alive connections per instance, nothing more.
+Remote models' https endpoints get the same client over TLS (the event loop's own, with the
+context the pool is given: certificates and host names verified).
 
 aiohttp's client spent most of the gateway's time per request (measured with cProfile under
 wrk); this one does what the proxy needs (POST a body, read the head, then the whole body or its
@@ -15,7 +17,8 @@ included, ends after the idle timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from reconciler.gateway.framing import (
@@ -226,21 +229,31 @@ class Response:
 
 
 class Pool:
-    def __init__(self) -> None:
+    def __init__(self, tls: Callable[[], ssl.SSLContext] = ssl.create_default_context) -> None:
         self._idle: dict[str, list[_Connection]] = {}
         self._waiting: set[_Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._make_tls = tls
+        self._tls: ssl.SSLContext | None = None
+        """made at the first https connection: a gateway of local engines never loads CAs"""
 
     def put_back(self, key: str, conn: _Connection) -> None:
         self._idle.setdefault(key, []).append(conn)
 
-    async def _connect(self, host: str, port: int) -> _Connection:
+    async def _connect(self, host: str, port: int, tls: bool) -> _Connection:
         loop = asyncio.get_running_loop()
+        make = lambda: _Connection(self._waiting)  # noqa: E731
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self._waiting), host, port),
-                CONNECT_TIMEOUT_S,
-            )
+            if tls:
+                if self._tls is None:
+                    self._tls = self._make_tls()
+                connecting = loop.create_connection(
+                    make, host, port, ssl=self._tls, server_hostname=host
+                )
+            else:
+                connecting = loop.create_connection(make, host, port)
+            # ssl.SSLError (a certificate that does not verify) is an OSError
+            _, conn = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect: {exc}") from exc
         return conn
@@ -257,7 +270,8 @@ class Pool:
         replaced once by a new one (the engine may have dropped it while idle). `idle_timeout_s`
         bounds every wait for the engine's next byte (None: DEFAULT_IDLE_TIMEOUT_S)."""
         parts = urlsplit(base)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        tls = parts.scheme == "https"
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
         lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"Content-Length: {len(body)}")
@@ -278,7 +292,7 @@ class Pool:
             except UpstreamError:
                 if conn.received != received or conn.timed_out:
                     raise  # the engine answered (badly) or hangs: not a stale connection
-        conn = await self._connect(host, port)
+        conn = await self._connect(host, port, tls)
         conn.idle_timeout_s = timeout
         return await self._exchange(base, conn, request)
 
