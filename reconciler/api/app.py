@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from reconciler import __version__
-from reconciler.api import event_routes, plan, probes, status_routes, triggers
-from reconciler.api.auth import BodyLimit
+from reconciler.api import activity_routes, probes, status_routes, triggers
+from reconciler.api.triggers import BodyLimit
 from reconciler.api.views import Views
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -54,8 +54,8 @@ def create_app(views: Views) -> FastAPI:
         status_routes.status_router(views),
         status_routes.models_router(views),
         status_routes.gpus_router(views),
-        plan.router(views),
-        event_routes.router(views),
+        activity_routes.plan_router(views),
+        activity_routes.events_router(views),
         status_routes.traffic_router(views),
         triggers.actions_router(views),
         triggers.webhook_router(views),

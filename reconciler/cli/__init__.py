@@ -46,11 +46,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop-all": ("apply", "Stop every engine this reconciler manages (processes and containers)."),
     "gpus": ("host", "Print the GPU inventory: declared in cluster.yaml, or read through NVML."),
     "run": (
-        "run",
+        "apply",
         "The daemon: reconcile on every change, commit, engine exit, webhook and resync.",
     ),
     "events": (
-        "events",
+        "status",
         "Print the event log (starts, stops, preemptions, crashes...), newest last.",
     ),
     "estimate": ("host", "Estimate the GPU memory a model needs (weights + KV cache + buffers)."),
@@ -67,10 +67,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "The spec-level difference between two revisions: models and fields, not YAML lines.",
     ),
     "backup": (
-        "backup",
+        "history",
         "Write one archive: a git bundle of the spec repository (every ref) and the state.",
     ),
-    "restore": ("backup", "Recreate the spec repository and the state directory from a backup."),
+    "restore": ("history", "Recreate the spec repository and the state directory from a backup."),
     "schema": ("validate", "JSON Schemas of the spec files."),
     "render": ("render", "Render desired state for a fleet."),
     "hooks": ("hooks", "Git hooks for spec repositories."),

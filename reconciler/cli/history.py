@@ -1,5 +1,6 @@
-"""`reconciler history`, `diff` and `rollback`: what each commit did to desired state and its fate
-here, and desired state as at a revision in a new commit, applied here.
+"""Desired state through time: `reconciler history` and `diff` (what each commit did to desired
+state, and its fate here), `rollback` (desired state as at a revision, in a new commit, applied
+here), and `backup` / `restore` (one archive with the spec repository and the state).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Annotated
 import typer
 
 from reconciler.cli import command_app
-from reconciler.cli.apply import apply_cmd
 from reconciler.cli.loading import Format, print_problems
 from reconciler.cli.options import (
     DEFAULT_DIR,
@@ -26,6 +26,7 @@ from reconciler.cli.options import (
     resolve_state_dir,
     usage_error,
 )
+from reconciler.source.archive import BackupError, create_backup, restore_backup
 from reconciler.source.commits import history, read_applied, render_history, spec_diff
 from reconciler.source.repo import InvalidRevision, NotFound, NothingToRollBack, SourceError
 from reconciler.source.rollback import push as push_branch
@@ -121,6 +122,69 @@ def rollback_cmd(
             err.print(f"error: {exc}", markup=False)
             push_failed = True
     if not no_apply:  # at the new commit, so that the state file records what was applied
+        # `history` and `diff` must start without the loop: only a rollback that applies loads it
+        from reconciler.cli.apply import apply_cmd
+
         apply_cmd(directory=directory, rev=new.sha, once=once, timeout=timeout, state_dir=state_dir)
     if push_failed:
         raise typer.Exit(1)
+
+
+@app.command("backup")
+def backup_cmd(
+    archive: Annotated[Path, typer.Argument(help="the archive to write (.tar.gz)")],
+    directory: DirArg = Path(DEFAULT_DIR),
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Write one archive: a git bundle of the spec repository (every ref) and the state."""
+    try:
+        result = create_backup(archive, directory, resolve_state_dir(state_dir))
+    except SourceError as exc:
+        raise source_errors(exc) from exc
+    except BackupError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from exc
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    m = result.manifest
+    state = ", ".join(n.removeprefix("state/") for n in m.files if n.startswith("state/"))
+    out.print(
+        f"wrote {result.archive}: {m.repo_name} at {m.head[:12]} ({m.branch or 'detached'}), "
+        f"desired state in {m.desired_dir}; state: {state or 'none'}",
+        markup=False,
+    )
+
+
+@app.command("restore")
+def restore_cmd(
+    archive: Annotated[Path, typer.Argument(help="an archive written by `reconciler backup`")],
+    into: Annotated[
+        Path | None,
+        typer.Option("--into", help="where to recreate the repository [default: ./<repo name>]"),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace the state already in the state directory")
+    ] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Recreate the spec repository and the state directory from a backup."""
+    target_state = resolve_state_dir(state_dir)
+    try:
+        result = restore_backup(archive, into, target_state, force)
+    except BackupError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from exc
+    m = result.manifest
+    out.print(
+        f"restored the repository in {result.repo_dir}: {m.branch or 'detached HEAD'} at "
+        f"{m.head[:12]} (backup of {m.created})",
+        markup=False,
+    )
+    out.print(f"origin: {result.origin_url or 'none (add one with git remote add)'}", markup=False)
+    for path in result.state_files:
+        out.print(f"restored {path}", markup=False)
+    out.print(
+        f"next: reconciler apply {result.desired_dir} --state-dir {result.state_dir} "
+        "(adopts the engines that still run, starts what is missing)",
+        markup=False,
+    )

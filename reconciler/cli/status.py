@@ -1,17 +1,24 @@
-"""`reconciler status`: each model's status from the state file."""
+"""`reconciler status` and `events`: each model's status from the state file, and the event log
+(starts, stops, preemptions, crashes...), printed or followed.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from reconciler.state.directory import STATE_FILE
+from reconciler.cli import command_app
+from reconciler.cli.options import StateDirOpt, err, out, resolve_state_dir, usage_error
+from reconciler.state.directory import EVENTS_FILE, STATE_FILE
+from reconciler.state.eventlog import Logged, events_end, read_events_after, read_recent_events
 from reconciler.state.reading import read_state_or_recover
-
-from . import command_app
-from .options import StateDirOpt, err, out, resolve_state_dir
 
 app = command_app()
 
@@ -62,3 +69,47 @@ def print_status(state_dir: Path) -> None:
 def status_cmd(state_dir: StateDirOpt = None) -> None:
     """Show each model's status from the state file."""
     print_status(resolve_state_dir(state_dir))
+
+
+@app.command("events")
+def events_cmd(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing events as they happen")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="recent events to print")] = 20,
+    model: Annotated[str | None, typer.Option("--model", help="only this model's")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Print the event log (starts, stops, preemptions, crashes...), newest last."""
+    if limit < 0:
+        raise usage_error("--limit must not be negative")
+    path = resolve_state_dir(state_dir) / EVENTS_FILE
+    recent = read_recent_events(path, limit, model=model) if limit else []
+    for logged in recent:
+        _print_event(logged, as_json)
+    if not follow:
+        return
+    # the event log is the record: tail it (works with `run`, `apply` and `restart` alike)
+    offset = recent[-1].cursor if recent else events_end(path)
+    while True:
+        new, offset = read_events_after(path, offset)
+        for logged in new:
+            if model is None or logged.event.model == model:
+                _print_event(logged, as_json)
+        time.sleep(0.5)
+
+
+def _print_event(logged: Logged, as_json: bool) -> None:
+    event = logged.event
+    if as_json:
+        sys.stdout.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    colours = {"crashed": "red", "gave-up": "red", "error": "red", "desired-invalid": "red"}
+    colours |= {"ready": "green", "start": "green", "preempt": "yellow", "stop": "yellow"}
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
+    line = Text(f"{when}  ")
+    line.append(f"{event.kind:<17}", style=colours.get(event.kind, "bold"))
+    line.append(f" {event.model or '-':<20} {event.message}")
+    out.print(line)

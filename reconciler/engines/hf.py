@@ -25,8 +25,8 @@ from reconciler.engines.base import (
 from reconciler.engines.hf_memory import HFFlags, hf_hook
 from reconciler.engines.process_engine import ProcessEngine
 from reconciler.engines.processes import find_executable
-from reconciler.model_files import locate as modelfiles
-from reconciler.model_files.locate import is_local_path
+from reconciler.model_files import facts as modelfiles
+from reconciler.model_files.facts import is_local_path
 
 # ---- argv ----------------------------------------------------------------------------------
 

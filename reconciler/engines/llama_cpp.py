@@ -45,7 +45,7 @@ from reconciler.engines.llama_cpp_python import HEALTH_PATH as PYTHON_SERVER_HEA
 from reconciler.engines.llama_cpp_python import python_server_args, python_server_unsupported
 from reconciler.engines.process_engine import ProcessEngine
 from reconciler.engines.processes import find_executable
-from reconciler.model_files import locate as modelfiles
+from reconciler.model_files import facts as modelfiles
 
 ENV_LLAMA_SERVER = "RECONCILER_LLAMA_SERVER"
 PYTHON_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")

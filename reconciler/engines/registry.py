@@ -17,8 +17,8 @@ from reconciler.engines import docker, llama_cpp, sglang, vllm
 from reconciler.engines.base import Engine, EngineDescriptor
 from reconciler.engines.detached import default_namespace
 from reconciler.model_files import facts as modelfacts
-from reconciler.model_files import locate as modelfiles
-from reconciler.model_files.safetensors import FactsError
+from reconciler.model_files import facts as modelfiles
+from reconciler.model_files.headers import FactsError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from reconciler.core.cluster import KubernetesSpec
 from reconciler.core.spec import HealthCheck, ModelSpec
 from reconciler.engines.base import EngineDescriptor, EnginePlacement
 from reconciler.engines.registry import descriptor
-from reconciler.model_files import locate as modelfiles
+from reconciler.model_files import facts as modelfiles
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # GPU feature discovery: MiB per GPU of the node

@@ -43,7 +43,7 @@ import httpx
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.holdings import measure
 from reconciler.engines.registry import estimate_spec
-from reconciler.model_files.locate import PKG_PREFIX
+from reconciler.model_files.facts import PKG_PREFIX
 from reconciler.state.reading import read_state
 
 GOAL = 0.10

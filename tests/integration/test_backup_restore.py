@@ -16,8 +16,7 @@ import pytest
 from cli_support import run_cli
 
 from reconciler.core.instance import InstanceRecord, Status
-from reconciler.source.archive import MANIFEST, BackupError, read_manifest
-from reconciler.source.restore import restore_backup
+from reconciler.source.archive import MANIFEST, BackupError, read_manifest, restore_backup
 from reconciler.state.statefile import State, write_state
 
 MODEL = (

@@ -26,7 +26,7 @@ from components import needs
 
 from reconciler.core.estimate import render_estimate
 from reconciler.engines.registry import estimate_path
-from reconciler.model_files.locate import resolve
+from reconciler.model_files.facts import resolve
 
 pytestmark = needs(
     "llama-cpp-python",

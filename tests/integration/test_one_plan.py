@@ -23,7 +23,7 @@ import pytest
 from apply_support import Host, managed_host, running, stand_in, vllm_wrapper, wait_for
 from daemon_support import Daemon, running_daemon
 
-from reconciler.api.plan import plan_out
+from reconciler.api.activity_routes import plan_out
 from reconciler.core.activation import Traffic
 from reconciler.core.desired import DesiredState, Problem
 from reconciler.core.instance import InstanceRecord

@@ -29,8 +29,7 @@ from reconciler.engines.hf_memory import hf_estimate
 from reconciler.engines.llama_cpp_memory import DEFAULT_CTX, llama_cpp_estimate
 from reconciler.engines.registry import estimate_path
 from reconciler.model_files import facts as modelfacts
-from reconciler.model_files.facts import FactsError, read_gguf, read_hf_directory
-from reconciler.model_files.locate import resolve
+from reconciler.model_files.facts import FactsError, read_gguf, read_hf_directory, resolve
 
 requirement_mb = registry.estimate
 vllm_estimate = functools.partial(hf_estimate, vllm.FLAGS)
@@ -465,7 +464,7 @@ def test_the_header_reader_agrees_with_gguf_reader(which, tmp_path, gemma_gguf):
     """The fast reader (vocabulary stepped over) gives what gguf.GGUFReader gives."""
     from gguf import GGUFReader
 
-    from reconciler.model_files.gguf import ArrayInfo, read_header
+    from reconciler.model_files.headers import ArrayInfo, read_header
 
     path = gemma_gguf if which == "gemma" else write_gguf(tmp_path / "tiny.gguf")
     header = read_header(path)

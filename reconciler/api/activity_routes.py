@@ -1,4 +1,7 @@
-"""GET /api/v1/events (recent, filtered) and /api/v1/events/stream (server-sent events)."""
+"""GET what the loop decided and did: /api/v1/plan (the plan its last pass made, the gateway's
+traffic included: the API never plans on its own) and /api/v1/events (recent, filtered) and
+/api/v1/events/stream (server-sent events).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,69 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
+from reconciler.api.probes import UNAVAILABLE, require_first_pass, unavailable
+from reconciler.api.responses import (
+    ActionOut,
+    EventOut,
+    GpuPlanOut,
+    PlanOut,
+    ProblemOut,
+    UnschedulableOut,
+)
+from reconciler.api.views import Views
+from reconciler.core.plan import Plan
 from reconciler.state.eventlog import events_end, read_events_after, read_recent_events
 
-from .responses import EventOut
-from .views import Views
+
+def plan_out(plan: Plan) -> PlanOut:
+    return PlanOut(
+        revision=plan.revision,
+        valid=plan.valid,
+        summary=plan.summary() if plan.valid else "invalid desired state: nothing changes",
+        problems=[
+            ProblemOut(
+                file=p.file, line=p.line, field=p.field, message=p.message, severity=p.severity
+            )
+            for p in plan.problems
+        ],
+        actions=[
+            ActionOut(
+                action=a.action,
+                model=a.model,
+                gpus=list(a.gpus),
+                memory_mb=a.memory_mb,
+                port=a.port,
+                reason=a.reason,
+            )
+            for a in plan.actions
+        ],
+        unschedulable=[UnschedulableOut(model=m, reason=r) for m, r in plan.unschedulable],
+        gpus=[
+            GpuPlanOut(
+                index=g.index,
+                memory_mb=g.memory_mb,
+                used_mb_before=g.used_mb_before,
+                used_mb_after=g.used_mb_after,
+            )
+            for g in plan.gpus
+        ],
+    )
+
+
+def plan_router(views: Views) -> APIRouter:
+    routes = APIRouter(tags=["status"])
+
+    @routes.get("/plan", response_model=PlanOut, responses=UNAVAILABLE)
+    def plan() -> PlanOut:
+        """The plan the loop's last pass made and carried out."""
+        require_first_pass(views)
+        loop = views.bulletin()
+        if loop is None or loop.plan is None:  # every pass of this run has failed so far
+            raise unavailable("the loop has made no plan yet: see the daemon's log")
+        return plan_out(loop.plan)
+
+    return routes
+
 
 EVENTS_DEFAULT, EVENTS_MAX = 100, 1000
 STREAM_POLL_S = 0.25
@@ -47,7 +109,7 @@ def _start_cursor(views: Views, after: int | None, last_event_id: str | None) ->
     return events_end(views.events_path)  # a new stream: only what happens from now on
 
 
-def router(views: Views) -> APIRouter:
+def events_router(views: Views) -> APIRouter:
     routes = APIRouter(tags=["status"])
 
     @routes.get("/events", response_model=list[EventOut])
