@@ -7,8 +7,12 @@ upstream is tests/bench/gateway_upstream.py. LiteLLM runs from a bench-only virt
 LITELLM_MASTER_KEY set, configured with the same upstream; without it its rows are skipped.
 
 Goals: added latency p50 <= 1 ms and p99 <= 5 ms at concurrency 1; >= 2,000 req/s non-streaming;
->= 50x LiteLLM's throughput. Then cold start: first token from an idle on-demand model vs
-`apply`-to-first-token for the same spec, as a ratio (gateway_cold.py).
+>= 50x LiteLLM's throughput. The remote row: a `framework: remote` model behind the gateway, its
+endpoint the stand-in of a hosted API (tests/fakes/hosted_endpoint.py, HTTPS with a certificate
+from a CA made here), at concurrency 1, beside the stand-in called directly and through LiteLLM
+configured for the same endpoint: the same goals for the added latency. Then cold start: first
+token from an idle on-demand model vs `apply`-to-first-token for the same spec, as a ratio
+(gateway_cold.py).
 The real gemma engine through the gateway, and passes under gateway load: gateway_engine.py.
 
     .venv/bin/python tests/bench/gateway.py [--seconds 5] [--litellm .bench-venv/bin/litellm]
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import trustme
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -43,6 +48,7 @@ import gateway_cold  # noqa: E402  (beside this file)
 
 from reconciler.gateway.routes import (  # noqa: E402
     GatewaySettings,
+    RemoteRoute,
     RouteInstance,
     RouteModel,
     Routes,
@@ -53,8 +59,12 @@ from reconciler.gateway.service import GatewayService  # noqa: E402
 MASTER_KEY = "sk-bench-master-key"
 CONCURRENCY = (1, 16, 64)
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+REMOTE = "r"
+"""the gateway's (and LiteLLM's) name of the remote model; the hosted stand-in knows it as m"""
+REMOTE_KEY_ENV = "RECONCILER_SECRET_BENCH"
+"""the gateway's variable holding the hosted stand-in's key (MASTER_KEY, which it accepts)"""
 LUA = """wrk.method = "POST"
-wrk.body = '{"model": "m", "messages": [{"role": "user", "content": "hi"}]%s}'
+wrk.body = '{"model": "%s", "messages": [{"role": "user", "content": "hi"}]%s}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
 """
@@ -109,9 +119,11 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wrk(url: str, stream: bool, c: int, duration: float, scripts: Path, pid: int) -> tuple:
-    script = scripts / f"post-{stream}.lua"
-    script.write_text(LUA % (', "stream": true' if stream else "", MASTER_KEY))
+def wrk(
+    url: str, stream: bool, c: int, duration: float, scripts: Path, pid: int, model: str = "m"
+) -> tuple:
+    script = scripts / f"post-{model}-{stream}.lua"
+    script.write_text(LUA % (model, ', "stream": true' if stream else "", MASTER_KEY))
     argv = ["wrk", "-t1", f"-c{c}", f"-d{duration:g}s", "--latency", "-s", str(script)]
     before = cpu_seconds(pid)
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
@@ -131,20 +143,99 @@ def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
-def litellm_proxy(binary: str, upstream: str, work: Path) -> tuple[subprocess.Popen, str]:
+def litellm_proxy(
+    binary: str, upstream: str, work: Path, hosted: Hosted
+) -> tuple[subprocess.Popen, str]:
+    """LiteLLM's proxy with model m (the fast upstream) and REMOTE (the hosted stand-in, its TLS
+    verified with the bench's CA: SSL_CERT_FILE, which LiteLLM honours)."""
     port = free_port()
     config = work / "litellm.yaml"
     config.write_text(
         "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/m\n"
         f"      api_base: {upstream}/v1\n      api_key: unused\n"
+        f"  - model_name: {REMOTE}\n    litellm_params:\n      model: openai/m\n"
+        f"      api_base: {hosted.endpoint}\n      api_key: {MASTER_KEY}\n"
         "litellm_settings:\n  telemetry: false\n"
     )
-    env = {**os.environ, "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": MASTER_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "SSL_CERT_FILE": str(hosted.ca),
+    }
     argv = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     process = start([*argv, "--num_workers", "1"], work / "litellm.log", env)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health/liveliness", process, 180, Authorization=f"Bearer {MASTER_KEY}")
     return process, url
+
+
+@dataclass
+class Hosted:
+    """The stand-in of a hosted API (tests/fakes/hosted_endpoint.py) behind HTTPS."""
+
+    process: subprocess.Popen
+    endpoint: str
+    """its OpenAI base URL, https://127.0.0.1:P/v1"""
+    ca: Path
+    """the PEM of the CA that signed its certificate"""
+
+
+def hosted_endpoint(work: Path) -> Hosted:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    ca_file, cert, key = work / "ca.pem", work / "cert.pem", work / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    issued.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    port = free_port()
+    argv = [sys.executable, str(REPO / "tests" / "fakes" / "hosted_endpoint.py")]
+    argv += ["--port", str(port), "--cert", str(cert), "--key", str(key)]
+    argv += ["--api-key", MASTER_KEY, "--name", "hosted", "--model", "m"]
+    process = start(argv, work / "hosted.log")
+    endpoint = f"https://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"the hosted stand-in exited with {process.returncode}")
+        try:
+            httpx.get(f"{endpoint}/models", verify=str(ca_file), timeout=1)
+            return Hosted(process, endpoint, ca_file)
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{endpoint} did not answer in 30 s") from None
+            time.sleep(0.2)
+
+
+def report_remote(rows: list[Row]) -> None:
+    """The remote row: a hosted endpoint called directly, through the gateway and LiteLLM."""
+    header = ("remote", "stream", "c", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req")
+    print("\n{:<9} {:<6} {:>3} {:>9} {:>8} {:>8} {:>6} {:>10}".format(*header))
+    for r in rows:
+        print(
+            f"{r.target:<9} {'yes' if r.stream else 'no':<6} {r.concurrency:>3} {r.rps:>9.0f} "
+            f"{r.p50 * 1e3:>8.3f} {r.p99 * 1e3:>8.3f} {r.errors:>6} {r.cpu_us:>10.0f}"
+        )
+    by = {(r.target, r.stream): r for r in rows}
+    print("\ngoals (remote model, https stand-in):")
+    for target in ("gateway", "litellm"):
+        for stream in (False, True):
+            if (target, stream) not in by:
+                continue
+            direct, through = by[("direct", stream)], by[(target, stream)]
+            added50, added99 = through.p50 - direct.p50, through.p99 - direct.p99
+            kind = "streaming" if stream else "non-streaming"
+            verdict = ""
+            if target == "gateway":
+                verdict = (
+                    f" (goal <= 1): {'ok' if added50 <= 1e-3 else 'MISSED'}; "
+                    f"added p99 {added99 * 1e3:.3f} ms (goal <= 5): "
+                    f"{'ok' if added99 <= 5e-3 else 'MISSED'}"
+                )
+            else:
+                verdict = f"; added p99 {added99 * 1e3:.3f} ms"
+            errors = f", {through.errors} errors" if through.errors else ""
+            print(f"  {target}, {kind}, c=1: added p50 {added50 * 1e3:.3f} ms{verdict}{errors}")
 
 
 def report(rows: list[Row]) -> None:
@@ -205,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         default="gemma",
         help="engine of the cold-start comparison (tests/bench/gateway_cold.py)",
     )
+    parser.add_argument(
+        "--remote-only", action="store_true", help="only the remote row (no local-engine rows)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -219,14 +313,29 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(start(upstream_argv, work / "upstream.log"))
             upstream = f"http://127.0.0.1:{port}"
             wait_http(f"{upstream}/health", processes[-1], 15)
+            hosted = hosted_endpoint(work)
+            processes.append(hosted.process)
+            remote = RemoteRoute(hosted.endpoint, "m", REMOTE_KEY_ENV)
+            instances = (RouteInstance(hosted.endpoint),)
             routes = Routes(
-                {"m": RouteModel("m", "running", instances=(RouteInstance(upstream),))},
+                {
+                    "m": RouteModel("m", "running", instances=(RouteInstance(upstream),)),
+                    REMOTE: RouteModel(REMOTE, "running", instances=instances, remote=remote),
+                },
                 GatewaySettings(),
                 1,
             )
             write_routes(work / "routes.json", routes)
             service = GatewayService(
-                f"127.0.0.1:{free_port()}", work / "routes.json", log_path=work / "gateway.log"
+                f"127.0.0.1:{free_port()}",
+                work / "routes.json",
+                log_path=work / "gateway.log",
+                env={
+                    **os.environ,
+                    REMOTE_KEY_ENV: MASTER_KEY,
+                    f"{REMOTE_KEY_ENV}_HOSTS": "127.0.0.1",
+                    "RECONCILER_REMOTE_CA_FILE": str(hosted.ca),
+                },
             )
             service.start()
             assert service.process is not None
@@ -235,9 +344,12 @@ def main(argv: list[str] | None = None) -> int:
                 "gateway": (service.base, service.process.pid),
             }
             if args.baseline is not None:
-                # the same table without settings: an older gateway refuses fields it lacks
+                # the same table without settings: an older gateway refuses fields it lacks;
+                # nor the remote model, which an older gateway would not know as remote
                 table = json.loads((work / "routes.json").read_text())
-                (work / "routes-baseline.json").write_text(json.dumps({**table, "settings": {}}))
+                local = {k: v for k, v in table["models"].items() if k != REMOTE}
+                older = {**table, "settings": {}, "models": local}
+                (work / "routes-baseline.json").write_text(json.dumps(older))
                 baseline = GatewayService(
                     f"127.0.0.1:{free_port()}",
                     work / "routes-baseline.json",
@@ -247,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert baseline.process is not None
                 targets["baseline"] = (baseline.base, baseline.process.pid)
             if Path(args.litellm).exists():
-                process, lite_url = litellm_proxy(args.litellm, upstream, work)
+                process, lite_url = litellm_proxy(args.litellm, upstream, work, hosted)
                 targets["litellm"] = (lite_url, process.pid)
                 processes.append(process)
             else:
@@ -255,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for name, (base, pid) in targets.items():
                 for stream in (False, True):
-                    for c in CONCURRENCY:
+                    for c in () if args.remote_only else CONCURRENCY:
                         url = f"{base}/v1/chat/completions"
                         measured = wrk(url, stream, c, args.seconds, work, pid)
                         rows.append(Row(name, stream, c, *measured))
@@ -264,7 +376,18 @@ def main(argv: list[str] | None = None) -> int:
                             file=sys.stderr,
                             flush=True,
                         )
-            report(rows)
+            if rows:
+                report(rows)
+            remote_targets = {"direct": (hosted.endpoint.removesuffix("/v1"), hosted.process.pid)}
+            remote_targets |= {t: targets[t] for t in ("gateway", "litellm") if t in targets}
+            remote_rows = []
+            for name, (base, pid) in remote_targets.items():
+                model = "m" if name == "direct" else REMOTE
+                for stream in (False, True):
+                    url = f"{base}/v1/chat/completions"
+                    measured = wrk(url, stream, 1, args.seconds, work, pid, model)
+                    remote_rows.append(Row(name, stream, 1, *measured))
+            report_remote(remote_rows)
         finally:
             for gateway in (service, baseline):
                 if gateway is not None:
