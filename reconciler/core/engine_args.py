@@ -24,6 +24,8 @@ class FrameworkRules:
     """Environment names the engine reads as its listen address or port: a spec may not set them."""
     needs_image: bool = False
     """docker: the spec must name an image."""
+    remote: bool = False
+    """An endpoint, not an engine: the spec names `endpoint`, and no engine-only field."""
 
 
 Catalog = Mapping[str, FrameworkRules]

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 """What a POSIX shell and every engine accept as an environment variable name."""
@@ -46,6 +46,14 @@ ModelAlias = Annotated[
 MAX_REPLICAS = 64
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 SecretName = Annotated[str, Field(pattern=SECRET_NAME_PATTERN)]
+# No user info, query or fragment: the endpoint is a base URL, and "user@" could hide a
+# different host than the one an operator binds a key to. The rest is checked by validate.
+ENDPOINT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+EndpointURL = Annotated[
+    str, Field(pattern=ENDPOINT_PATTERN, max_length=2048, description="http(s) base URL")
+]
+REMOTE_FRAMEWORK = "remote"
+"""The framework of a model someone else serves (reconciler.engines.remote describes it)."""
 DAY_S = 86400  # probe timers: a larger value is a mistake, and one past C's timeval raises
 
 
@@ -65,6 +73,10 @@ class HealthCheck(Strict):
     startup_timeout_s: float = Field(600, gt=0, description="seconds allowed to become ready")
 
 
+REMOTE_HEALTH_CHECK = {"path": "/models", "interval_s": 30, "timeout_s": 5}
+"""A remote model's probe when its spec sets none: GET <endpoint>/models."""
+
+
 class RetryPolicy(Strict):
     """Restarts of a crashed or unhealthy engine: exponential backoff, then `error`."""
 
@@ -80,16 +92,41 @@ class ResourceRequirements(Strict):
     )
 
 
+class Overflow(Strict):
+    """Cloud bursting: where a local model's requests go instead of queueing past a depth."""
+
+    model: ModelId = Field(description="the model that takes the overflow (often remote)")
+    queue_over: int = Field(
+        ge=0, description="requests already waiting for this model before one overflows"
+    )
+
+
 class ModelSpec(Strict):
-    """One inference engine: desired-state/models/<id>.yaml."""
+    """One model: desired-state/models/<id>.yaml. An engine this host runs, or (framework
+    remote) an endpoint someone else serves."""
+
+    # model_path is required of every framework but remote; written into the schema so that
+    # editors and `validate` say so at once (a missing framework counts as an engine).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {"framework": {"const": REMOTE_FRAMEWORK}},
+                "required": ["framework"],
+            },
+            "else": {"required": ["model_path"]},
+        }
+    )
 
     id: ModelId
     name: str | None = Field(None, description="human-readable name")
     framework: Framework
+    # Typed str, not str | None: every engine reads it, and validate refuses an engine spec
+    # without it (file:line); "" stands only for a remote model, which has no files.
     model_path: str = Field(
+        "",
         min_length=1,
         description="a file, a directory, a hub id (vllm), or pkg:<python package> for a "
-        "model that a Python package ships",
+        "model that a Python package ships; required by every framework but remote",
     )
     image: str | None = Field(None, description="docker only: the image to run")
     priority: int = Field(5, ge=1, le=10, description="1..10, 10 = most important")
@@ -137,6 +174,53 @@ class ModelSpec(Strict):
     idle_timeout_s: Annotated[float, Field(gt=0, le=DAY_S * 365)] | None = Field(
         None, description="on_demand: stop after this long idle; null = until evicted"
     )
+    endpoint: EndpointURL | None = Field(
+        None,
+        description="remote only: the OpenAI-compatible base URL the gateway relays to, "
+        "e.g. https://api.example.com/v1",
+    )
+    upstream_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00-\x1f]+$",
+        description="remote only: the model name the endpoint knows; null = the id",
+    )
+    api_key_env: SecretName | None = Field(
+        None,
+        description="remote only: the RECONCILER_SECRET_* variable holding the endpoint's "
+        "key, sent as a Bearer token to hosts its _HOSTS variable lists",
+    )
+    max_concurrency: int | None = Field(
+        None, ge=1, description="remote only: requests in flight to it at most; more queue"
+    )
+    overflow: Overflow | None = Field(
+        None,
+        description="local models: requests beyond queue_over waiting go to this model",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_probe_default(cls, data: object) -> object:
+        # An endpoint is probed at its /models (relative to the endpoint), less often than a
+        # local engine: a hosted API is someone else's, and a probe may count against a quota.
+        if (
+            isinstance(data, dict)
+            and data.get("framework") == REMOTE_FRAMEWORK
+            and "health_check" not in data
+        ):
+            return {**data, "health_check": REMOTE_HEALTH_CHECK}
+        return data
+
+    @property
+    def is_remote(self) -> bool:
+        """An endpoint someone else serves: no process, GPU or port of this host."""
+        return self.framework == REMOTE_FRAMEWORK
+
+    @property
+    def served_upstream(self) -> str:
+        """The name a remote endpoint knows the model by."""
+        return self.upstream_model or self.id
 
     def spec_hash(self) -> str:
         """Hash of the fields that shape the engine: a change of any of them restarts it.
@@ -156,6 +240,8 @@ class ModelSpec(Strict):
             "port": self.port,
             "env": self.env,
         }
+        if self.is_remote:  # only then: engines' hashes (and so their engines) stay as they were
+            shaping |= {"endpoint": self.endpoint, "upstream_model": self.served_upstream}
         blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

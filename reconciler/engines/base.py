@@ -163,6 +163,10 @@ class EngineDescriptor:
     """Pure: variables the engine needs besides the spec's env (a container's PORT...)."""
     served_name: Callable[[ModelSpec], str | None] | None = None
     """Pure: the name the engine answers to in a request's `model`; None: it answers to any."""
+    remote: bool = False
+    """True: no engine process, container or pod. The model is an endpoint someone else serves
+    (the gateway relays to it, the daemon probes it); the planner never places it, the loop
+    starts, stops and observes nothing for it, and the Kubernetes render skips it."""
 
     def rules(self) -> FrameworkRules:
         """What validation needs to know of this framework."""
@@ -171,4 +175,5 @@ class EngineDescriptor:
             parameters=self.parameters,
             reserved_env=self.reserved_env,
             needs_image=self.needs_image,
+            remote=self.remote,
         )

@@ -13,7 +13,7 @@ import os
 from reconciler.core.engine_args import Catalog
 from reconciler.core.estimate import Estimate, ModelFacts, requirement_mb
 from reconciler.core.spec import ModelSpec
-from reconciler.engines import docker, llama_cpp, sglang, vllm
+from reconciler.engines import docker, llama_cpp, remote, sglang, vllm
 from reconciler.engines.base import Engine, EngineDescriptor
 from reconciler.engines.detached import default_namespace
 from reconciler.model_files import facts as modelfacts
@@ -27,6 +27,7 @@ DESCRIPTORS: tuple[EngineDescriptor, ...] = (
     vllm.DESCRIPTOR,
     sglang.DESCRIPTOR,
     docker.DESCRIPTOR,
+    remote.DESCRIPTOR,
 )
 BY_FRAMEWORK: dict[str, EngineDescriptor] = {d.framework: d for d in DESCRIPTORS}
 FRAMEWORKS: tuple[str, ...] = tuple(BY_FRAMEWORK)

@@ -436,7 +436,7 @@ def test_flag_tables_are_consistent() -> None:
     # and none of the flags the reconciler sets itself
     reserved = {"host", "port", "model", "model-path", "tensor-parallel-size", "tp-size"}
     for d in registry.DESCRIPTORS:
-        if d.parameters is None:
+        if d.parameters is None or d.remote:  # remote: no engine, so no flags at all
             continue
         module = __import__(f"reconciler.engines.{d.framework}", fromlist=["STYLE"])
         style = module.STYLE
@@ -535,12 +535,13 @@ def test_listen_address_variables_never_reach_the_engine(tmp_path: Path) -> None
 
 
 def test_the_registry_describes_every_framework_once() -> None:
-    assert registry.FRAMEWORKS == ("llama_cpp", "vllm", "sglang", "docker")
+    assert registry.FRAMEWORKS == ("llama_cpp", "vllm", "sglang", "docker", "remote")
     catalog = registry.catalog()
     assert set(catalog) == set(registry.FRAMEWORKS)
     assert catalog["docker"].parameters is None and catalog["docker"].needs_image
     assert catalog["llama_cpp"].reserved_env >= {"HOST", "PORT"}
     assert catalog["sglang"].reserved_env == {"SGLANG_HOST_IP", "SGLANG_PORT"}
+    assert [f for f, rules in catalog.items() if rules.remote] == ["remote"]
 
 
 def test_an_engine_name_appears_only_in_its_module_and_the_registry() -> None:
