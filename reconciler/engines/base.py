@@ -110,6 +110,11 @@ class Engine(Protocol):
         """The last lines the engine wrote."""
         ...
 
+    def health_path(self, spec: ModelSpec) -> str:
+        """The HTTP path that answers 200 once the engine is ready (an engine may know better
+        than the spec: llama-cpp-python's server has no /health)."""
+        ...
+
 
 Launcher = tuple[str, ...]
 """The argv words that start the engine's server before any flag: `("vllm",)`,

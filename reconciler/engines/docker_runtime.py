@@ -196,6 +196,9 @@ class DockerEngine:
         ours = [handle_from_container(c) for c in containers if self._is_ours(c)]
         return sorted(ours, key=lambda handle: handle.model_id)
 
+    def health_path(self, spec: ModelSpec) -> str:
+        return spec.health_check.path
+
     def logs(self, handle: Handle, lines: int = 20) -> list[str]:
         if lines <= 0:
             return []

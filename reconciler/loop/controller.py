@@ -31,6 +31,7 @@ from reconciler.core.events import EventKind
 from reconciler.core.health import backoff_delay
 from reconciler.engines.health import wait_ready
 from reconciler.loop.reconcile import PassResult, Reconciler
+from reconciler.source.remote import RemoteSource
 
 log = logging.getLogger("reconciler.loop.controller")
 
@@ -280,27 +281,29 @@ class Controller:
     def _sync_remote(self) -> None:
         """Fetch and fast-forward; a pass when the commit moved. A refused rewrite of history
         changes nothing: it is logged and recorded as an event once per remote commit."""
+        if not isinstance(self.source, RemoteSource):
+            return
         try:
             with self._source_lock:
-                result = self.source.sync()  # type: ignore[union-attr]
+                result = self.source.sync()
         except Exception:
             log.exception("fetching the remote failed")
             return
-        refused = getattr(result, "refused", None)
-        if refused:
-            new = getattr(result, "new", None)
-            if new != self._refused:
-                self._refused = new
-                log.warning("%s", refused)
-                self.reconciler.event(EventKind.remote_refused, None, refused, revision=new)
+        if result.refused:
+            if result.new != self._refused:
+                self._refused = result.new
+                log.warning("%s", result.refused)
+                self.reconciler.event(
+                    EventKind.remote_refused, None, result.refused, revision=result.new
+                )
             return
         self._refused = None
-        if getattr(result, "changed", False):
-            if getattr(result, "forced", False):
+        if result.changed:
+            if result.forced:
                 message = f"followed a rewritten history to {str(result.new)[:12]}"
                 log.warning("%s (allow_force_push)", message)
                 self.reconciler.event(EventKind.remote_forced, None, message, revision=result.new)
-            self.trigger(f"new commit {str(getattr(result, 'new', None))[:12]}")
+            self.trigger(f"new commit {str(result.new)[:12]}")
 
     def _head(self) -> str | None:
         try:
@@ -335,7 +338,7 @@ def _alive(pid: int, create_time: float) -> bool:
 
 def _is_remote(source: object) -> bool:
     """A remote source must be fetched; a local one is only watched."""
-    return callable(getattr(source, "sync", None))
+    return isinstance(source, RemoteSource)
 
 
 def converge(

@@ -254,7 +254,7 @@ class Reconciler:
         rev = self.last_revision
         if rev is None or self.settings.rev:
             return desired.revision, False
-        return getattr(rev, "sha", None), bool(getattr(rev, "dirty", False))
+        return rev.sha, rev.dirty
 
     def _note_applied(self, previous: State | None, revision: str | None, dirty: bool) -> None:
         """One `applied` event per new revision (history marks it; notifications recover)."""
@@ -266,7 +266,7 @@ class Reconciler:
         if same and not was_invalid:
             return
         label = (revision or "working tree")[:12] + (" (with uncommitted edits)" if dirty else "")
-        summary = getattr(self.last_revision, "dirty_summary", "") if dirty else ""
+        summary = self.last_revision.dirty_summary if dirty and self.last_revision else ""
         message = f"applied {label}" + (f": {summary}" if summary else "")
         self.records.event(EventKind.applied, None, message, revision=revision, dirty=dirty)
 

@@ -310,9 +310,7 @@ class Supervisor:
         return holdings.listen_violation(handle.pid, handle.create_time, self.host, handle.port)
 
     def path(self, spec: ModelSpec, handle: Handle) -> str:
-        engine = self._engine(handle)
-        own = getattr(engine, "health_path", None)
-        return own(spec) if callable(own) else spec.health_check.path
+        return self._engine(handle).health_path(spec)
 
     def url(self, spec: ModelSpec, handle: Handle) -> str:
         return f"http://{probe_host(self.host)}:{handle.port}{self.path(spec, handle)}"
