@@ -31,7 +31,7 @@ HEALTH = ("tests/unit/test_health.py",)
 # the gateway's own process and real stand-in engines: the fault tests first (they are shorter)
 GATEWAY = ("tests/integration/test_gateway_faults.py", "tests/integration/test_gateway.py")
 ACTIVATION = ("tests/unit/test_activation.py",)
-ONE_PLAN = ("tests/unit/test_one_plan.py",)
+ONE_PLAN = ("tests/unit/test_plan_pass.py",)
 REPLICAS = ("tests/unit/test_replicas.py",)
 
 MUTANTS: tuple[Mutant, ...] = (
