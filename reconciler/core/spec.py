@@ -212,6 +212,13 @@ class ModelSpec(Strict):
             return {**data, "health_check": REMOTE_HEALTH_CHECK}
         return data
 
+    @model_validator(mode="after")
+    def _engine_has_files(self) -> ModelSpec:
+        # what the schema's if/else says, so that pydantic accepts no less than the schema
+        if not self.is_remote and not self.model_path:
+            raise ValueError("missing required field 'model_path'")
+        return self
+
     @property
     def is_remote(self) -> bool:
         """An endpoint someone else serves: no process, GPU or port of this host."""

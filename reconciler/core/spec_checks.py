@@ -33,6 +33,7 @@ from reconciler.core.engine_args import (
     not_env_name,
     unusable_values,
 )
+from reconciler.core.remote_checks import kind_problems, overflow_problems
 from reconciler.core.secrets import CREDENTIAL_FIELDS, not_secret_name
 from reconciler.core.serving import alias_problems
 from reconciler.core.spec import ModelSpec, model_json_schema
@@ -262,6 +263,17 @@ def _check_model(
             hint = _suggestion(spec.framework, sorted(catalog), "frameworks")
             add(("framework",), f"unknown framework '{spec.framework}'{hint}")
         rules = FrameworkRules(spec.framework, None)
+    if spec.fallback == spec.id:
+        add(("fallback",), "a model cannot be its own fallback")
+    for i, alias in enumerate(spec.aliases):
+        if alias == spec.id:
+            add(("aliases", i), f"alias '{alias}' is the model's own id")
+        elif alias in spec.aliases[:i]:
+            add(("aliases", i), f"alias '{alias}' is listed twice")
+    for path, message in kind_problems(spec, rules):
+        add(path, message)
+    if rules.remote:
+        return problems  # every engine field was refused above: the rest checks engines only
     if spec.gpu_devices and len(spec.gpu_devices) != count:
         add(
             ("gpu_devices",),
@@ -280,13 +292,6 @@ def _check_model(
             )
     elif spec.image:
         add(("image",), f"image is ignored for framework {spec.framework}", "warning")
-    if spec.fallback == spec.id:
-        add(("fallback",), "a model cannot be its own fallback")
-    for i, alias in enumerate(spec.aliases):
-        if alias == spec.id:
-            add(("aliases", i), f"alias '{alias}' is the model's own id")
-        elif alias in spec.aliases[:i]:
-            add(("aliases", i), f"alias '{alias}' is listed twice")
     if spec.idle_timeout_s is not None and spec.activation != "on_demand":
         add(("idle_timeout_s",), "idle_timeout_s needs activation: on_demand")
     if spec.replicas > 1 and spec.port is not None:
@@ -340,6 +345,10 @@ def _check_across(
         {g.index for g in cluster.gpus} if isinstance(cluster.gpus, list) else None
     )  # `auto`: the inventory is only known on the host, where the planner reports it
     for doc, spec in specs:
+        if spec.overflow is not None:
+            line = doc.line_of(("overflow", "model"))
+            for message in overflow_problems(spec, named):
+                problems.append(Problem(doc.file, line, "overflow.model", message))
         if spec.fallback is not None and spec.fallback != spec.id:
             line = doc.line_of(("fallback",))
             if spec.fallback not in named:
@@ -350,7 +359,7 @@ def _check_across(
                 if cycle:
                     message = "fallback cycle: " + " -> ".join(cycle)
                     problems.append(Problem(doc.file, line, "fallback", message))
-        if declared is not None:
+        if declared is not None and not spec.is_remote:  # an endpoint needs no GPU here
             for i, index in enumerate(spec.gpu_devices):
                 if index not in declared:
                     known = ", ".join(map(str, sorted(declared))) or "none"

@@ -551,7 +551,10 @@ def test_missing_required_fields_point_at_line_1() -> None:
     [
         ("ollama", "unknown framework 'ollama' (did you mean 'llama_cpp'?)"),
         ("vlm", "unknown framework 'vlm' (did you mean 'vllm'?)"),
-        ("tgi", "unknown framework 'tgi'; known frameworks: docker, llama_cpp, remote, sglang, vllm"),
+        (
+            "tgi",
+            "unknown framework 'tgi'; known frameworks: docker, llama_cpp, remote, sglang, vllm",
+        ),
     ],
 )
 def test_wrong_framework(framework: str, message: str) -> None:
