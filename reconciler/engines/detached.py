@@ -125,8 +125,11 @@ class ProcessSupervisor:
         if record is None:
             return
         old = record.handle
-        alive = old.pid is not None and old.create_time is not None
-        if alive and procs.is_alive(old.pid, old.create_time):  # type: ignore[arg-type]
+        if (
+            old.pid is not None
+            and old.create_time is not None
+            and procs.is_alive(old.pid, old.create_time)
+        ):
             raise EngineError(f"{model_id} is already running (pid {old.pid})")
 
     def _spawn(

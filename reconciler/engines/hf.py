@@ -7,6 +7,7 @@ is hf_memory.py), its image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,10 +37,10 @@ def tensor_parallel_size(
 ) -> int:
     """Placed GPUs / pipeline stages, at least 1."""
     stages = parameters.get(key, 1)
-    try:
-        pipeline = max(1, int(stages))  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        pipeline = 1  # the engine itself rejects the value; the command stays total
+    pipeline = 1  # a value that is no number: the engine itself rejects it; the command stays total
+    if isinstance(stages, int | float | str):
+        with contextlib.suppress(ValueError, OverflowError):
+            pipeline = max(1, int(stages))
     return max(1, gpu_count // pipeline)
 
 
