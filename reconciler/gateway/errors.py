@@ -88,8 +88,12 @@ def queue_full(model: str, size: int, retry_after: int = 1) -> Refusal:
     return Refusal(429, message, "rate_limit_error", "queue_full", retry_after=retry_after)
 
 
-def queue_timeout(model: str, seconds: float, retry_after: int) -> Refusal:
-    message = f"the model `{model}` did not become ready in {seconds:g} s"
+def queue_timeout(model: str, seconds: float, retry_after: int, busy: str | None = None) -> Refusal:
+    """`busy`: the remote model at its max_concurrency the request waited for, if that was it."""
+    if busy is None:
+        message = f"the model `{model}` did not become ready in {seconds:g} s"
+    else:
+        message = f"no request to `{busy}` (at its max_concurrency) ended in {seconds:g} s"
     return Refusal(503, message, UNAVAILABLE, "queue_timeout", retry_after=retry_after)
 
 

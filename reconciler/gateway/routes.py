@@ -13,6 +13,10 @@ Gateway status of a model, which decides what a request for it gets:
   cold           activation: on_demand and not running: the request waits in the model's
                  queue, and makes the model wanted (the daemon starts it)
   disabled       404 saying so
+
+A remote model (`framework: remote`) is "running" while its endpoint answers the daemon's probe
+(its record says so), with one instance: its endpoint; else "error" (its fallback answers, else
+503 + Retry-After), or "disabled".
 """
 
 from __future__ import annotations
@@ -188,6 +192,9 @@ def build_routes(
     # the instances of a replicated model (reconciler.core.serving) are one route: its id
     for model_id, instance_ids in group(desired.models).items():
         spec = desired.models[instance_ids[0]]
+        if spec.is_remote:
+            models[model_id] = remote_route(spec, records.get(model_id))
+            continue
         statuses, instances = [], []
         for instance in instance_ids:
             record = records.get(instance)
@@ -206,8 +213,26 @@ def build_routes(
             fallback=spec.fallback,
             served_name=served_name(spec),
             instances=tuple(instances),
+            overflow=None
+            if spec.overflow is None
+            else OverflowRoute(spec.overflow.model, spec.overflow.queue_over),
         )
     return Routes(models, settings or GatewaySettings(), generation)
+
+
+def remote_route(spec: ModelSpec, record: InstanceRecord | None) -> RouteModel:
+    """A remote model's route: its endpoint is its one instance while the probe says running."""
+    endpoint = spec.endpoint or ""  # validation requires one: without, it never runs
+    running = bool(endpoint) and record is not None and record.status == Status.running
+    return RouteModel(
+        id=spec.id,
+        status="running" if running else "error" if spec.enabled else "disabled",
+        enabled=spec.enabled,
+        aliases=tuple(spec.aliases),
+        fallback=spec.fallback,
+        instances=(RouteInstance(endpoint),) if running else (),
+        remote=RemoteRoute(endpoint, spec.served_upstream, spec.api_key_env, spec.max_concurrency),
+    )
 
 
 def write_routes(path: str | os.PathLike[str], routes: Routes) -> None:

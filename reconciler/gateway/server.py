@@ -206,8 +206,9 @@ class Gateway:
                 try:
                     await asyncio.wait_for(changed.wait(), max(0.0, deadline - now))
                 except TimeoutError:
+                    busy = None if target is None else target.id
                     raise errors.queue_timeout(
-                        entry.id, settings.queue_timeout_s, settings.retry_after_s
+                        entry.id, settings.queue_timeout_s, settings.retry_after_s, busy
                     ) from None
         finally:
             if queued:

@@ -13,6 +13,10 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.core.cluster import ClusterSpec
+from reconciler.core.desired import DesiredState
+from reconciler.core.instance import InstanceRecord, Status
+from reconciler.core.spec import ModelSpec
 from reconciler.gateway.remote_endpoint import (
     CA_FILE_ENV,
     endpoint_headers,
@@ -30,6 +34,7 @@ from reconciler.gateway.routes import (
     RouteModel,
     Routes,
     RoutesError,
+    build_routes,
     parse_routes,
 )
 from reconciler.gateway.table import Table
@@ -243,3 +248,64 @@ def test_two_remote_models_on_one_endpoint_keep_their_own_counts() -> None:
     report = table.inflight_report()["instances"]
     assert isinstance(report, dict)
     assert {v["model"]: v["remote"] for v in report.values()} == {"one": True, "two": True}
+
+
+# -- the daemon's table for remote models ------------------------------------------------------
+
+
+def spec(model_id: str, **fields: object) -> ModelSpec:
+    base = {"id": model_id, "framework": "llama_cpp", "model_path": "/m.gguf"}
+    return ModelSpec.model_validate({**base, **fields})
+
+
+def cloud(model_id: str, **fields: object) -> ModelSpec:
+    remote = {"framework": "remote", "endpoint": "https://api.example.com/v1"}
+    return ModelSpec.model_validate({"id": model_id, **remote, **fields})
+
+
+STATUS_CASES = [
+    # the remote model's record (None: none yet), enabled, its gateway status, instances
+    (None, True, "error", 0),
+    (Status.starting, True, "error", 0),
+    (Status.running, True, "running", 1),
+    (Status.error, True, "error", 0),
+    (None, False, "disabled", 0),
+]
+
+
+@pytest.mark.parametrize(("status", "enabled", "shown", "instances"), STATUS_CASES)
+def test_a_remote_model_runs_at_its_endpoint_while_its_probe_answers(
+    status: Status | None, enabled: bool, shown: str, instances: int
+) -> None:
+    models = {"c": cloud("c", enabled=enabled)}
+    records = {} if status is None else {"c": InstanceRecord(id="c", status=status)}
+    route = build_routes(DesiredState(models, ClusterSpec()), records).models["c"]
+    assert (route.status, len(route.instances)) == (shown, instances)
+    if instances:
+        assert route.instances[0].url == "https://api.example.com/v1"
+
+
+def test_the_table_carries_the_remote_fields_and_the_overflow() -> None:
+    models = {
+        "c": cloud(
+            "c",
+            upstream_model="gpt-4o",
+            api_key_env="RECONCILER_SECRET_OAI",
+            max_concurrency=3,
+            aliases=["gpt"],
+        ),
+        "d": cloud("d"),
+        "local": spec("local", fallback="c", overflow={"model": "c", "queue_over": 4}),
+    }
+    running = {"c": InstanceRecord(id="c", status=Status.running)}
+    routes = build_routes(DesiredState(models, ClusterSpec()), running)
+    c, d, local = routes.models["c"], routes.models["d"], routes.models["local"]
+    assert c.remote == RemoteRoute(
+        "https://api.example.com/v1", "gpt-4o", "RECONCILER_SECRET_OAI", 3
+    )
+    assert c.aliases == ("gpt",) and c.served_name is None
+    assert d.remote is not None and d.remote.upstream_model == "d"  # default: its id
+    assert d.remote.key_env is None and d.remote.max_concurrency is None
+    assert local.overflow == OverflowRoute("c", 4) and local.fallback == "c"
+    assert local.remote is None and c.overflow is None
+    assert parse_routes(routes.to_json()) == routes
