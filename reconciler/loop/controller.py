@@ -31,7 +31,7 @@ from reconciler.core.events import EventKind
 from reconciler.core.health import backoff_delay
 from reconciler.engines.health import wait_ready
 from reconciler.loop.reconcile import PassResult, Reconciler
-from reconciler.source.remote import RemoteSource
+from reconciler.source.git_remote import RemoteSource
 
 log = logging.getLogger("reconciler.loop.controller")
 

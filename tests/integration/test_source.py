@@ -12,9 +12,9 @@ import git
 import pytest
 
 from reconciler.source.commits import validate_raw
+from reconciler.source.git_remote import RemoteSource
 from reconciler.source.load import LoadError, load_revision_bare
 from reconciler.source.local import LocalSource
-from reconciler.source.remote import RemoteSource
 from reconciler.source.repo import Source, SourceError
 
 MODEL = (
