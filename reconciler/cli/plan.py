@@ -130,7 +130,12 @@ def with_secrets(
     a new destination of a credential in the pull request's plan."""
     if desired is None:
         return plan
-    uses = secret_uses(desired.cluster, base.cluster if base is not None else None)
+    uses = secret_uses(
+        desired.cluster,
+        base.cluster if base is not None else None,
+        models=desired.models.values(),
+        base_models=base.models.values() if base is not None else (),
+    )
     return dataclasses.replace(plan, secrets=uses)
 
 

@@ -12,12 +12,13 @@ lists every use (`secret_uses`), so that a reviewer sees a new destination in a 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from reconciler.core.cluster import ClusterSpec, NotificationTarget
-from reconciler.core.spec import SECRET_NAME_PATTERN
+from reconciler.core.remote_checks import endpoint_host
+from reconciler.core.spec import SECRET_NAME_PATTERN, ModelSpec
 
 SECRET_NAME = re.compile(SECRET_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 HOSTS_SUFFIX = "_HOSTS"
@@ -91,15 +92,51 @@ class SecretUse:
         }
 
 
-def secret_uses(cluster: ClusterSpec, base: ClusterSpec | None = None) -> tuple[SecretUse, ...]:
-    """Every secret cluster.yaml names and where it goes, as git says it (the values may not
-    exist where this runs, e.g. in CI), in the file's order; with `base` (a review), the uses
-    that the base revision does not have are marked new."""
-    uses = _uses(cluster)
+def secret_uses(
+    cluster: ClusterSpec,
+    base: ClusterSpec | None = None,
+    models: Iterable[ModelSpec] = (),
+    base_models: Iterable[ModelSpec] = (),
+) -> tuple[SecretUse, ...]:
+    """Every secret git names and where it goes, as git says it (the values may not exist where
+    this runs, e.g. in CI): cluster.yaml's in the file's order, then each remote model's key
+    with its endpoint's host, by model id. With `base` (a review: its cluster and models), the
+    uses that the base revision does not have are marked new."""
+    uses = _uses(cluster) + _model_uses(models)
     if base is None:
         return uses
-    before = set(_uses(base))
+    before = set(_uses(base) + _model_uses(base_models))
     return tuple(SecretUse(u.name, u.destination, u.use, u not in before) for u in uses)
+
+
+def _model_uses(models: Iterable[ModelSpec]) -> tuple[SecretUse, ...]:
+    return tuple(
+        SecretUse(
+            spec.api_key_env, endpoint_host(spec.endpoint), f'key of remote model "{spec.id}"'
+        )
+        for spec in sorted(models, key=lambda s: s.id)
+        if spec.api_key_env and spec.endpoint
+    )
+
+
+def remote_key_refusal(spec: ModelSpec, environ: Mapping[str, str]) -> str | None:
+    """Why a remote model's key may not go to its endpoint now, or None when it may (or when
+    the model names no key). The host's operator decides: the endpoint's host must be listed in
+    `<api_key_env>_HOSTS`, so that a pull request that moves the endpoint cannot take the key
+    along. Never names the key's value."""
+    name = spec.api_key_env
+    if name is None:
+        return None
+    if not is_secret_name(name):  # a dump that bypassed validation
+        return f"api_key_env: {not_secret_name(name)}"
+    host = endpoint_host(spec.endpoint or "")
+    if not host:
+        return f"{spec.id} has no endpoint host to send {name} to"
+    if not host_binds(name, host, environ):
+        return f"{host} is not listed in {hosts_variable(name)}; {BINDING_RULE}"
+    if not environ.get(name):
+        return f"{name} is not set on this host"
+    return None
 
 
 def _uses(cluster: ClusterSpec) -> tuple[SecretUse, ...]:
