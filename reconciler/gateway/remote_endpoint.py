@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from reconciler.core.secrets import host_binds
+from reconciler.core.secrets import remote_key_refusal
+from reconciler.core.spec import REMOTE_FRAMEWORK, ModelSpec
 from reconciler.gateway.routes import RemoteRoute
 
 log = logging.getLogger("reconciler.gateway")
@@ -76,15 +77,20 @@ def key_check(model_id: str, remote: RemoteRoute, environ: Mapping[str, str]) ->
     header it sends. A remote model without `api_key_env` is sent no key."""
     if remote.key_env is None:
         return KeyCheck(None, None)
-    host = urlsplit(remote.endpoint).hostname or ""
-    refusal = None
-    if not host_binds(remote.key_env, host, environ):  # TEMP until R1's remote_key_refusal
-        refusal = f"${remote.key_env}_HOSTS does not list {host}"
+    # the route carries what the rule reads of a spec; nothing else of a spec plays a part
+    spec = ModelSpec.model_construct(
+        id=model_id,
+        framework=REMOTE_FRAMEWORK,
+        endpoint=remote.endpoint,
+        upstream_model=remote.upstream_model,
+        api_key_env=remote.key_env,
+    )
+    refusal = remote_key_refusal(spec, environ)
     if refusal is not None:
         return KeyCheck(None, refusal)
     value = environ.get(remote.key_env, "")
-    if not value:
-        return KeyCheck(None, f"${remote.key_env} is not set in the gateway's environment")
+    if not value:  # the rule refuses an unset key too: kept, in case it ever does not
+        return KeyCheck(None, f"{remote.key_env} is not set in the gateway's environment")
     return KeyCheck(f"Bearer {value}", None)
 
 
