@@ -148,6 +148,8 @@ def memory_basis(requirements: Requirements, desired: DesiredState) -> str:
         return ""
     lines = ["", "GPU memory planned per model (MiB per GPU):"]
     for model_id, chosen in sorted(requirements.reasons(desired, gpus).items()):
+        if (spec := desired.models.get(model_id)) is not None and spec.is_remote:
+            continue  # no GPU memory: listed under "Remote models"
         size = "unknown" if chosen.mb is None else str(chosen.mb)
         lines.append(f"  {model_id}: {size} ({chosen.basis}: {chosen.reason})")
     return "\n".join(lines)

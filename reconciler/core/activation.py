@@ -27,6 +27,7 @@ from reconciler.core.desired import DesiredState, Problem
 from reconciler.core.instance import InstanceRecord
 from reconciler.core.plan import Plan, make_plan
 from reconciler.core.plan.make import scheduled
+from reconciler.core.plan.remote_models import local_observed, local_part, with_remote
 from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.serving import model_of
 from reconciler.core.spec import ModelSpec
@@ -245,7 +246,11 @@ def plan_pass(
 ) -> Plan:
     """The plan of a pass with on-demand activation applied, made once. When a wanted model
     does not run yet, the room search (which idle engines to stop, whether it waits or is
-    unschedulable) asks the scheduler alone; an exception anywhere propagates to the caller."""
+    unschedulable) asks the scheduler alone; an exception anywhere propagates to the caller.
+    Remote models are listed on the plan, never scheduled (reconciler.core.plan.remote_models)."""
+    specs = desired.models
+    desired, remote = local_part(desired)
+    observed = local_observed(observed, remote)
     running = frozenset(m for m, o in observed.items() if o.occupies)
     decision = decide(desired.models, wishes.traffic, running, wishes.running_since, wishes.now)
     dropped: frozenset[str] = frozenset()
@@ -270,7 +275,8 @@ def plan_pass(
     # gateway's queue; one that would not fit even then is unschedulable
     if unplaced and fit(running & decision.keep) is not Fit.unplaced:
         waiting = frozenset(unplaced)
-    return annotate(plan, desired.models, decision, running, dropped, waiting)
+    plan = annotate(plan, desired.models, decision, running, dropped, waiting)
+    return with_remote(plan, remote, specs)
 
 
 def _first_known(*values: float | None) -> float:

@@ -10,7 +10,8 @@ Order: stops, then preemptions (each lowest priority first, ties by id), then st
 highest priority first (ties by id). The plan of a converged system has no actions.
 
 Modules: `model` (the plan's values), `make` (make_plan), `actions` (the diff that orders the
-actions and gives each model its outcome), `render` (JSON, text, markdown).
+actions and gives each model its outcome), `report` (JSON, text, markdown), `remote_models`
+(remote models: kept from the scheduler, listed on the plan).
 """
 
 from reconciler.core.plan.actions import (
@@ -19,6 +20,7 @@ from reconciler.core.plan.actions import (
     GpuUsage,
     Outcome,
     Plan,
+    RemoteModel,
     Unschedulable,
     invalid_plan,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "GpuUsage",
     "Outcome",
     "Plan",
+    "RemoteModel",
     "Unschedulable",
     "converged_observed",
     "invalid_plan",

@@ -62,6 +62,34 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteModel:
+    """A model someone else serves, as the plan lists it."""
+
+    id: str
+    host: str
+    """the endpoint's host: where its requests (and its key) go"""
+    enabled: bool = True
+    serves_for: tuple[str, ...] = ()
+    """local models not placed by this plan whose requests go to it (it is their fallback)"""
+
+    def __str__(self) -> str:
+        text = f"remote: {self.id} → {self.host}"
+        if not self.enabled:
+            text += " (disabled)"
+        if self.serves_for:
+            text += f" (serves {', '.join(self.serves_for)} while not placed)"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.id,
+            "host": self.host,
+            "enabled": self.enabled,
+            "serves_for": list(self.serves_for),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     revision: str | None
     valid: bool
@@ -74,6 +102,8 @@ class Plan:
     """Every desired or observed model -> its outcome, sorted by id."""
     secrets: tuple[SecretUse, ...] = ()
     """Every secret the desired state names and where it goes (`reconciler plan` fills it)."""
+    remote: tuple[RemoteModel, ...] = ()
+    """The remote models, by id: listed, never placed (reconciler.core.plan.remote_models)."""
 
     def count(self, action: ActionKind) -> int:
         return sum(a.action == action for a in self.actions)

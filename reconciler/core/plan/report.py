@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from reconciler.core.plan.actions import Action, Outcome, Plan, gpu_names
+from reconciler.core.plan.actions import Action, Outcome, Plan, RemoteModel, gpu_names
 
 
 def render_json(plan: Plan) -> str:
@@ -37,6 +37,8 @@ def render_json(plan: Plan) -> str:
         ]
     if plan.secrets:
         document["secrets"] = [use.to_dict() for use in plan.secrets]
+    if plan.remote:
+        document["remote"] = [model.to_dict() for model in plan.remote]
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
 
 
@@ -63,6 +65,9 @@ def render_text(plan: Plan) -> str:
     if on_demand := _on_demand(plan):
         lines.append("On demand (idle / wanted / running):")
         lines.extend(f"  {m}: {o.demand}: {o.reason or ''}" for m, o in on_demand)
+    if plan.remote:
+        lines.append("Remote models (served elsewhere, never placed):")
+        lines.extend(f"  {model}" for model in plan.remote)
     if plan.gpus:
         lines.append("GPU memory (MiB, before -> after, of capacity):")
         lines.extend(
@@ -96,6 +101,13 @@ def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
         if on_demand := _on_demand(plan):
             out += ["#### On demand", "", "| Model | Demand | Note |", "|---|---|---|"]
             out += [f"| `{m}` | {o.demand} | {_cell(o.reason or '')} |" for m, o in on_demand]
+            out += [""]
+        if plan.remote:
+            out += ["#### Remote models (never placed)", "", "| Model | Endpoint host | Note |"]
+            out += ["|---|---|---|"]
+            out += [
+                f"| `{r.id}` | {_cell(r.host)} | {_cell(_remote_note(r))} |" for r in plan.remote
+            ]
             out += [""]
         if plan.gpus:
             out += [
@@ -148,6 +160,13 @@ def _markdown_actions(actions: Sequence[Action]) -> list[str]:
             f"| {i} | {a.action} | `{a.model}` | {gpus} | {memory} | {port} | {_cell(a.reason)} |"
         )
     return [*rows, ""]
+
+
+def _remote_note(model: RemoteModel) -> str:
+    notes = [] if model.enabled else ["disabled"]
+    if model.serves_for:
+        notes.append(f"serves {', '.join(model.serves_for)} while not placed")
+    return "; ".join(notes)
 
 
 def _on_demand(plan: Plan) -> list[tuple[str, Outcome]]:
