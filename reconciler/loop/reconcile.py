@@ -36,8 +36,9 @@ from reconciler.engines.registry import engines as default_engines
 from reconciler.gpus import InventoryError
 from reconciler.loop.execution import Executor
 from reconciler.loop.memory import MemoryLearner
-from reconciler.loop.planning import Planning, Requirements, set_aside
+from reconciler.loop.planning import Planning, Requirements, set_aside, without
 from reconciler.loop.records import Records, observed_of
+from reconciler.loop.remote_watch import RemoteWatch
 from reconciler.loop.supervision import Supervisor, describe
 from reconciler.source.load import LoadError, load_directory, load_revision
 from reconciler.source.local import LocalSource
@@ -116,6 +117,8 @@ class Reconciler:
         self.executor = Executor(
             self.engines, self.records, self.supervisor, host=host, stop_grace_s=grace
         )
+        self.remote = RemoteWatch(self.records, self.engines, stop_grace_s=grace)
+        """the remote models' records: probes of their endpoints, never an engine"""
         self.last_handles: dict[str, list[Handle]] = {}
         """what the last pass observed: the daemon watches these pids for exits"""
         self.last_revision: Revision | None = None
@@ -198,10 +201,12 @@ class Reconciler:
         valid = None if invalid else usable  # remembered after the launches: they need not wait
         desired, usable, broken = per_instance(desired, usable, broken)
         self.last_desired = desired
-        watched = {k: v for k, v in states.items() if k not in broken}
-        seen = {k: v for k, v in handles.items() if k not in broken}
+        remote = {m: s for m, s in usable.models.items() if s.is_remote}
+        watched = {k: v for k, v in states.items() if k not in broken and k not in remote}
+        seen = {k: v for k, v in handles.items() if k not in broken and k not in remote}
         states = {
-            **self.supervisor.supervise(usable, seen, watched, now, dry_run),
+            **self.supervisor.supervise(without(usable, remote), seen, watched, now, dry_run),
+            **self.remote.watch(remote, states, handles, now, dry_run),
             **{k: v for k, v in states.items() if k in broken},
         }
         self.memory.learn(
@@ -209,7 +214,9 @@ class Reconciler:
         )
         alive = {m for m, hs in handles.items() if any(h.alive for h in hs)}
         observed = {
-            m: o for m, s in states.items() if m not in broken and (o := observed_of(s, m in alive))
+            m: o
+            for m, s in states.items()
+            if m not in broken and m not in remote and (o := observed_of(s, m in alive))
         }
         pids = [h.pid for hs in handles.values() for h in hs if h.pid]
         try:
@@ -284,7 +291,11 @@ class Reconciler:
         desired: DesiredState,
         now: float,
     ) -> PassResult:
-        starting = [s for s in states.values() if s.status == Status.starting]
+        # a remote model's probe asks for a pass when it ends (prober.on_late): no polling
+        remote = self.remote.watched
+        starting = [
+            s for s in states.values() if s.status == Status.starting and s.id not in remote
+        ]
         # a retry still due after this pass was not planned (no room): nothing to wait for
         retries = [
             s.next_retry_at
@@ -302,13 +313,19 @@ class Reconciler:
     # -- between passes (the daemon) ---------------------------------------------------------
 
     def next_probe_at(self) -> float | None:
-        """When the next liveness probe of a running engine is due (the daemon wakes for it)."""
-        return self.supervisor.next_probe_at()
+        """When the next liveness probe of a running engine or of a remote model's endpoint is
+        due (the daemon wakes for it)."""
+        due = [self.supervisor.next_probe_at(), self.remote.next_probe_at()]
+        return min((d for d in due if d is not None), default=None)
 
     def probe_due(self) -> bool:
         """The due liveness probes without a pass; True when nothing needs a pass."""
         states = self.last_state.models if self.last_state is not None else {}
-        return self.supervisor.probe_due(self.last_desired, self.last_handles, states, self.clock())
+        now = self.clock()
+        engines = self.supervisor.probe_due(self.last_desired, self.last_handles, states, now)
+        specs = self.last_desired.models if self.last_desired is not None else {}
+        endpoints = self.remote.probe_due(specs, states, now)
+        return engines and endpoints
 
     def probe_beside(self, wait_s: float, on_late: Callable[[], None]) -> None:
         """The daemon's way: a pass waits at most `wait_s` for the probes it started, and a
@@ -316,6 +333,8 @@ class Reconciler:
         this (one-shot `apply`), a pass waits until its probes end, all at once."""
         self.supervisor.probe_wait_s = wait_s
         self.supervisor.prober.on_late = on_late
+        self.remote.probe_wait_s = wait_s
+        self.remote.prober.on_late = on_late
 
     # -- the host's side ---------------------------------------------------------------------
 
