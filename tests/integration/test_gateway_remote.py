@@ -260,6 +260,15 @@ def test_max_concurrency_holds_the_rest_in_the_queue(
             assert all(a.headers["X-Reconciler-Model"] == "cloud" for a in answers)
             assert max(s["inflight"] for s in seen) == 1
             assert len(slow.chats()) == 3
+            # a wait for a slot is bounded by queue_timeout_s like any wait in the queue
+            gw.write(remote("cloud", slow.endpoint, max_concurrency=1), queue_timeout_s=0.2)
+            holder = threading.Thread(target=ask, args=(client, "cloud"))
+            holder.start()
+            wait_until(lambda: inflight_of(gw, "cloud")["inflight"] == 1, "not sent")
+            response = gw.post("/v1/chat/completions", {"model": "cloud", "messages": []})
+            holder.join(30)
+            assert response.status_code == 503 and "Retry-After" in response.headers
+            assert "max_concurrency" in response.json()["error"]["message"]
     finally:
         slow.stop()
 
