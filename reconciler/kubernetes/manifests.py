@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -18,6 +18,7 @@ from ruamel.yaml.resolver import VersionedResolver
 from reconciler.core.cluster import KubernetesSpec
 from reconciler.core.desired import DesiredState, Problem, RawDesiredState
 from reconciler.core.engine_args import FlagValueError
+from reconciler.core.remote_checks import endpoint_host
 from reconciler.core.spec import ModelSpec
 from reconciler.kubernetes.objects import (
     ModelContext,
@@ -173,6 +174,8 @@ def render(
     `source_files`: each model's spec file relative to the desired-state directory."""
     kube = desired.cluster.kubernetes
     problems = _cluster_problems(desired)
+    remote = remote_notes(desired)
+    desired = _engines_only(desired)
     pods: dict[str, PodModel] = {}
     for spec in _sorted_models(desired):
         try:
@@ -186,7 +189,7 @@ def render(
         return Rendered(problems=problems)
     memory = memory or {}
     files: dict[str, str] = {}
-    notes: list[str] = []
+    notes: list[str] = list(remote)
     for spec in _sorted_models(desired):
         ctx = ModelContext(
             namespace=namespace or kube.namespace,
@@ -208,8 +211,24 @@ def render(
     levels = sorted({spec.priority for spec in desired.models.values()})
     if levels:
         files[PRIORITY_CLASSES] = yaml_file([priority_class(p) for p in levels])
-    files[KUSTOMIZATION] = yaml_file([kustomization(sorted(files))])
+    # the index names what was left out, so that a reader of the manifests misses nothing
+    files[KUSTOMIZATION] = yaml_file([kustomization(sorted(files))], remote)
     return Rendered(dict(sorted(files.items())), notes)
+
+
+def remote_notes(desired: DesiredState) -> list[str]:
+    """One line per remote model: rendered to no workload, and where its requests go."""
+    return [
+        f"remote model {spec.id} -> {endpoint_host(spec.endpoint or '')}: no workload rendered "
+        "(served by its endpoint, not by the cluster)"
+        for spec in _sorted_models(desired)
+        if spec.is_remote
+    ]
+
+
+def _engines_only(desired: DesiredState) -> DesiredState:
+    models = {mid: spec for mid, spec in desired.models.items() if not spec.is_remote}
+    return replace(desired, models=models) if len(models) < len(desired.models) else desired
 
 
 def _sorted_models(desired: DesiredState) -> list[ModelSpec]:
@@ -224,12 +243,21 @@ def _path_problem(model_id: str, kube: KubernetesSpec, message: str) -> RenderPr
 
 
 def _cluster_problems(desired: DesiredState) -> list[RenderProblem]:
-    unknown = sorted(set(desired.cluster.kubernetes.model_paths) - set(desired.models))
+    paths = desired.cluster.kubernetes.model_paths
+    unknown = sorted(set(paths) - set(desired.models))
+    remote = sorted(k for k in paths if k in desired.models and desired.models[k].is_remote)
     return [
         RenderProblem(
             None, ("kubernetes", "model_paths", key), f"'{key}' is not a model in desired-state"
         )
         for key in unknown
+    ] + [
+        RenderProblem(
+            None,
+            ("kubernetes", "model_paths", key),
+            f"'{key}' is a remote model: it has no files to mount",
+        )
+        for key in remote
     ]
 
 

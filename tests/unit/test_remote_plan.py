@@ -191,3 +191,23 @@ def test_adding_remote_models_changes_no_placement(
         and q.models[str(m["mid"])].status is not Status.running
     }
     assert {mid for r in p.remote for mid in r.serves_for} == waiting
+
+
+# -- Kubernetes: no workload, and said so -------------------------------------------------------
+
+
+def test_kubernetes_render_skips_a_remote_model_and_says_so() -> None:
+    from reconciler.kubernetes import KUSTOMIZATION, render
+
+    desired = state(local("a", memory=4000, fallback="gpt"), remote("gpt", priority=9))
+    rendered = render(desired)
+    assert rendered.problems == []
+    assert sorted(rendered.files) == [KUSTOMIZATION, "models/a.yaml", "priorityclasses.yaml"]
+    assert "reconciler-priority-09" not in rendered.files["priorityclasses.yaml"]
+    note = (
+        "remote model gpt -> api.example.com: no workload rendered "
+        "(served by its endpoint, not by the cluster)"
+    )
+    assert note in rendered.notes
+    assert f"# Note: {note}\n" in rendered.files[KUSTOMIZATION]
+    assert not any("name: gpt" in text for text in rendered.files.values())  # no object of it
