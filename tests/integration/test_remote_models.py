@@ -16,6 +16,8 @@ test asks its own models, and tags its prompts so that what the stand-ins record
 
 from __future__ import annotations
 
+import os
+import re
 import ssl
 import subprocess
 import sys
@@ -43,6 +45,7 @@ UNBOUND_KEY = "sk-hosted-unbound-0123456789abcdefgh"
 CLIENT_KEY = "sk-client-own-key-must-stay-here-000"
 """what a client of the gateway sends: never forwarded to a provider"""
 UPSTREAM = "gpt-upstream"
+README_SECTION = "## Remote models: local GPUs and the cloud behind one endpoint"
 GPU = [{"index": 0, "name": "Simulated L4", "memory_mb": 8000}]
 QUEUE_OVER = 2
 LOCAL_STARTUP_S = 8.0
@@ -408,3 +411,34 @@ def test_a_burst_beyond_queue_over_is_split_between_the_engine_and_the_cloud(
     metrics = world.gateway_metrics()
     line = f'reconciler_gateway_overflow_total{{model="burst",to="cloud"}} {len(cloud_tags)}.0'
     assert line in metrics, [m for m in metrics.splitlines() if "overflow" in m]
+
+
+# -- the README's worked example ------------------------------------------------------------------
+
+
+def test_the_readmes_worked_example_plans_as_the_readme_shows(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+    files = re.findall(r"```yaml\n# (desired-state/\S+\.yaml)\n(.*?)```", section, re.S)
+    assert {name for name, _ in files} >= {
+        "desired-state/cluster.yaml",
+        "desired-state/models/cloud-mini.yaml",
+        "desired-state/models/qwen2-7b.yaml",
+    }
+    for name, body in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body)
+    [shown] = re.findall(r"```console\n\$ reconciler plan desired-state\n(.*?)```", section, re.S)
+    env = {**os.environ, "RECONCILER_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan", "desired-state"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [line.rstrip() for line in done.stdout.splitlines()]
+    assert printed == shown.rstrip("\n").splitlines(), done.stdout
