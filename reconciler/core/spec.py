@@ -113,7 +113,10 @@ class ModelSpec(Strict):
                 "properties": {"framework": {"const": REMOTE_FRAMEWORK}},
                 "required": ["framework"],
             },
-            "else": {"required": ["model_path"]},
+            "else": {
+                "required": ["model_path"],
+                "properties": {"model_path": {"minLength": 1}},
+            },
         }
     )
 
@@ -121,10 +124,10 @@ class ModelSpec(Strict):
     name: str | None = Field(None, description="human-readable name")
     framework: Framework
     # Typed str, not str | None: every engine reads it, and validate refuses an engine spec
-    # without it (file:line); "" stands only for a remote model, which has no files.
+    # without it (file:line); "" stands only for a remote model, which has no files (no
+    # min_length here: a remote spec's dump, in the state directory, must read back).
     model_path: str = Field(
         "",
-        min_length=1,
         description="a file, a directory, a hub id (vllm), or pkg:<python package> for a "
         "model that a Python package ships; required by every framework but remote",
     )
@@ -216,7 +219,7 @@ class ModelSpec(Strict):
     def _engine_has_files(self) -> ModelSpec:
         # what the schema's if/else says, so that pydantic accepts no less than the schema
         if not self.is_remote and not self.model_path:
-            raise ValueError("missing required field 'model_path'")
+            raise ValueError("an engine needs a model_path")
         return self
 
     @property

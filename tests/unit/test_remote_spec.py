@@ -3,12 +3,17 @@ field, both ways: engine fields on an endpoint, endpoint fields on an engine), a
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_validate import TWO_GPUS, check, error, one, path_of
 
 from reconciler.core.desired import Problem, ValidationResult
 from reconciler.core.spec import ModelSpec
+from reconciler.engines import registry
+from reconciler.engines.base import EngineError, EnginePlacement
 
 ENDPOINT = "https://api.example.com/v1"
 
@@ -200,3 +205,41 @@ def test_overflow_queue_over_cannot_be_negative() -> None:
     assert [(p.line, p.field) for p in overflow_problems("gpt", "-1")] == [
         (6, "overflow.queue_over")
     ]
+
+
+# ---- the engine plug-in: a descriptor that says "no engine process" ----------------------------
+
+
+def test_the_remote_framework_is_a_plug_in_with_no_engine_process(tmp_path: Path) -> None:
+    d = registry.descriptor("remote")
+    assert d.remote and registry.catalog()["remote"].remote
+    assert [f for f in registry.FRAMEWORKS if registry.descriptor(f).remote] == ["remote"]
+    spec = ModelSpec(id="gpt", framework="remote", endpoint=ENDPOINT)
+    engine = registry.engines(tmp_path)["remote"]
+    assert engine.observe() == []  # nothing of a remote model is ever found on this host
+    with pytest.raises(EngineError, match="no engine process"):
+        engine.start(spec, EnginePlacement(gpus=(), port=8100))
+    assert registry.estimate_spec(spec).per_gpu_mb is None  # and no GPU memory is reckoned
+    assert registry.missing_message(spec) is None  # nor files looked for
+
+
+def test_an_endpoint_change_restarts_nothing_of_the_engines() -> None:
+    # the remote fields join the spec hash of remote models only: engines keep their hash
+    engine = ModelSpec(id="a", framework="llama_cpp", model_path="/m.gguf")
+    assert engine.spec_hash() == "9317f13d9f8ddcf4"  # its hash before remote models existed
+    one_url = ModelSpec(id="gpt", framework="remote", endpoint=ENDPOINT)
+    other = ModelSpec(id="gpt", framework="remote", endpoint="https://other.example.com/v1")
+    assert one_url.spec_hash() != other.spec_hash()
+
+
+def test_a_remote_spec_reads_back_from_its_own_dump() -> None:
+    # the state directory keeps the last valid desired state as JSON dumps of the specs
+    spec = ModelSpec(id="gpt", framework="remote", endpoint=ENDPOINT, max_concurrency=2)
+    assert ModelSpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+def test_an_empty_model_path_is_refused_on_an_engine_at_its_line() -> None:
+    problems = one("a", framework="vllm").problems  # model_path on line 3
+    assert problems == []
+    result = check({path_of("a"): "id: a\nframework: vllm\nmodel_path: ''\n"})
+    assert [(p.line, p.field) for p in result.problems] == [(3, "model_path")]
