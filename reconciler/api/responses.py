@@ -49,6 +49,9 @@ class ModelSummary(BaseModel):
     enabled: bool | None = None
     priority: int | None = None
     framework: str | None = None
+    endpoint: str | None = Field(
+        None, description="remote models: the host of the endpoint its requests go to"
+    )
     gpus: list[int] = []
     memory_mb: int | None = Field(
         None, description="MiB per GPU: the reservation while it holds GPUs, else the request"

@@ -33,6 +33,7 @@ from reconciler.api.responses import (
 )
 from reconciler.api.views import Memo, Views
 from reconciler.core.instance import OCCUPYING, InstanceRecord, Status
+from reconciler.core.remote_checks import endpoint_host
 from reconciler.core.serving import group, model_of
 from reconciler.core.spec import ModelSpec
 from reconciler.gpus import InventoryError, inventory
@@ -67,6 +68,7 @@ def model_summary(
         enabled=spec.enabled if spec else None,
         priority=spec.priority if spec else None,
         framework=spec.framework if spec else None,
+        endpoint=endpoint_host(spec.endpoint) if spec and spec.endpoint else None,
         gpus=list(holding.gpus) if holding else [],
         memory_mb=holding.memory_mb if holding else requested,
         port=holding.port if holding else (spec.port if spec else None),

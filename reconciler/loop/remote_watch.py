@@ -27,7 +27,6 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from reconciler.core.events import EventKind
 from reconciler.core.health import ProbeResult
@@ -54,10 +53,6 @@ USER_AGENT = "reconciler-probe"
 def probe_url(spec: ModelSpec) -> str:
     """The health path is relative to the endpoint: `https://h/v1` + `/models`."""
     return f"{(spec.endpoint or '').rstrip('/')}{spec.health_check.path}"
-
-
-def endpoint_host(spec: ModelSpec) -> str | None:
-    return urlsplit(spec.endpoint).hostname if spec.endpoint else None
 
 
 def failure_reason(result: ProbeResult, timeout_s: float) -> str:

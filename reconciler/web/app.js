@@ -132,7 +132,8 @@ function modelRow(m) {
         : []),
     ]),
     el("td", { class: "num", text: m.priority ?? "" }),
-    el("td", { text: m.framework ?? "" }),
+    // a remote model: the host its requests go to (no GPU, port or engine of this host)
+    el("td", { text: m.endpoint ? `${m.framework} → ${m.endpoint}` : m.framework ?? "" }),
     el("td", { text: m.gpus.length ? m.gpus.join(", ") : "" }),
     el("td", { class: "num", text: mib(m.memory_mb) }),
     memoryCell(m.memory),

@@ -17,7 +17,6 @@ from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.spec import ModelSpec
 from reconciler.loop.remote_watch import (
     arrive,
-    endpoint_host,
     failure_reason,
     probe_url,
     retire,
@@ -103,7 +102,6 @@ def test_the_probe_goes_to_the_health_path_under_the_endpoint() -> None:
     assert probe_url(remote_spec()) == "https://api.example.com/v1/models"
     spec = remote_spec(endpoint="https://h.example/v1/", health_check={"path": "/health"})
     assert probe_url(spec) == "https://h.example/v1/health"
-    assert endpoint_host(spec) == "h.example"
 
 
 def test_a_model_that_was_an_engine_keeps_nothing_of_it() -> None:
