@@ -6,7 +6,8 @@ makes with trustme, which the host trusts through RECONCILER_REMOTE_CA_FILE; it 
 API, the metrics and the event log: `running` while the endpoint answers, `error` with the reason
 once it is gone, `running` again when it is back; a key the host does not bind to the endpoint's
 host never leaves it (the status says why); and an endpoint that accepts a connection and never
-answers holds up no other model's change.
+answers holds up no other model's change; a certificate that does not name the endpoint's host
+makes it an error (TLS is verified).
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 remote("cloud", endpoint.url),
                 remote("unbound", endpoint.url, api_key_env="RECONCILER_SECRET_UNBOUND"),
                 remote("hung", f"http://127.0.0.1:{silent.port}/v1", health_check=hung),
+                # the certificate names 127.0.0.1, not localhost: it must not verify
+                remote("misnamed", f"https://localhost:{endpoint.port}/v1", api_key_env=None),
                 local,
             ):
                 host.write_model(spec)
@@ -229,6 +232,12 @@ def test_a_key_the_host_does_not_bind_is_never_sent_and_the_status_says_why(
     sent = world.endpoint.authorizations()
     assert f"Bearer {KEY}" in sent, "the bound key's probes never arrived: proves nothing"
     assert not any(UNBOUND_KEY in header for header in sent)
+
+
+def test_a_certificate_that_does_not_name_the_endpoint_is_refused(world: World) -> None:
+    assert wait_for(lambda: world.model("misnamed")["status"] == "error", 30, 0.2)
+    reason = str(world.model("misnamed")["last_error"])
+    assert "TLS verification failed" in reason, reason
 
 
 def test_an_endpoint_that_never_answers_holds_back_no_other_change(world: World) -> None:
