@@ -249,8 +249,8 @@ def plan_pass(
     unschedulable) asks the scheduler alone; an exception anywhere propagates to the caller.
     Remote models are listed on the plan, never scheduled (reconciler.core.plan.remote_models)."""
     specs = desired.models
-    desired, remote = local_part(desired)
-    observed = local_observed(observed, remote)
+    split = local_part(desired, observed)
+    desired, observed = split.local, local_observed(observed, split.remote)
     running = frozenset(m for m, o in observed.items() if o.occupies)
     decision = decide(desired.models, wishes.traffic, running, wishes.running_since, wishes.now)
     dropped: frozenset[str] = frozenset()
@@ -276,7 +276,7 @@ def plan_pass(
     if unplaced and fit(running & decision.keep) is not Fit.unplaced:
         waiting = frozenset(unplaced)
     plan = annotate(plan, desired.models, decision, running, dropped, waiting)
-    return with_remote(plan, remote, specs)
+    return with_remote(plan, split, specs)
 
 
 def _first_known(*values: float | None) -> float:

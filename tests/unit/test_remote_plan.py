@@ -116,6 +116,23 @@ def test_a_plan_without_remote_models_renders_as_before() -> None:
     assert "Remote" not in render_text(p) and "Remote" not in render_markdown(p)
 
 
+def test_a_remote_model_in_error_has_its_local_fallback_run() -> None:
+    desired = state(remote("gpt", fallback="tiny"), local("tiny", memory=2000, enabled=False))
+    down = InstanceRecord("gpt", Status.error, last_error="connection refused")
+    p = plan(desired, down)
+    assert [(a.action, a.model, a.reason) for a in p.actions] == [
+        ("start", "tiny", "fallback for gpt (its endpoint is down)")
+    ]
+    assert p.models["tiny"].fallback_for == "gpt"
+    # an endpoint that answers, or one not probed yet, needs nobody in its place
+    assert plan(desired, InstanceRecord("gpt", Status.running)).actions == ()
+    assert plan(desired, InstanceRecord("gpt", Status.starting)).actions == ()
+    assert plan(desired).actions == ()
+    # and once it answers again, the stand-in stops
+    back = plan(desired, InstanceRecord("gpt", Status.running), running("tiny", memory=2000))
+    assert [(a.action, a.model) for a in back.actions] == [("stop", "tiny")]
+
+
 # -- the property: remote models change no placement ---------------------------------------------
 
 IDS = [f"m{i}" for i in range(6)]

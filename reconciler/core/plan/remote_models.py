@@ -4,13 +4,14 @@ The scheduler sees the local models alone (`local_part`): a remote model holds n
 host, so adding one to any desired state changes no placement. A local model whose fallback is
 remote keeps no fallback in the scheduler's eyes (nothing local is started for it); while it is
 not placed, the plan says that its requests go to the remote model (`with_remote`), which the
-gateway does.
+gateway does. The other way round, a remote model whose endpoint is in error (its record, kept
+by the loop's probes) has its local fallback run, as a crashed engine's would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from reconciler.core.desired import DesiredState
 from reconciler.core.instance import InstanceRecord, Status
@@ -19,18 +20,51 @@ from reconciler.core.remote_checks import endpoint_host
 from reconciler.core.spec import ModelSpec
 
 
-def local_part(desired: DesiredState) -> tuple[DesiredState, dict[str, ModelSpec]]:
-    """The desired state the scheduler sees (local models only, with no remote fallback), and
-    the remote models taken out of it."""
+@dataclass(frozen=True)
+class Split:
+    """A desired state cut for the scheduler."""
+
+    local: DesiredState
+    """local models only; a remote fallback dropped, a stand-in enabled"""
+    remote: dict[str, ModelSpec]
+    """the remote models taken out"""
+    standins: dict[str, str]
+    """local model -> the remote model it stands in for: the fallback of a remote model whose
+    endpoint is in error runs (even when disabled, as a local model's fallback would)"""
+
+
+def local_part(desired: DesiredState, observed: Mapping[str, InstanceRecord]) -> Split:
+    """The desired state the scheduler sees, and what was taken out of it."""
     remote = {mid: spec for mid, spec in desired.models.items() if spec.is_remote}
     if not remote:
-        return desired, {}
+        return Split(desired, {}, {})
+    standins = {
+        spec.fallback: mid
+        for mid, spec in sorted(remote.items(), reverse=True)  # one stand-in each: lowest id wins
+        if spec.enabled
+        and _down(observed.get(mid))
+        and spec.fallback in desired.models
+        and spec.fallback not in remote
+    }
     models = {
-        mid: spec.model_copy(update={"fallback": None}) if spec.fallback in remote else spec
+        mid: _for_scheduler(spec, remote, mid in standins)
         for mid, spec in desired.models.items()
         if mid not in remote
     }
-    return replace(desired, models=models), remote
+    return Split(replace(desired, models=models), remote, standins)
+
+
+def _down(record: InstanceRecord | None) -> bool:
+    return record is not None and record.status is Status.error
+
+
+def _for_scheduler(spec: ModelSpec, remote: Mapping[str, ModelSpec], standin: bool) -> ModelSpec:
+    update: dict[str, object] = {}
+    if spec.fallback in remote:
+        update["fallback"] = None  # the gateway sends its requests there; nothing local starts
+    if standin and not spec.enabled:
+        update["enabled"] = True
+    return spec.model_copy(update=update) if update else spec
 
 
 def local_observed(
@@ -40,11 +74,10 @@ def local_observed(
     return {mid: record for mid, record in observed.items() if mid not in remote}
 
 
-def with_remote(
-    plan: Plan, remote: Mapping[str, ModelSpec], specs: Mapping[str, ModelSpec]
-) -> Plan:
-    """`plan` with the remote models listed, and each local model that the plan does not run
-    and whose fallback is remote sent there."""
+def with_remote(plan: Plan, split: Split, specs: Mapping[str, ModelSpec]) -> Plan:
+    """`plan` with the remote models listed, each local model that the plan does not run and
+    whose fallback is remote sent there, and each stand-in said to be one."""
+    remote = split.remote
     if not remote:
         return plan
     served: dict[str, list[str]] = {mid: [] for mid in remote}
@@ -62,11 +95,23 @@ def with_remote(
             Unschedulable(u.model, _joined(u.reason, note)) if u.model == mid else u
             for u in unschedulable
         ]
+    reasons = {
+        mid: f"fallback for {rid} (its endpoint is down)" for mid, rid in split.standins.items()
+    }
+    for mid, rid in split.standins.items():
+        if mid in models and models[mid].status is Status.running:
+            models[mid] = replace(models[mid], fallback_for=rid, reason=reasons[mid])
+    actions = tuple(
+        replace(a, reason=reasons[a.model]) if a.action == "start" and a.model in reasons else a
+        for a in plan.actions
+    )
     listed = tuple(
         RemoteModel(mid, _host(spec), spec.enabled, tuple(served[mid]))
         for mid, spec in sorted(remote.items())
     )
-    return replace(plan, models=models, unschedulable=tuple(unschedulable), remote=listed)
+    return replace(
+        plan, actions=actions, models=models, unschedulable=tuple(unschedulable), remote=listed
+    )
 
 
 def _waits(outcome: Outcome, spec: ModelSpec) -> bool:
