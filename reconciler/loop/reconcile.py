@@ -213,10 +213,9 @@ class Reconciler:
             usable, seen, states, self.requirements, now, self.records.event, dry_run=dry_run
         )
         alive = {m for m, hs in handles.items() if any(h.alive for h in hs)}
+        # a remote model's record goes too: in error, its local fallback stands in for it
         observed = {
-            m: o
-            for m, s in states.items()
-            if m not in broken and m not in remote and (o := observed_of(s, m in alive))
+            m: o for m, s in states.items() if m not in broken and (o := observed_of(s, m in alive))
         }
         pids = [h.pid for hs in handles.values() for h in hs if h.pid]
         try:

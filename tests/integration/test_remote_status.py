@@ -4,10 +4,10 @@ The endpoint is tests/fakes/hosted_endpoint.py (HTTPS on loopback, a certificate
 makes with trustme, which the host trusts through RECONCILER_REMOTE_CA_FILE; it wants the key as
 `Authorization: Bearer` and records every request's headers). What an operator sees through the
 API, the metrics and the event log: `running` while the endpoint answers, `error` with the reason
-once it is gone, `running` again when it is back; a key the host does not bind to the endpoint's
-host never leaves it (the status says why); and an endpoint that accepts a connection and never
-answers holds up no other model's change; a certificate that does not name the endpoint's host
-makes it an error (TLS is verified).
+once it is gone (its local fallback then runs), `running` again when it is back (the fallback
+stops); a key the host does not bind to the endpoint's host never leaves it (the status says
+why); an endpoint that accepts a connection and never answers holds up no other model's change;
+a certificate that does not name the endpoint's host makes it an error (TLS is verified).
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
             hung = {"path": "/models", "interval_s": 1, "timeout_s": 3600}
             for spec in (
-                remote("cloud", endpoint.url),
+                remote("cloud", endpoint.url, fallback="standby"),
+                stand_in("standby", enabled=False, priority=2),  # runs only for cloud
                 remote("unbound", endpoint.url, api_key_env="RECONCILER_SECRET_UNBOUND"),
                 remote("hung", f"http://127.0.0.1:{silent.port}/v1", health_check=hung),
                 # the certificate names 127.0.0.1, not localhost: it must not verify
@@ -208,8 +209,12 @@ def test_the_status_follows_the_endpoint_down_and_up_again(world: World) -> None
     assert KEY not in str(cloud)
     assert world.shows("cloud", "running")
 
+    assert world.daemon.statuses().get("standby", "stopped") == "stopped"
+
     world.endpoint.stop()
     world.daemon.wait_statuses({"cloud": "error"}, timeout_s=30)
+    # the planner sees the remote model's error: its local fallback stands in
+    world.daemon.wait_statuses({"standby": "running"}, timeout_s=30)
     reason = str(world.model("cloud")["last_error"])
     assert "connection refused" in reason and f"{world.endpoint.url}/models" in reason, reason
     assert world.shows("cloud", "error")
@@ -217,6 +222,7 @@ def test_the_status_follows_the_endpoint_down_and_up_again(world: World) -> None
     world.endpoint.start()
     world.daemon.wait_statuses({"cloud": "running"}, timeout_s=30)
     assert world.model("cloud")["last_error"] is None
+    world.daemon.wait_statuses({"standby": "stopped"}, timeout_s=30)
     kinds = [kind for kind, _ in world.events("cloud")]
     # told once each way, not once per failed probe
     assert kinds.count("error") == 1 and kinds.count("recovered") == 1, kinds
