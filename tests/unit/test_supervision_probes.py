@@ -32,9 +32,12 @@ def refused_port() -> Iterator[int]:
 
 
 class Unused:
-    """An engine nothing is asked of (a probe reads the spec's health path)."""
+    """An engine nothing is asked of but where it answers: the spec's health path."""
 
     framework = "llama_cpp"
+
+    def health_path(self, spec: ModelSpec) -> str:
+        return spec.health_check.path
 
 
 def spec() -> ModelSpec:
