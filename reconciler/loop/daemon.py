@@ -35,8 +35,8 @@ from reconciler.loop.memory import figures_of
 from reconciler.loop.reconcile import PassResult, Reconciler, Settings
 from reconciler.metrics import DesiredSnapshot, ReconcilerMetrics, snapshot_from_plan
 from reconciler.notify import Notifier
+from reconciler.source.git_remote import RemoteSource
 from reconciler.source.local import LocalSource
-from reconciler.source.remote import RemoteSource
 from reconciler.state.directory import BULLETIN_FILE, STATE_FILE
 from reconciler.state.reading import CorruptState, read_state
 from reconciler.state.statefile import State
