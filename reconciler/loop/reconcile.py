@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Unpack
 from reconciler.core.activation import MakePlan
 from reconciler.core.desired import DesiredState, Problem
 from reconciler.core.events import EventExtras, EventKind
-from reconciler.core.health import JITTER, cleared
+from reconciler.core.health import JITTER
 from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.plan import Plan, invalid_plan
 from reconciler.core.plan import make_plan as default_make_plan
@@ -39,7 +39,7 @@ from reconciler.loop.memory import MemoryLearner
 from reconciler.loop.planning import Planning, Requirements, set_aside, without
 from reconciler.loop.records import Records, observed_of
 from reconciler.loop.remote_watch import RemoteWatch
-from reconciler.loop.supervision import Supervisor, describe
+from reconciler.loop.supervision import Supervisor
 from reconciler.source.load import LoadError, load_directory, load_revision
 from reconciler.source.local import LocalSource
 from reconciler.source.repo import Revision, Source, SourceError
@@ -193,7 +193,7 @@ class Reconciler:
         handles = self.observe()
         self.last_handles, self.last_desired = handles, desired
         if not dry_run:
-            self._consume_restart_requests(states, handles, now)
+            self.supervisor.consume_restart_requests(states, handles, now)
         if desired is None:  # invalid, and never valid before: only watch what runs
             self.records.write(states, None, problems, now)
             return PassResult(invalid_plan(None, problems))
@@ -383,29 +383,6 @@ class Reconciler:
     def request_restart(self, model_id: str) -> None:
         """Ask the next pass to restart a model and forget that it gave up."""
         self.records.request_restart(model_id)
-
-    def _consume_restart_requests(
-        self, states: dict[str, InstanceRecord], handles: Mapping[str, list[Handle]], now: float
-    ) -> None:
-        for model_id in self.records.restart_requests():
-            try:
-                for handle in handles.get(model_id, []):
-                    if handle.alive:
-                        self.engines[handle.framework].stop(handle, self.settings.stop_grace_s)
-            except Exception as exc:  # left as it is; the request is answered all the same
-                message = f"restart requested, but its engine could not be stopped: {describe(exc)}"
-                self.records.event(EventKind.error, model_id, message)
-            else:
-                state = states.get(model_id)
-                if state is not None:
-                    fresh = cleared(state)
-                    states[model_id] = transition(fresh, Status.stopped, now, probe_failures=0)
-                self.records.event(
-                    EventKind.restart_requested, model_id, "restart requested by an operator"
-                )
-                if model_id in handles:
-                    handles[model_id].clear()
-            self.records.restart_done(model_id)
 
 
 def _revision_of(source: Source | None) -> Revision | None:

@@ -304,6 +304,31 @@ class Supervisor:
         failed = record_permanent(state, message)
         return transition(failed, Status.error, now, pid=None, container_id=None, probe_failures=0)
 
+    def consume_restart_requests(
+        self, states: dict[str, InstanceRecord], handles: Mapping[str, list[Handle]], now: float
+    ) -> None:
+        """Carry out operators' restart requests: stop the engine, forget that it gave up, and
+        let this pass start it again."""
+        for model_id in self.records.restart_requests():
+            try:
+                for handle in handles.get(model_id, []):
+                    if handle.alive:
+                        self.engines[handle.framework].stop(handle, self.stop_grace_s)
+            except Exception as exc:  # left as it is; the request is answered all the same
+                message = f"restart requested, but its engine could not be stopped: {describe(exc)}"
+                self.records.event(EventKind.error, model_id, message)
+            else:
+                state = states.get(model_id)
+                if state is not None:
+                    fresh = cleared(state)
+                    states[model_id] = transition(fresh, Status.stopped, now, probe_failures=0)
+                self.records.event(
+                    EventKind.restart_requested, model_id, "restart requested by an operator"
+                )
+                if model_id in handles:
+                    handles[model_id].clear()
+            self.records.restart_done(model_id)
+
     # -- where engines are -------------------------------------------------------------------
 
     def listen_violation(self, handle: Handle) -> str | None:
