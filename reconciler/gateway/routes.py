@@ -15,8 +15,9 @@ Gateway status of a model, which decides what a request for it gets:
   disabled       404 saying so
 
 A remote model (`framework: remote`) is "running" while its endpoint answers the daemon's probe
-(its record says so), with one instance: its endpoint; else "error" (its fallback answers, else
-503 + Retry-After), or "disabled".
+(its record says so), with one instance: its endpoint; "starting" until the first probe has
+answered (a request waits in the queue, as for an engine that starts); else "error" (its fallback
+answers, else 503 + Retry-After), or "disabled".
 """
 
 from __future__ import annotations
@@ -223,16 +224,26 @@ def build_routes(
 def remote_route(spec: ModelSpec, record: InstanceRecord | None) -> RouteModel:
     """A remote model's route: its endpoint is its one instance while the probe says running."""
     endpoint = spec.endpoint or ""  # validation requires one: without, it never runs
-    running = bool(endpoint) and record is not None and record.status == Status.running
+    status = record.status if record is not None else Status.starting
+    running = bool(endpoint) and status == Status.running
     return RouteModel(
         id=spec.id,
-        status="running" if running else "error" if spec.enabled else "disabled",
+        status=_remote_status(spec, status, running),
         enabled=spec.enabled,
         aliases=tuple(spec.aliases),
         fallback=spec.fallback,
         instances=(RouteInstance(endpoint),) if running else (),
         remote=RemoteRoute(endpoint, spec.served_upstream, spec.api_key_env, spec.max_concurrency),
     )
+
+
+def _remote_status(spec: ModelSpec, status: Status, running: bool) -> str:
+    if running:  # a disabled model may still serve as another one's fallback
+        return "running"
+    if not spec.enabled:
+        return "disabled"
+    # no record yet: the daemon has not probed it since it appeared
+    return "starting" if status == Status.starting else "error"
 
 
 def write_routes(path: str | os.PathLike[str], routes: Routes) -> None:

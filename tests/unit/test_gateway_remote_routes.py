@@ -264,12 +264,14 @@ def cloud(model_id: str, **fields: object) -> ModelSpec:
 
 
 STATUS_CASES = [
-    # the remote model's record (None: none yet), enabled, its gateway status, instances
-    (None, True, "error", 0),
-    (Status.starting, True, "error", 0),
+    # the remote model's record (None: not probed yet), enabled, its gateway status, instances;
+    # before its first probe answers a request waits, as for an engine that starts
+    (None, True, "starting", 0),
+    (Status.starting, True, "starting", 0),
     (Status.running, True, "running", 1),
     (Status.error, True, "error", 0),
     (None, False, "disabled", 0),
+    (Status.running, False, "running", 1),  # disabled, yet another model's fallback
 ]
 
 
