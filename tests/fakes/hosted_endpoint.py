@@ -3,7 +3,7 @@
 
     python tests/fakes/hosted_endpoint.py --port P --cert C --key K --api-key X --name N
                                           [--model NAME]... [--keys-file PATH] [--delay-ms D]
-                                          [--host 127.0.0.1]
+                                          [--stream-gate PATH] [--host 127.0.0.1]
 
 HTTPS only (the certificate C and its key K: tests make them with `trustme`), under /v1 as the
 hosted APIs are: GET /v1/models, POST /v1/chat/completions, streamed (server-sent events, one word
@@ -18,7 +18,9 @@ is the name, so that a test can tell who answered through a gateway.
 
 Test knobs: --keys-file PATH adds the keys listed there (one a line), read on every request, so
 that a test revokes a key by rewriting the file; --delay-ms D waits D ms before each answer (a busy
-provider). GET /stand-in/stats (no key: not a real route) says what it received, in order:
+provider); --stream-gate PATH holds every stream after its first word while PATH does not exist
+(the test decides when the rest is sent: a relay that buffers is caught, with no sleep to race).
+GET /stand-in/stats (no key: not a real route) says what it received, in order:
 {"requests": [{"method", "path", "model", "authorization", "host", "content", "stream"}]}: the
 `model` of each body, the Authorization and Host headers as they came, and the user's text.
 """
@@ -46,6 +48,7 @@ class Endpoint:
         self.keys: list[str] = args.api_key or []
         self.keys_file: Path | None = args.keys_file
         self.delay_s: float = args.delay_ms / 1000
+        self.gate: Path | None = args.stream_gate
         self.received: list[dict[str, object]] = []
 
     # -- what a request is allowed ---------------------------------------------------------
@@ -139,7 +142,9 @@ class Endpoint:
         head = self.head(model, "chat.completion.chunk")
         deltas: list[dict[str, object]] = [{"role": "assistant", "content": ""}]
         deltas += [{"content": w if i == 0 else " " + w} for i, w in enumerate(words)]
-        for delta in deltas:
+        for index, delta in enumerate(deltas):
+            if index == 2:  # the role, then the first word: the rest waits for the gate
+                await self.gate_open()
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             await response.write(event(chunk))
         last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -149,6 +154,11 @@ class Endpoint:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def gate_open(self, limit_s: float = 300.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while self.gate is not None and not self.gate.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     def head(self, model: str, kind: str) -> dict[str, object]:
         return {
@@ -196,6 +206,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--name", required=True)
     parser.add_argument("--model", action="append", help=f"a name it serves (default {SERVED})")
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--stream-gate", type=Path, default=None)
     return parser.parse_args(argv)
 
 

@@ -140,6 +140,8 @@ class World:
     """hosted's keys file: REVOKED_KEY until a test revokes it"""
     burst_broken: Path
     """while it exists, `burst`'s engine exits at start (and is retried): its requests wait"""
+    stream_gate: Path
+    """while it is missing, hosted holds every stream after its first word"""
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(
@@ -178,7 +180,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     revoked_keys.write_text(REVOKED_KEY + "\n")
     burst_broken = root / "burst-broken"
     burst_broken.touch()
-    hosted = Provider(tls, "hosted", "--api-key", KEY, "--keys-file", str(revoked_keys))
+    stream_gate = root / "stream-gate"
+    stream_gate.touch()
+    hosted = Provider(
+        tls,
+        "hosted",
+        *("--api-key", KEY, "--keys-file", str(revoked_keys), "--stream-gate", str(stream_gate)),
+    )
     edge = Provider(tls, "edge", "--api-key", KEY)
     models = [
         remote("cloud", hosted.endpoint, aliases=["gpt-4o-mini"]),
@@ -231,7 +239,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             try:
                 daemon.start()
                 daemon.wait_statuses({"cloud": "running", "tiny": "running"}, timeout_s=60)
-                yield World(daemon, hosted, edge, revoked_keys, burst_broken)
+                yield World(daemon, hosted, edge, revoked_keys, burst_broken, stream_gate)
             finally:
                 daemon.stop()
     finally:
@@ -277,14 +285,22 @@ def test_chat_goes_to_the_provider_with_its_name_and_the_bound_key(world: World)
 
 def test_a_stream_is_relayed_chunk_by_chunk(world: World) -> None:
     asked = tag()
-    stream = world.client().chat.completions.create(
-        model="cloud",
-        messages=[{"role": "user", "content": asked}],
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    pieces, usage = [], None
-    for chunk in stream:
+    world.stream_gate.unlink()  # the provider holds the stream after its first word ...
+    try:
+        stream = world.client().chat.completions.create(
+            model="cloud",
+            messages=[{"role": "user", "content": asked}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = iter(stream)
+        first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
+        # ... and the client has that word already: the gateway did not wait for the rest
+        assert first.choices[0].delta.content == "hosted"
+    finally:
+        world.stream_gate.touch()
+    pieces, usage = ["hosted"], None
+    for chunk in chunks:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
         usage = chunk.usage or usage
