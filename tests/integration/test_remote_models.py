@@ -5,7 +5,7 @@ from a CA the test makes (trustme), and the vLLM stand-in as the local engine.
 What is checked is what an operator and a client notice: a hosted model answers on the one
 endpoint under its id and its aliases, streamed and not, with the key the host bound to it (the
 client's own key never reaches the provider) and the provider's model name; the provider's 401 is
-the client's 401; an endpoint that goes down is `error` in the API and its fallback answers; a
+the client's 401 (a key revoked between probes), or the model's `error` (a key it never took); an endpoint that goes down is `error` in the API and its fallback answers; a
 key the host did not bind to the endpoint's host is never sent; a local model that cannot be
 placed is answered by its hosted fallback; a burst beyond `queue_over` is split between the local
 engine and the hosted model, every request answered once.
@@ -41,6 +41,8 @@ KEY = "sk-hosted-0123456789abcdefghijklmnop"
 """what the host binds to the provider (RECONCILER_SECRET_CLOUD)"""
 REVOKED_KEY = "sk-hosted-revoked-0123456789abcdefgh"
 UNBOUND_KEY = "sk-hosted-unbound-0123456789abcdefgh"
+WRONG_KEY = "sk-hosted-wrong-0123456789abcdefghij"
+"""bound to the provider's host, but not a key the provider accepts"""
 CLIENT_KEY = "sk-client-own-key-must-stay-here-000"
 """what a client of the gateway sends: never forwarded to a provider"""
 UPSTREAM = "gpt-upstream"
@@ -198,6 +200,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             health_check={"path": "/models", "interval_s": 3600},
         ),
         remote("cloud-unbound", hosted.endpoint, api_key_env="RECONCILER_SECRET_UNBOUND"),
+        remote("cloud-wrong", hosted.endpoint, api_key_env="RECONCILER_SECRET_WRONG"),
         remote("cloud-edge", edge.endpoint, fallback="tiny"),
         stand_in("tiny", priority=2, resource_requirements={"gpu_count": 1, "gpu_memory_mb": 500}),
         # no GPU of this host holds it: its hosted fallback answers for it
@@ -230,6 +233,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     "RECONCILER_SECRET_REVOKED_HOSTS": "127.0.0.1",
                     # bound to nothing: the host never lets it go anywhere
                     "RECONCILER_SECRET_UNBOUND": UNBOUND_KEY,
+                    "RECONCILER_SECRET_WRONG": WRONG_KEY,
+                    "RECONCILER_SECRET_WRONG_HOSTS": "127.0.0.1",
                 }
             )
             for spec in models:
@@ -342,6 +347,15 @@ def test_a_key_revoked_at_the_provider_gets_its_401_passed_through(world: World)
     assert refused.value.body["code"] == "invalid_api_key"  # the provider's own error JSON
     [seen] = world.hosted.chats(asked)
     assert seen["authorization"] == f"Bearer {REVOKED_KEY}"
+
+
+def test_a_key_the_provider_refuses_makes_the_model_an_error_with_the_reason(world: World) -> None:
+    # its probe gets the provider's 401: the model is error (requests get 503, no fallback)
+    assert wait_for(lambda: world.model("cloud-wrong")["status"] == "error", 30, 0.2)
+    assert "401" in str(world.model("cloud-wrong")["last_error"])
+    assert wait_for(lambda: world.post("cloud-wrong", tag()).status_code == 503, 30, 0.2)
+    probes = [r for r in world.hosted.received() if r["authorization"] == f"Bearer {WRONG_KEY}"]
+    assert probes and all(r["path"] == "/v1/models" for r in probes), probes
 
 
 def test_a_key_the_host_did_not_bind_is_never_sent(world: World) -> None:
