@@ -5,10 +5,11 @@ from a CA the test makes (trustme), and the vLLM stand-in as the local engine.
 What is checked is what an operator and a client notice: a hosted model answers on the one
 endpoint under its id and its aliases, streamed and not, with the key the host bound to it (the
 client's own key never reaches the provider) and the provider's model name; the provider's 401 is
-the client's 401 (a key revoked between probes), or the model's `error` (a key it never took); an endpoint that goes down is `error` in the API and its fallback answers; a
-key the host did not bind to the endpoint's host is never sent; a local model that cannot be
-placed is answered by its hosted fallback; a burst beyond `queue_over` is split between the local
-engine and the hosted model, every request answered once.
+the client's 401 (a key revoked between probes), or the model's `error` (a key it never took); an
+endpoint that goes down is `error` in the API and its fallback answers; a key the host did not
+bind to the endpoint's host is never sent; a local model that cannot be placed is answered by its
+hosted fallback; a burst beyond `queue_over` is split between the local engine and the hosted
+model, every request answered once.
 
 One daemon serves the whole module (starting one costs seconds on a shared 2-core host); every
 test asks its own models, and tags its prompts so that what the stand-ins record is its own.
