@@ -32,8 +32,8 @@ from reconciler.api.responses import (
     errors,
 )
 from reconciler.api.views import Memo, Views
+from reconciler.core.engine_args import endpoint_host
 from reconciler.core.instance import OCCUPYING, InstanceRecord, Status
-from reconciler.core.remote_checks import endpoint_host
 from reconciler.core.serving import group, model_of
 from reconciler.core.spec import ModelSpec
 from reconciler.gpus import InventoryError, inventory

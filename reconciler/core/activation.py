@@ -26,8 +26,7 @@ from enum import Enum
 from reconciler.core.desired import DesiredState, Problem
 from reconciler.core.instance import InstanceRecord
 from reconciler.core.plan import Plan, make_plan
-from reconciler.core.plan.make import scheduled
-from reconciler.core.plan.remote_models import local_observed, local_part, with_remote
+from reconciler.core.plan.make import local_observed, local_part, scheduled, with_remote
 from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.serving import model_of
 from reconciler.core.spec import ModelSpec
@@ -247,7 +246,7 @@ def plan_pass(
     """The plan of a pass with on-demand activation applied, made once. When a wanted model
     does not run yet, the room search (which idle engines to stop, whether it waits or is
     unschedulable) asks the scheduler alone; an exception anywhere propagates to the caller.
-    Remote models are listed on the plan, never scheduled (reconciler.core.plan.remote_models)."""
+    Remote models are listed on the plan, never scheduled (reconciler.core.plan.make)."""
     specs = desired.models
     split = local_part(desired, observed)
     desired, observed = split.local, local_observed(observed, split.remote)

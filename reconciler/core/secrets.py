@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from reconciler.core.cluster import ClusterSpec, NotificationTarget
-from reconciler.core.remote_checks import endpoint_host
+from reconciler.core.engine_args import endpoint_host
 from reconciler.core.spec import SECRET_NAME_PATTERN, ModelSpec
 
 SECRET_NAME = re.compile(SECRET_NAME_PATTERN.removeprefix("^").removesuffix("$"))

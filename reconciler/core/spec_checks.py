@@ -30,10 +30,11 @@ from reconciler.core.engine_args import (
     Catalog,
     FrameworkRules,
     engine_input_problems,
+    kind_problems,
     not_env_name,
+    overflow_problems,
     unusable_values,
 )
-from reconciler.core.remote_checks import kind_problems, overflow_problems
 from reconciler.core.secrets import CREDENTIAL_FIELDS, not_secret_name
 from reconciler.core.serving import alias_problems
 from reconciler.core.spec import ModelSpec, model_json_schema

@@ -3,7 +3,7 @@
 A hosted API, a colleague's server, the office's big box: nothing of it runs on this host. The
 descriptor says so (`remote=True`), and its runtime engine is inert: it finds nothing, starts
 nothing, stops nothing. The gateway relays requests to the spec's `endpoint`
-(reconciler.gateway.remote_endpoint), the daemon probes `GET <endpoint>/models`, and the key
+(reconciler.gateway.relay), the daemon probes `GET <endpoint>/models`, and the key
 goes only where reconciler.core.secrets.remote_key_refusal allows.
 """
 

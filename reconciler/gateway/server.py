@@ -23,8 +23,7 @@ from reconciler.gateway import errors
 from reconciler.gateway.clients import Bodies, Claim, Connections, Guard, client_middleware
 from reconciler.gateway.errors import MODEL_HEADER, Refusal
 from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics, TrafficWindow
-from reconciler.gateway.relay import Relay
-from reconciler.gateway.remote_endpoint import tls_context
+from reconciler.gateway.relay import Relay, tls_context
 from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
 from reconciler.gateway.routes import parse_routes as parse_routes_text
 from reconciler.gateway.table import Entry, Table

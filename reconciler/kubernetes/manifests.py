@@ -17,8 +17,7 @@ from ruamel.yaml.resolver import VersionedResolver
 
 from reconciler.core.cluster import KubernetesSpec
 from reconciler.core.desired import DesiredState, Problem, RawDesiredState
-from reconciler.core.engine_args import FlagValueError
-from reconciler.core.remote_checks import endpoint_host
+from reconciler.core.engine_args import FlagValueError, endpoint_host
 from reconciler.core.spec import ModelSpec
 from reconciler.kubernetes.objects import (
     ModelContext,

@@ -29,7 +29,7 @@ import psutil
 from reconciler.core.desired import Problem
 from reconciler.core.events import EventKind
 from reconciler.core.health import backoff_delay
-from reconciler.engines.health import wait_ready
+from reconciler.engines.prober import wait_ready
 from reconciler.loop.reconcile import PassResult, Reconciler
 from reconciler.source.git_remote import RemoteSource
 

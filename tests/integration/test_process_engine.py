@@ -28,7 +28,7 @@ from reconciler.engines.base import (
     Handle,
 )
 from reconciler.engines.detached import ProcessSupervisor
-from reconciler.engines.health import probe, wait_ready
+from reconciler.engines.prober import probe, wait_ready
 from reconciler.engines.process_engine import ProcessEngine
 
 SLEEPER = "import time\nwhile True: time.sleep(1)"

@@ -27,8 +27,8 @@ from reconciler.engines.base import (
     Handle,
 )
 from reconciler.engines.detached import ProcessSupervisor
-from reconciler.engines.health import wait_ready
 from reconciler.engines.identity import MARKER_FRAMEWORK
+from reconciler.engines.prober import wait_ready
 from reconciler.engines.vllm import VllmEngine
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakes" / "fake_vllm.py"

@@ -20,7 +20,7 @@ import pytest
 from apply_support import FAKE_ROGUE, Host, managed_host, stand_in, vllm_wrapper, wait_for
 from gitops_support import daemon_running, events_since, local_site, spec_hash, wait_running
 
-from reconciler.engines.health import Prober, probe_client
+from reconciler.engines.prober import Prober, probe_client
 
 APPLIED_WITHIN_S = 20.0
 """generous for a busy machine (a pass takes well under a second); the hung probe's engine keeps

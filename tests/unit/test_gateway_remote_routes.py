@@ -17,7 +17,7 @@ from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.spec import ModelSpec
-from reconciler.gateway.remote_endpoint import (
+from reconciler.gateway.relay import (
     CA_FILE_ENV,
     endpoint_headers,
     endpoint_path,

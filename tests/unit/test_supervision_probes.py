@@ -15,7 +15,7 @@ from reconciler.core.desired import DesiredState
 from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import Handle
-from reconciler.engines.health import probe_client
+from reconciler.engines.prober import probe_client
 from reconciler.loop.records import Records
 from reconciler.loop.supervision import Supervisor, owner
 

@@ -9,9 +9,9 @@ is a stop (with the stops, so that its memory is free before anything starts) an
 Order: stops, then preemptions (each lowest priority first, ties by id), then starts and restarts,
 highest priority first (ties by id). The plan of a converged system has no actions.
 
-Modules: `model` (the plan's values), `make` (make_plan), `actions` (the diff that orders the
-actions and gives each model its outcome), `report` (JSON, text, markdown), `remote_models`
-(remote models: kept from the scheduler, listed on the plan).
+Modules: `actions` (the plan's values, and the diff that orders the actions and gives each model
+its outcome), `make` (make_plan; remote models kept from the scheduler, listed on the plan),
+`report` (JSON, text, markdown).
 """
 
 from reconciler.core.plan.actions import (

@@ -103,7 +103,7 @@ class Plan:
     secrets: tuple[SecretUse, ...] = ()
     """Every secret the desired state names and where it goes (`reconciler plan` fills it)."""
     remote: tuple[RemoteModel, ...] = ()
-    """The remote models, by id: listed, never placed (reconciler.core.plan.remote_models)."""
+    """The remote models, by id: listed, never placed (reconciler.core.plan.make)."""
 
     def count(self, action: ActionKind) -> int:
         return sum(a.action == action for a in self.actions)

@@ -25,7 +25,7 @@ from reconciler.core.health import Activity, ProbeResult
 if TYPE_CHECKING:
     import httpx
 
-log = logging.getLogger("reconciler.engines.health")
+log = logging.getLogger("reconciler.engines.prober")
 
 
 def probe_client(**settings: Any) -> httpx.Client:
