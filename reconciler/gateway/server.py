@@ -165,9 +165,10 @@ class Gateway:
             raise errors.no_table(self.settings.retry_after_s)
 
     async def wait_for_target(self, entry: Entry) -> Entry:
-        """The model itself when ready, its running fallback when it cannot run, its overflow
-        model when too many wait for it, or wait: for it to become ready, or (a remote model at
-        its max_concurrency) for one of its requests to end."""
+        """The model itself when ready, its running fallback when it cannot run (a remote fallback
+        also while it starts or when its queue is full), its overflow model when too many wait
+        for it, or wait: for it to become ready, or (a remote model at its max_concurrency) for
+        one of its requests to end."""
         settings = self.settings
         deadline = 0.0  # set when it joins the queue, before it waits
         queued = False
@@ -186,11 +187,17 @@ class Gateway:
                     target = self.table.fallback_of(entry)
                     if target is None:
                         raise errors.unavailable(entry.id, entry.status, settings.retry_after_s)
+                elif entry.status == "starting" and not queued:
+                    # a hosted fallback answers now rather than let the client wait for the start
+                    target = self.remote_fallback_of(entry)
                 if target is not None and not target.full():
                     return target
                 now = time.monotonic()
                 if not queued:
                     if entry.waiting >= settings.max_queue:
+                        hosted = self.remote_fallback_of(entry)
+                        if hosted is not None and not hosted.full():
+                            return hosted  # queued past its limit: the cloud takes the rest
                         raise errors.queue_full(
                             entry.id, settings.max_queue, settings.retry_after_s
                         )
@@ -216,6 +223,13 @@ class Gateway:
                 if current.waiting == 0:
                     current.waiting_since = None
                 self.metrics.queue_add(entry.id, -1)
+
+    def remote_fallback_of(self, entry: Entry) -> Entry | None:
+        """The model's fallback when it is a remote model ready now: it may stand in for a model
+        that is starting or whose queue is full (a local fallback only for one that cannot run:
+        starting one would take the GPU the model is starting on)."""
+        fallback = self.table.fallback_of(entry)
+        return fallback if fallback is not None and fallback.route.remote is not None else None
 
     def overflow_of(self, entry: Entry) -> Entry | None:
         """The model a new request for `entry` goes to instead, when more than queue_over

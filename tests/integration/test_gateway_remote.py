@@ -229,6 +229,22 @@ def test_a_local_model_that_is_not_ready_is_served_by_its_remote_fallback(
     assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
 
 
+def test_a_starting_model_is_served_by_its_remote_fallback_not_its_local_one(
+    gw: Harness, cloud: Hosted
+) -> None:
+    # while a local model starts, a hosted fallback answers at once; a local fallback does not
+    # (the request waits: starting one would take the GPU the model is starting on)
+    gw.write(model("big", status="starting", fallback="cloud"), remote("cloud", cloud.endpoint))
+    client = gw.client(timeout=10)  # a request that waits for the start times out
+    raw = ask(client, "big")
+    assert raw.headers["X-Reconciler-Model"] == "cloud"
+    assert raw.parse().system_fingerprint == "cloud-a"
+    local = gw.upstream(Upstream.fast(name="small-engine"))
+    gw.write(model("big", status="starting", fallback="small"), model("small", local.url))
+    with pytest.raises(openai.APITimeoutError):
+        ask(client, "big")
+
+
 def inflight_of(gw: Harness, model_id: str) -> dict[str, int]:
     return gw.service.inflight()["models"][model_id]
 
