@@ -20,6 +20,7 @@ from reconciler.api.responses import (
     GpuPlanOut,
     PlanOut,
     ProblemOut,
+    RemoteModelOut,
     UnschedulableOut,
 )
 from reconciler.api.views import Views
@@ -58,6 +59,12 @@ def plan_out(plan: Plan) -> PlanOut:
                 used_mb_after=g.used_mb_after,
             )
             for g in plan.gpus
+        ],
+        remote=[
+            RemoteModelOut(
+                model=r.id, host=r.host, enabled=r.enabled, serves_for=list(r.serves_for)
+            )
+            for r in plan.remote
         ],
     )
 

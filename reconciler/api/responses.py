@@ -145,6 +145,15 @@ class GpuPlanOut(BaseModel):
     used_mb_after: int
 
 
+class RemoteModelOut(BaseModel):
+    model: str
+    host: str = Field(description="the endpoint's host: where its requests and its key go")
+    enabled: bool
+    serves_for: list[str] = Field(
+        description="local models not placed by this plan whose requests it answers"
+    )
+
+
 class PlanOut(BaseModel):
     revision: str | None
     valid: bool
@@ -153,6 +162,9 @@ class PlanOut(BaseModel):
     actions: list[ActionOut]
     unschedulable: list[UnschedulableOut]
     gpus: list[GpuPlanOut]
+    remote: list[RemoteModelOut] = Field(
+        default_factory=list, description="models someone else serves: listed, never placed"
+    )
 
 
 class EventOut(BaseModel):

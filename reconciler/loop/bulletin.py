@@ -24,7 +24,7 @@ from typing import Any
 from reconciler.core.desired import Problem
 from reconciler.core.estimate import MemoryFigures
 from reconciler.core.instance import Status
-from reconciler.core.plan import Action, GpuUsage, Outcome, Plan, Unschedulable
+from reconciler.core.plan import Action, GpuUsage, Outcome, Plan, RemoteModel, Unschedulable
 from reconciler.core.secrets import SecretUse
 from reconciler.engines.base import Handle
 from reconciler.state.directory import atomic_write
@@ -120,6 +120,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "gpus": [dataclasses.asdict(g) for g in plan.gpus],
         "models": {m: dataclasses.asdict(o) for m, o in plan.models.items()},
         "secrets": [dataclasses.asdict(s) for s in plan.secrets],
+        "remote": [dataclasses.asdict(r) for r in plan.remote],
     }
 
 
@@ -137,6 +138,9 @@ def plan_from_document(doc: Mapping[str, Any]) -> Plan:
             for m, o in doc["models"].items()
         },
         secrets=tuple(SecretUse(**s) for s in doc["secrets"]),
+        remote=tuple(
+            RemoteModel(**{**r, "serves_for": tuple(r["serves_for"])}) for r in doc["remote"]
+        ),
     )
 
 

@@ -402,8 +402,11 @@ def test_a_local_model_that_cannot_be_placed_is_answered_by_its_hosted_fallback(
     big = world.model("big")
     assert big["status"] == "stopped" and big["gpus"] == [], big
     assert "its requests go to remote fallback cloud (127.0.0.1)" in big["reason"], big
-    unplaced = world.daemon.json("/api/v1/plan")["unschedulable"]
-    assert [u["model"] for u in unplaced] == ["big"], unplaced
+    served = world.daemon.json("/api/v1/plan")
+    assert [u["model"] for u in served["unschedulable"]] == ["big"], served
+    # the API serves the loop's plan whole: the hosted models it lists, and whom they answer for
+    cloud = next(r for r in served["remote"] if r["model"] == "cloud")
+    assert cloud["host"] == "127.0.0.1" and "big" in cloud["serves_for"], served["remote"]
     asked = tag()
     response = world.post("big", asked)
     assert response.status_code == 200, response.text

@@ -10,7 +10,7 @@ import pytest
 from reconciler.core.desired import Problem
 from reconciler.core.estimate import MemoryFigures
 from reconciler.core.instance import InstanceRecord, Status
-from reconciler.core.plan import Action, GpuUsage, Outcome, Plan, Unschedulable
+from reconciler.core.plan import Action, GpuUsage, Outcome, Plan, RemoteModel, Unschedulable
 from reconciler.core.secrets import SecretUse
 from reconciler.engines.base import Handle
 from reconciler.loop.bulletin import (
@@ -78,6 +78,7 @@ def plan() -> Plan:
             "lazy": Outcome("lazy", Status.running, (1,), 1500, 8102, 5, "h1", demand="wanted"),
         },
         secrets=(SecretUse("RECONCILER_SECRET_HOOK", "https://hooks.example", "webhook"),),
+        remote=(RemoteModel("cloud", "api.example.com", serves_for=("huge",)),),
     )
 
 
