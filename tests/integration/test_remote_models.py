@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 import subprocess
 import sys
 import uuid
@@ -32,9 +31,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import trustme
 from apply_support import managed_host, stand_in, wait_for
 from daemon_support import Daemon, free_port, init_repo
+from hosted_support import Tls, make_tls
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTED = REPO / "tests" / "fakes" / "hosted_endpoint.py"
@@ -53,27 +52,6 @@ QUEUE_OVER = 2
 
 
 # -- the stand-in provider --------------------------------------------------------------------
-
-
-@dataclass
-class Tls:
-    ca: Path
-    cert: Path
-    key: Path
-
-    def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-
-def make_tls(directory: Path) -> Tls:
-    """A CA, and a certificate it signs for 127.0.0.1 (an IP SAN: the endpoint's host)."""
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    tls = Tls(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    ca.cert_pem.write_to_path(str(tls.ca))
-    issued.private_key_pem.write_to_path(str(tls.key))
-    tls.cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    return tls
 
 
 class Provider:

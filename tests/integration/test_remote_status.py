@@ -28,6 +28,7 @@ from apply_support import managed_host, stand_in, wait_for
 from components import require_module
 from daemon_support import Daemon, commit, free_port, init_repo
 from gitops_support import spec_hash
+from hosted_support import Tls, make_tls
 
 trustme = require_module("trustme", "pip install -e '.[dev]'", module_level=True)
 
@@ -38,28 +39,6 @@ UNBOUND_KEY = "sk-unbound-9876543210"
 APPLIED_WITHIN_S = 20.0
 """generous for a busy machine: a pass takes well under a second; the hung endpoint's probe
 would wait an hour"""
-
-
-@dataclass
-class Tls:
-    ca: Path
-    cert: Path
-    key: Path
-
-    def context(self) -> Any:
-        import ssl
-
-        return ssl.create_default_context(cafile=str(self.ca))
-
-
-def make_tls(directory: Path) -> Tls:
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    tls = Tls(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    ca.cert_pem.write_to_path(str(tls.ca))
-    issued.private_key_pem.write_to_path(str(tls.key))
-    tls.cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    return tls
 
 
 class Endpoint:
