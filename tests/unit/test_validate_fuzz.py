@@ -302,7 +302,11 @@ VALUES = st.recursive(
 
 def dump(data: Any) -> str:
     stream = StringIO()
-    YAML(typ="safe", pure=True).dump(data, stream)
+    yaml = YAML(typ="safe", pure=True)
+    # block style, as people write specs: in a flow list ruamel (YAML 1.2) writes the string
+    # "?0" plain, `[?0]`, which libyaml (YAML 1.1 there) reads as a mapping key
+    yaml.default_flow_style = False
+    yaml.dump(data, stream)
     return stream.getvalue()
 
 
