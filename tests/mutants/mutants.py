@@ -44,7 +44,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "reserved_memory_mb is ignored",
-        "reconciler/core/schedule/model.py",
+        "reconciler/core/schedule/values.py",
         "max(0, g.memory_total - reserved_mb - g.unmanaged_mb)",
         "max(0, g.memory_total - g.unmanaged_mb)",
         SCHEDULE,
@@ -86,7 +86,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "a port already given in this pass is given again",
-        "reconciler/core/schedule/ports.py",
+        "reconciler/core/schedule/board.py",
         "self.next in self.used or self.next in self.fixed or self.next in self.held",
         "self.next in self.fixed or self.next in self.held",
         SCHEDULE,
@@ -100,7 +100,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "lower priority goes first",
-        "reconciler/core/schedule/model.py",
+        "reconciler/core/schedule/values.py",
         "return (-d.priority, d.id)",
         "return (d.priority, d.id)",
         SCHEDULE,
@@ -186,8 +186,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "the client's model name is sent to the engine instead of the engine's own",
         "reconciler/gateway/relay.py",
-        'if payload["model"] != served_name:',
-        "if False:",
+        'if payload.get("model") == name:\n        return body',
+        "return body",
         GATEWAY,
     ),
     Mutant(
@@ -299,21 +299,21 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- replicas ------------------------------------------------------------------------------
     Mutant(
         "instance 0 gets a suffix (going to two replicas restarts the first)",
-        "reconciler/core/replicas.py",
+        "reconciler/core/serving.py",
         'return model_id if index == 0 else f"{model_id}{SEPARATOR}{index}"',
         'return f"{model_id}{SEPARATOR}{index}"',
         REPLICAS,
     ),
     Mutant(
         "an instance is not known as its model's (the gateway routes it apart)",
-        "reconciler/core/replicas.py",
+        "reconciler/core/serving.py",
         "return instance.split(SEPARATOR, 1)[0]",
         "return instance",
         REPLICAS,
     ),
     Mutant(
         "only instance 0 of a set-aside model is set aside",
-        "reconciler/core/replicas.py",
+        "reconciler/core/serving.py",
         "broken.update(dict.fromkeys(instance_ids(spec) if spec else [model_id], why))",
         "broken.update(dict.fromkeys([model_id], why))",
         REPLICAS,
