@@ -67,6 +67,9 @@ class ModelSummary(BaseModel):
         None, description="the model this row is an instance of, when its spec has replicas > 1"
     )
     activation: Literal["always", "on_demand"] | None = None
+    routing: Literal["prefix", "least_outstanding"] | None = Field(
+        None, description="how the gateway spreads its requests over its instances"
+    )
     demand: Literal["idle", "wanted", "running"] | None = Field(
         None, description="on_demand models: nobody asks / a request waits for it / it runs"
     )

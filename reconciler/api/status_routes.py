@@ -80,6 +80,7 @@ def model_summary(
         memory=memory(model_id, spec, state) if memory is not None else None,
         replica_of=replica_of(model_id, spec),
         activation=spec.activation if spec else None,
+        routing=spec.routing if spec else None,
         demand=outcome.demand if outcome is not None else None,
     )
 

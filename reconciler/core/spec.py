@@ -201,6 +201,12 @@ class ModelSpec(Strict):
         None,
         description="local models: requests beyond queue_over waiting go to this model",
     )
+    routing: Literal["prefix", "least_outstanding"] = Field(
+        "prefix",
+        description="how the gateway spreads requests over the model's instances: prefix sends "
+        "a prompt's prefix to the instance that served it last (its cache holds it) unless "
+        "that one is overloaded; least_outstanding to the least loaded",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -236,7 +242,8 @@ class ModelSpec(Strict):
         """Hash of the fields that shape the engine: a change of any of them restarts it.
 
         Priority, name, fallback, enabled, aliases, replicas, activation, idle timeout, health
-        and retry settings, the memory reservation and the GPU pin are deliberately left out:
+        and retry settings, routing, the memory reservation and the GPU pin are deliberately left
+        out:
         changing them must not restart a running engine (a pin the current placement violates
         is handled by the planner; more or fewer replicas start or stop instances, never
         restart the others).

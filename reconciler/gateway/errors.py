@@ -6,6 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 MODEL_HEADER = "X-Reconciler-Model"
+INSTANCE_HEADER = "X-Reconciler-Instance"
+"""names the engine instance that answered (`gemma3-270m.1`; a model of one instance: its id)"""
 INVALID = "invalid_request_error"
 UNAVAILABLE = "service_unavailable"
 FORBIDDEN = "permission_error"

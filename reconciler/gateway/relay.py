@@ -32,8 +32,9 @@ from aiohttp import web
 from reconciler.core.secrets import remote_key_refusal
 from reconciler.core.spec import REMOTE_FRAMEWORK, ModelSpec
 from reconciler.gateway import errors
+from reconciler.gateway.affinity import prefix_key
 from reconciler.gateway.clients import FORWARDED_HEADERS
-from reconciler.gateway.errors import MODEL_HEADER
+from reconciler.gateway.errors import INSTANCE_HEADER, MODEL_HEADER
 from reconciler.gateway.framing import UpstreamError
 from reconciler.gateway.metrics import Failover, GatewayMetrics
 from reconciler.gateway.routes import GatewaySettings, RemoteRoute
@@ -167,8 +168,12 @@ class Relay:
         """Try instances until one answers (failover before the first byte), then relay."""
         tried: set[str] = set()
         last_problem = "no instance is ready"
+        keyed: Entry | None = None  # the model whose prefix key `prefix` is (once per request)
+        prefix: int | None = None
         while True:
-            instance = self.table.pick(target, tried)
+            if target.by_prefix() and keyed is None:
+                keyed, prefix = target, prefix_key(payload)
+            instance = self.table.pick(target, tried, prefix if keyed is target else None)
             fallback = self.table.fallback_of(entry) if target.id == entry.id else None
             if fallback is not None and (fallback.id == target.id or fallback.full()):
                 fallback = None  # itself, or a remote one at its limit: nobody to go to
@@ -242,7 +247,11 @@ class Relay:
                 instance.down_until = time.monotonic() + DOWN_FOR_S
                 return Miss(Failover.connection, f"{type(exc).__name__} {exc}")
             instance.served += 1
-            out_headers = {MODEL_HEADER: target.id, "Content-Type": content_type}
+            out_headers = {
+                MODEL_HEADER: target.id,
+                INSTANCE_HEADER: instance.id,
+                "Content-Type": content_type,
+            }
             if streaming:
                 return await self.relay_stream(
                     request,

@@ -74,6 +74,9 @@ class GatewaySettings:
 class RouteInstance:
     url: str
     draining: bool = False
+    id: str = ""
+    """the instance's id (reconciler.core.serving: `<model>` for instance 0, `<model>.N`), named
+    in X-Reconciler-Instance; "" = the model's id"""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class RouteModel:
     """ready instances only (a running remote model: one, at its endpoint)"""
     remote: RemoteRoute | None = None
     overflow: OverflowRoute | None = None
+    routing: str = "prefix"
+    """prefix | least_outstanding: how requests spread over its instances (gateway.affinity)"""
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,7 @@ class Routes:
                 "instances": [asdict(i) for i in m.instances],
                 "remote": None if m.remote is None else asdict(m.remote),
                 "overflow": None if m.overflow is None else asdict(m.overflow),
+                "routing": m.routing,
             }
             for m in sorted(self.models.values(), key=lambda m: m.id)
         }
@@ -203,7 +209,7 @@ def build_routes(
             statuses.append(status)
             if status == "running" and record is not None:
                 url = f"http://{ENGINE_HOST}:{record.port}"
-                instances.append(RouteInstance(url, draining=url in draining))
+                instances.append(RouteInstance(url, draining=url in draining, id=instance))
         models[model_id] = RouteModel(
             id=model_id,
             # one ready instance serves; else one starting makes requests wait; else the
@@ -217,6 +223,7 @@ def build_routes(
             overflow=None
             if spec.overflow is None
             else OverflowRoute(spec.overflow.model, spec.overflow.queue_over),
+            routing=spec.routing,
         )
     return Routes(models, settings or GatewaySettings(), generation)
 
@@ -232,7 +239,7 @@ def remote_route(spec: ModelSpec, record: InstanceRecord | None) -> RouteModel:
         enabled=spec.enabled,
         aliases=tuple(spec.aliases),
         fallback=spec.fallback,
-        instances=(RouteInstance(endpoint),) if running else (),
+        instances=(RouteInstance(endpoint, id=spec.id),) if running else (),
         remote=RemoteRoute(endpoint, spec.served_upstream, spec.api_key_env, spec.max_concurrency),
     )
 
@@ -275,6 +282,7 @@ def parse_routes(text: str) -> Routes:
                 instances=tuple(RouteInstance(**i) for i in m.get("instances") or ()),
                 remote=_parsed(RemoteRoute, m.get("remote")),
                 overflow=_parsed(OverflowRoute, m.get("overflow")),
+                routing=str(m.get("routing", "prefix")),
             )
         return Routes(models, settings, int(data.get("generation", 0)))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:

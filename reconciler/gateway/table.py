@@ -12,6 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from reconciler.gateway.affinity import Affinity, overloaded
 from reconciler.gateway.routes import RouteModel, Routes
 
 DOWN_FOR_S = 1.0
@@ -26,6 +27,8 @@ class Instance:
     key: str = ""
     """unique in the table: the URL of an engine; a remote endpoint's, with `#<model>` (two
     remote models may share an endpoint, each with its own count against its limit)"""
+    id: str = ""
+    """the instance's id, named in X-Reconciler-Instance (`gemma3-270m.1`)"""
     inflight: int = 0
     unanswered: int = 0
     """requests sent to it that have had no byte back yet (they wait, as clients see it)"""
@@ -39,6 +42,7 @@ class Instance:
 
     def __post_init__(self) -> None:
         self.key = self.key or self.url
+        self.id = self.id or self.model
 
     @property
     def routable(self) -> bool:
@@ -57,6 +61,12 @@ class Entry:
     last_request_at: float | None = None
     """wall-clock time a request naming this model last arrived or ended (the daemon's idle
     clock for an on-demand model)"""
+    affinity: Affinity = field(default_factory=Affinity)
+    """prefix key -> the instance that served it last (routing: prefix)"""
+
+    def by_prefix(self) -> bool:
+        """Whether a request's prefix key plays a part in picking its instance."""
+        return self.route.routing == "prefix" and len(self.instances) > 1
 
     @property
     def id(self) -> str:
@@ -111,6 +121,7 @@ class Table:
                 entry.waiting = previous.waiting
                 entry.waiting_since = previous.waiting_since
                 entry.last_request_at = previous.last_request_at
+                entry.affinity = previous.affinity
             for spec in route.instances:
                 key = spec.url if route.remote is None else f"{spec.url}#{model_id}"
                 instance = self.instances.get(key)
@@ -118,6 +129,7 @@ class Table:
                     instance = Instance(spec.url, model_id, key)
                     self.instances[key] = instance
                 instance.draining = spec.draining
+                instance.id = spec.id or model_id
                 instance.listed = True
                 entry.instances.append(instance)
                 listed.add(key)
@@ -165,8 +177,10 @@ class Table:
         return fallback if fallback is not None and fallback.ready() else None
 
     @staticmethod
-    def pick(entry: Entry, exclude: set[str]) -> Instance | None:
-        """Least outstanding requests; ties go round-robin; recently failed instances last."""
+    def pick(entry: Entry, exclude: set[str], prefix: int | None = None) -> Instance | None:
+        """Least outstanding requests; ties go round-robin; recently failed instances last.
+        With a prefix key (routing: prefix), the instance that served that key last, unless it
+        is overloaded, down or excluded (gateway.affinity); the key then moves to the pick."""
         candidates = entry.instances
         count = len(candidates)
         if count == 0:
@@ -184,8 +198,15 @@ class Table:
             key = (instance.down_until > now, instance.inflight)
             if best is None or key < best_key:
                 best, best_key, best_index = instance, key, index
-        if best is not None:
-            entry.next_index = best_index + 1
+        if best is None:
+            return None
+        if prefix is not None:
+            sticky = _sticky(entry, prefix, exclude, now)
+            if sticky is not None and not overloaded(sticky.inflight, best_key[1]):
+                entry.affinity.served(prefix, sticky.key)
+                return sticky  # the round-robin position stays: it was not a balancing pick
+            entry.affinity.served(prefix, best.key)
+        entry.next_index = best_index + 1
         return best
 
     def touch(self, model_id: str) -> None:
@@ -226,3 +247,14 @@ class Table:
                 for model_id, e in sorted(self.entries.items())
             },
         }
+
+
+def _sticky(entry: Entry, prefix: int, exclude: set[str], now: float) -> Instance | None:
+    """The routable instance of `entry` that served `prefix` last, if any and not down."""
+    key = entry.affinity.get(prefix)
+    if key is None or key in exclude:
+        return None
+    for instance in entry.instances:
+        if instance.key == key:
+            return instance if instance.routable and instance.down_until <= now else None
+    return None

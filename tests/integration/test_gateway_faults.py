@@ -187,7 +187,8 @@ def test_requests_go_to_the_instance_with_fewer_in_flight(gw: Harness, tmp_path:
     gate = tmp_path / "gate"
     one = gw.upstream(Upstream.vllm("m", STREAM_GATE=str(gate)))
     two = gw.upstream(Upstream.vllm("m", STREAM_GATE=str(gate)))
-    gw.write(model("m", one.url, two.url))
+    # the least-outstanding rule (the same chat under prefix routing would stay where it went)
+    gw.write(model("m", one.url, two.url, routing="least_outstanding"))
     body = {"model": "m", "messages": CHAT, "stream": True}
     try:
         with httpx.stream(
