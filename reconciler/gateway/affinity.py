@@ -1,7 +1,7 @@
 """Prefix affinity: a prompt's prefix goes back to the instance whose cache holds it.
 
-Every engine here keeps the work of a prompt it has seen (llama.cpp's KV cache for the longest
-common prefix, vLLM's and SGLang's prefix caches), but only on the instance that saw it. For a
+Every engine here keeps the work of a prompt it has seen (a KV cache for the longest common
+prefix, or an automatic prefix cache), but only on the instance that saw it. For a
 model with `routing: prefix` and more than one ready instance, the gateway keys each request by
 its prompt's leading part and sends it to the instance that served that key last, unless that
 instance is overloaded (then the least loaded, and the key moves there); a new key goes to the
