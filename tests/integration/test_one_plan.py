@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,10 @@ import httpx
 import pytest
 from apply_support import Host, managed_host, running, stand_in, vllm_wrapper, wait_for
 from daemon_support import Daemon, running_daemon
+from plan_counting import Counting
 
 from reconciler.api.activity_routes import plan_out
 from reconciler.core.activation import Traffic
-from reconciler.core.desired import DesiredState, Problem
-from reconciler.core.instance import InstanceRecord
-from reconciler.core.plan import Plan, make_plan
-from reconciler.core.schedule.values import GPUInfo
 from reconciler.loop.bulletin import Bulletin, decode
 from reconciler.loop.controller import converge
 from reconciler.loop.reconcile import Reconciler, Settings
@@ -38,24 +35,6 @@ GPU = [{"index": 0, "name": "Simulated", "memory_mb": 2000}]
 HALF_AND_MORE = {"resource_requirements": {"gpu_count": 1, "gpu_memory_mb": 1500}}
 CONVERGE_S = 120.0
 WANTED = "on demand: a request waits for it"
-
-
-class Counting:
-    """make_plan, counting its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(
-        self,
-        desired: DesiredState,
-        observed: Mapping[str, InstanceRecord],
-        gpus: Sequence[GPUInfo],
-        memory: Mapping[str, int | None],
-        problems: Iterable[Problem] = (),
-    ) -> Plan:
-        self.calls += 1
-        return make_plan(desired, observed, gpus, memory, problems)
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ before, when it planned 2 + k times a pass (the oracle below is that way, writte
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plan_counting import Counting
 
 from reconciler.core.activation import (
     Fit,
@@ -21,32 +22,14 @@ from reconciler.core.activation import (
     planned,
 )
 from reconciler.core.cluster import ClusterSpec, DeclaredGPU
-from reconciler.core.desired import DesiredState, Problem
+from reconciler.core.desired import DesiredState
 from reconciler.core.instance import InstanceRecord, Status
-from reconciler.core.plan import Plan, make_plan
+from reconciler.core.plan import Plan
 from reconciler.core.schedule.values import GPUInfo
 from reconciler.core.spec import ModelSpec
 from reconciler.gpus import declared
 
 NOW = 1_000.0
-
-
-class Counting:
-    """make_plan, counting its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(
-        self,
-        desired: DesiredState,
-        observed: Mapping[str, InstanceRecord],
-        gpus: Sequence[GPUInfo],
-        memory: Mapping[str, int | None],
-        problems: Iterable[Problem] = (),
-    ) -> Plan:
-        self.calls += 1
-        return make_plan(desired, observed, gpus, memory, problems)
 
 
 def two_plans_and_more(
