@@ -15,7 +15,7 @@ import typer
 from reconciler.cli import command_app
 from reconciler.cli.loading import Format, print_problems, read_desired, validate_here
 from reconciler.cli.options import DEFAULT_DIR, DirArg, RevOpt, out, usage_error
-from reconciler.core.cluster import cluster_json_schema
+from reconciler.core.cluster import cluster_json_schema, host_json_schema
 from reconciler.core.spec import JSONSchema, model_json_schema
 from reconciler.engines.registry import FRAMEWORKS
 
@@ -32,6 +32,7 @@ def model_schema() -> JSONSchema:
 SCHEMA_FILES = {
     "model.schema.json": model_schema,
     "cluster.schema.json": cluster_json_schema,
+    "host.schema.json": host_json_schema,
 }
 
 

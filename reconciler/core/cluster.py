@@ -63,6 +63,12 @@ class GatewayConfig(Strict):
     api_keys: list[GatewayKey] = Field(
         default_factory=list, description="when set, clients need `Authorization: Bearer <key>`"
     )
+    fleet_key_env: SecretName | None = Field(
+        None,
+        description="a fleet (hosts/): the RECONCILER_SECRET_* variable holding the key the "
+        "hosts' gateways send each other with a forwarded request; it goes only to the hosts "
+        "its _HOSTS variable lists",
+    )
 
 
 class DeclaredGPU(Strict):
@@ -262,8 +268,9 @@ class KubernetesSpec(Strict):
     )
 
 
-class ClusterSpec(Strict):
-    """desired-state/cluster.yaml: the host as a whole."""
+class HostFields(Strict):
+    """What one GPU host is: the fields cluster.yaml has in a one-host repository, and each
+    hosts/<name>.yaml has in a fleet."""
 
     gpus: Literal["auto"] | list[DeclaredGPU] = Field(
         "auto", description="`auto` = read through NVML; a list = declared (simulated) GPUs"
@@ -275,6 +282,26 @@ class ClusterSpec(Strict):
     port_range: tuple[Port, Port] = Field(
         (8100, 8199), description="[first, last] ports allocated to models without a fixed port"
     )
+
+
+HostGatewayURL = Annotated[
+    str, Field(pattern=r"^https?://[^/?#@\s]+/?$", description="http(s)://HOST:PORT, no path")
+]
+
+
+class HostSpec(HostFields):
+    """desired-state/hosts/<name>.yaml: one host of a fleet (its name is the file's name)."""
+
+    gateway: HostGatewayURL = Field(
+        description="where this host's gateway answers the other hosts, e.g. "
+        "http://10.0.0.5:8000: requests for the models it runs are forwarded there"
+    )
+
+
+class ClusterSpec(HostFields):
+    """desired-state/cluster.yaml: the host as a whole (in a fleet: the fleet's settings; the
+    host fields then come from hosts/<name>.yaml)."""
+
     kubernetes: KubernetesSpec = Field(
         default_factory=KubernetesSpec,
         description="`reconciler render kubernetes`: images, model volume, namespace",
@@ -289,3 +316,7 @@ class ClusterSpec(Strict):
 
 def cluster_json_schema() -> JSONSchema:
     return json_schema(ClusterSpec, "cluster.schema.json")
+
+
+def host_json_schema() -> JSONSchema:
+    return json_schema(HostSpec, "host.schema.json")

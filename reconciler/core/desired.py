@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from reconciler.core.cluster import ClusterSpec
+from reconciler.core.cluster import ClusterSpec, HostSpec
 from reconciler.core.spec import ModelSpec
 
 Severity = Literal["error", "warning"]
@@ -68,6 +68,8 @@ class RawDesiredState:
     cluster: SourceDoc | None
     models: list[SourceDoc]
     problems: list[Problem]
+    hosts: list[SourceDoc] = field(default_factory=list)
+    """desired-state/hosts/<name>.yaml, one per host of a fleet (none: a one-host repository)"""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ class DesiredState:
     revision: str | None = None
     origins: dict[str, tuple[str, int]] = field(default_factory=dict)
     """model id -> (file, line) of its id field, for messages."""
+    hosts: dict[str, HostSpec] = field(default_factory=dict)
+    """the fleet's hosts by name (hosts/<name>.yaml); empty in a one-host repository"""
+    host: str | None = None
+    """the host this is the view of (core.fleet.host_view): `models` are the ones it runs and
+    `cluster` carries its host fields; None = the whole repository"""
+    elsewhere: dict[str, ModelSpec] = field(default_factory=dict)
+    """in a host's view: the fleet's models that other hosts run (their `hosts` say which), by
+    model id; the gateway forwards their requests"""
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,13 @@ class ModelSpec(Strict):
         None,
         description="local models: requests beyond queue_over waiting go to this model",
     )
+    hosts: list[ModelId] | None = Field(
+        None,
+        min_length=1,
+        description="where it runs, once the repository declares hosts/: each listed host runs "
+        "it (with its replicas there); a remote model lists none (every host's gateway reaches "
+        "its endpoint itself)",
+    )
     routing: Literal["prefix", "least_outstanding"] = Field(
         "prefix",
         description="how the gateway spreads requests over the model's instances: prefix sends "
@@ -242,11 +249,10 @@ class ModelSpec(Strict):
         """Hash of the fields that shape the engine: a change of any of them restarts it.
 
         Priority, name, fallback, enabled, aliases, replicas, activation, idle timeout, health
-        and retry settings, routing, the memory reservation and the GPU pin are deliberately left
-        out:
-        changing them must not restart a running engine (a pin the current placement violates
-        is handled by the planner; more or fewer replicas start or stop instances, never
-        restart the others).
+        and retry settings, routing, hosts, the memory reservation and the GPU pin are
+        deliberately left out: changing them must not restart a running engine (a pin the
+        current placement violates is handled by the planner; more or fewer replicas start or
+        stop instances, never restart the others).
         """
         shaping = {
             "framework": self.framework,
