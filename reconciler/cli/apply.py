@@ -18,6 +18,7 @@ from reconciler.cli import command_app, options
 from reconciler.cli.options import (
     DEFAULT_DIR,
     DirArg,
+    HostNameOpt,
     OnceOpt,
     RevOpt,
     StateDirOpt,
@@ -50,8 +51,10 @@ def _prepare_output() -> None:
     _output()
 
 
-def _reconciler(directory: Path, state_dir: Path | None, rev: str | None = None) -> Reconciler:
-    return Reconciler(Settings(directory, private_state_dir(state_dir), rev))
+def _reconciler(
+    directory: Path, state_dir: Path | None, host: str | None, rev: str | None = None
+) -> Reconciler:
+    return Reconciler(Settings(directory, private_state_dir(state_dir), rev, host_name=host))
 
 
 @app.command("apply")
@@ -64,9 +67,10 @@ def apply_cmd(
     once: OnceOpt = False,
     timeout: TimeoutOpt = 900.0,
     state_dir: StateDirOpt = None,
+    host: HostNameOpt = None,
 ) -> None:
     """Make the host match desired state: passes until every started engine is ready."""
-    reconciler = _reconciler(directory, state_dir, rev)
+    reconciler = _reconciler(directory, state_dir, host, rev)
     if dry_run:
         from .plan import PlanFormat, render_plan
 
@@ -105,16 +109,21 @@ def restart_cmd(
     model_id: Annotated[str, typer.Argument(help="the model to restart")],
     directory: DirArg = Path(DEFAULT_DIR),
     state_dir: StateDirOpt = None,
+    host: HostNameOpt = None,
 ) -> None:
     """Restart a model now, clearing a given-up error (its retries start again)."""
     from reconciler.core.serving import expand
 
-    reconciler = _reconciler(directory, state_dir)
+    reconciler = _reconciler(directory, state_dir, host)
     desired, _ = reconciler.load_desired()
     if desired is not None and model_id not in expand(desired).models:  # or an instance's id
-        options.err.print(
-            f"error: {model_id} is not in the desired state ({directory})", markup=False
+        where = desired.elsewhere.get(model_id)
+        why = (
+            f"runs on {', '.join(where.hosts or ())}, not on this host ({desired.host})"
+            if where is not None
+            else f"is not in the desired state ({directory})"
         )
+        options.err.print(f"error: {model_id} {why}", markup=False)
         raise typer.Exit(1)
     reconciler.request_restart(model_id)
     results = converge(reconciler, 900.0, meanwhile=_prepare_output)
@@ -132,13 +141,14 @@ def restart_cmd(
 def stop_all_cmd(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
     state_dir: StateDirOpt = None,
+    host: HostNameOpt = None,
 ) -> None:
     """Stop every engine this reconciler manages (processes and containers).
 
     They are recorded as stopped: the next `apply` (or pass of `run`) starts what desired
     state asks for again."""
     out = options.out
-    reconciler = _reconciler(Path(DEFAULT_DIR), state_dir)
+    reconciler = _reconciler(Path(DEFAULT_DIR), state_dir, host)
     handles = [h for hs in reconciler.observe().values() for h in hs]
     if not handles:
         out.print("no managed engine runs")
@@ -189,6 +199,7 @@ def run_cmd(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every pass")] = False,
     state_dir: StateDirOpt = None,
+    host: HostNameOpt = None,
 ) -> None:
     """The daemon: reconcile on every change, commit, engine exit, webhook and resync."""
     logging.basicConfig(
@@ -218,6 +229,7 @@ def run_cmd(
         loop=LoopSettings(resync_s=resync, poll_s=poll),
     )
     daemon = Daemon(options)
+    daemon.reconciler.settings.host_name = host  # in a fleet: the share it reconciles
     where = options.state_dir
     out.print(f"reconciler run: desired state {repo or directory}", markup=False)
     out.print(f"  state file  {where / 'state.yaml'}", markup=False)

@@ -20,32 +20,52 @@ from reconciler.core.estimate import (
     render_explain,
     reservation,
 )
+from reconciler.core.fleet import host_view, undeclared_host
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.registry import estimate_path, estimate_spec
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.memory import Learned, read_learned
+from reconciler.source.load import HOSTS_DIR
 from reconciler.state.directory import LAST_VALID_FILE
 
 from . import command_app
-from .options import DEFAULT_DIR, DirArg, StateDirOpt, err, out, resolve_state_dir, usage_error
+from .options import (
+    DEFAULT_DIR,
+    DirArg,
+    HostNameOpt,
+    StateDirOpt,
+    err,
+    host_name,
+    out,
+    resolve_state_dir,
+    usage_error,
+)
 
 app = command_app()
 
 
 @app.command("gpus")
-def gpus_cmd(directory: DirArg = Path(DEFAULT_DIR)) -> None:
+def gpus_cmd(directory: DirArg = Path(DEFAULT_DIR), host: HostNameOpt = None) -> None:
     """Print the GPU inventory: declared in cluster.yaml, or read through NVML."""
     raw = read_desired(directory, None)
     result = validate_here(raw, check_paths=False)
     if result.desired is None:
         print_problems(result.errors, Format.text)
         raise typer.Exit(1)
+    desired, name = result.desired, host_name(host)
+    stranger = undeclared_host(desired, name, str(directory / HOSTS_DIR))
+    if stranger is not None:
+        print_problems([stranger], Format.text)
+        raise typer.Exit(1)
+    cluster = host_view(desired, name).cluster  # in a fleet: this host's hosts/<name>.yaml
     try:
-        gpus = inventory(result.desired.cluster)
+        gpus = inventory(cluster)
     except InventoryError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(1) from exc
-    source = "declared" if isinstance(result.desired.cluster.gpus, list) else "NVML"
+    source = "declared" if isinstance(cluster.gpus, list) else "NVML"
+    if desired.hosts:
+        source += f" (host {name})"
     table = Table("gpu", "name", "total MiB", "used MiB", "free MiB", "util %", "temp C", "power W")
     for g in gpus:
         table.add_row(

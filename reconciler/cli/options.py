@@ -65,6 +65,28 @@ StateDirOpt = Annotated[
     ),
 ]
 
+HostNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host-name",
+        envvar="RECONCILER_HOST_NAME",
+        help="in a fleet (desired-state/hosts/), which host this is [default: this machine's "
+        "host name up to the first dot]",
+        show_default=False,
+    ),
+]
+
+
+def host_name(name: str | None) -> str:
+    """The host a command runs as: --host-name, else this machine's short host name."""
+    if name:
+        return name
+    import socket
+
+    from reconciler.core.fleet import short_host_name
+
+    return short_host_name(socket.gethostname())
+
 
 OnceOpt = Annotated[
     bool, typer.Option("--once", help="one pass; do not wait for engines to be ready")

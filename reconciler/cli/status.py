@@ -15,8 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from reconciler.cli import command_app
-from reconciler.cli.options import StateDirOpt, err, out, resolve_state_dir, usage_error
-from reconciler.state.directory import EVENTS_FILE, STATE_FILE
+from reconciler.cli.options import (
+    HostNameOpt,
+    StateDirOpt,
+    err,
+    out,
+    resolve_state_dir,
+    usage_error,
+)
+from reconciler.state.directory import EVENTS_FILE, LAST_VALID_FILE, STATE_FILE
 from reconciler.state.eventlog import Logged, events_end, read_events_after, read_recent_events
 from reconciler.state.reading import read_state_or_recover
 
@@ -66,9 +73,30 @@ def print_status(state_dir: Path) -> None:
 
 
 @app.command("status")
-def status_cmd(state_dir: StateDirOpt = None) -> None:
+def status_cmd(state_dir: StateDirOpt = None, host: HostNameOpt = None) -> None:
     """Show each model's status from the state file."""
-    print_status(resolve_state_dir(state_dir))
+    directory = resolve_state_dir(state_dir)
+    print_status(directory)
+    recorded = _fleet_host(directory)
+    if recorded is None:
+        return
+    out.print(f"host: {recorded} (its share of the fleet)", markup=False)
+    if host is not None and host != recorded:
+        err.print(
+            f"warning: {directory} holds host {recorded}'s state, not {host}'s: "
+            "pass --state-dir of that host",
+            markup=False,
+        )
+
+
+def _fleet_host(state_dir: Path) -> str | None:
+    """The fleet host whose share the state directory's last valid desired state is."""
+    try:
+        doc = json.loads((state_dir / LAST_VALID_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    host = doc.get("host") if isinstance(doc, dict) else None
+    return host if isinstance(host, str) else None
 
 
 @app.command("events")

@@ -15,7 +15,13 @@ from typing import TypeVar
 import jsonschema
 from pydantic import BaseModel, ValidationError
 
-from reconciler.core.cluster import ClusterSpec, cluster_json_schema
+from reconciler.core.cluster import (
+    ClusterSpec,
+    HostFields,
+    HostSpec,
+    cluster_json_schema,
+    host_json_schema,
+)
 from reconciler.core.desired import (
     DesiredState,
     FieldPath,
@@ -35,6 +41,7 @@ from reconciler.core.engine_args import (
     overflow_problems,
     unusable_values,
 )
+from reconciler.core.fleet import fleet_problems, host_name
 from reconciler.core.secrets import CREDENTIAL_FIELDS, not_secret_name
 from reconciler.core.serving import alias_problems
 from reconciler.core.spec import ModelSpec, model_json_schema
@@ -46,7 +53,8 @@ PathCheck = Callable[[ModelSpec], str | None]
 
 @cache
 def _validator(kind: str) -> jsonschema.protocols.Validator:
-    schema = model_json_schema() if kind == "model" else cluster_json_schema()
+    schemas = {"model": model_json_schema, "cluster": cluster_json_schema}
+    schema = schemas.get(kind, host_json_schema)()
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
 
@@ -72,6 +80,12 @@ def validate(
         if parsed_cluster is not None:
             cluster = parsed_cluster
             problems.extend(_check_cluster(raw.cluster, cluster))
+    hosts: dict[str, HostSpec] = {}
+    for doc in raw.hosts:  # a fleet: hosts/<name>.yaml, each checked as cluster.yaml's host part
+        host = _parse(doc, "host", HostSpec, problems)
+        if host is not None:
+            problems.extend(_check_cluster(doc, host))
+            hosts.setdefault(host_name(doc.file), host)
     specs: list[tuple[SourceDoc, ModelSpec]] = []
     for doc in raw.models:
         spec = _parse(doc, "model", ModelSpec, problems)
@@ -89,14 +103,16 @@ def validate(
     # ids of every file that names one, valid or not, so that a broken file does not also make
     # each fallback to it look unknown
     named = {model_id for d in raw.models if isinstance(model_id := d.data.get("id"), str)}
-    problems.extend(_check_across(specs, named, cluster, raw.cluster))
+    problems.extend(_check_across(specs, named, cluster, raw.cluster, fleet=bool(raw.hosts)))
+    problems.extend(fleet_problems(raw.hosts, hosts, specs, raw.cluster))
     problems.extend(alias_problems(specs, named))
     problems.sort(key=lambda p: (p.file, p.line, p.severity, p.field, p.message))
     if any(p.is_error for p in problems):
         return ValidationResult(None, problems)
     models = {spec.id: spec for _, spec in specs}
     origins = {spec.id: (doc.file, doc.line_of(("id",))) for doc, spec in specs}
-    return ValidationResult(DesiredState(models, cluster, raw.revision, origins), problems)
+    desired = DesiredState(models, cluster, raw.revision, origins, hosts=hosts)
+    return ValidationResult(desired, problems)
 
 
 _BARE_CATALOG: Catalog = {
@@ -227,7 +243,7 @@ def _dotted(path: FieldPath) -> str:
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
 
 
-def _check_cluster(doc: SourceDoc, cluster: ClusterSpec) -> list[Problem]:
+def _check_cluster(doc: SourceDoc, cluster: HostFields) -> list[Problem]:
     problems = []
     first, last = cluster.port_range
     if first > last:
@@ -322,7 +338,11 @@ def _check_across(
     named: set[str],
     cluster: ClusterSpec,
     cluster_doc: SourceDoc | None,
+    *,
+    fleet: bool,
 ) -> list[Problem]:
+    """Ids, fallbacks and overflow across files; fixed ports and pinned GPUs of one host (a
+    fleet's are checked per host: reconciler.core.fleet)."""
     problems = []
     first_id: dict[str, tuple[str, int]] = {}
     first_port: dict[int, tuple[str, int]] = {}
@@ -334,7 +354,7 @@ def _check_across(
                 Problem(doc.file, where[1], "id", f"duplicate id '{spec.id}' (also in {f}:{line})")
             )
         first_id.setdefault(spec.id, where)
-        if spec.port is not None:
+        if spec.port is not None and not fleet:
             line = doc.line_of(("port",))
             if spec.port in first_port:
                 f, other = first_port[spec.port]

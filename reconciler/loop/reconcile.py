@@ -13,6 +13,7 @@ demand, and an unusable spec is that model's error), execution (stops, then star
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Unpack
 from reconciler.core.activation import MakePlan
 from reconciler.core.desired import DesiredState, Problem
 from reconciler.core.events import EventExtras, EventKind
+from reconciler.core.fleet import host_view, short_host_name, undeclared_host
 from reconciler.core.health import JITTER
 from reconciler.core.instance import InstanceRecord, Status, transition
 from reconciler.core.plan import Plan, invalid_plan
@@ -40,7 +42,7 @@ from reconciler.loop.planning import Planning, Requirements, set_aside, without
 from reconciler.loop.records import Records, observed_of
 from reconciler.loop.remote_watch import RemoteWatch
 from reconciler.loop.supervision import Supervisor
-from reconciler.source.load import LoadError, load_directory, load_revision
+from reconciler.source.load import HOSTS_DIR, LoadError, load_directory, load_revision
 from reconciler.source.local import LocalSource
 from reconciler.source.repo import Revision, Source, SourceError
 from reconciler.state.directory import STATE_FILE, namespace_for, private_dir
@@ -64,6 +66,11 @@ class Settings:
     engine_host: str = "127.0.0.1"
     """where engines listen: a host setting, never a spec's. Each engine's sockets are checked
     against it and its assigned port."""
+    host_name: str | None = None
+    """in a fleet (desired-state/hosts/), which host this is; None = this machine's short name"""
+
+    def this_host(self) -> str:
+        return self.host_name or short_host_name(socket.gethostname())
 
 
 @dataclass
@@ -148,7 +155,15 @@ class Reconciler:
         except (LoadError, SourceError) as exc:
             return None, [Problem(str(directory), 1, "", str(exc))]
         result = validate(raw, path_check=missing_message, catalog=catalog())
-        return result.desired, result.problems
+        if result.desired is None or not result.desired.hosts:
+            return result.desired, result.problems
+        # a fleet: this host reconciles its share, and touches nothing if it is not one of them
+        host = self.settings.this_host()
+        hosts_dir = str(Path(raw.root) / HOSTS_DIR)
+        stranger = undeclared_host(result.desired, host, hosts_dir)
+        if stranger is not None:
+            return None, [stranger]
+        return host_view(result.desired, host), result.problems
 
     def _source(self) -> Source | None:
         if self.settings.source is None:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Unpack
 
-from reconciler.core.cluster import ClusterSpec
+from reconciler.core.cluster import ClusterSpec, HostSpec
 from reconciler.core.desired import DesiredState, Problem
 from reconciler.core.events import Event, EventExtras, EventKind
 from reconciler.core.instance import InstanceRecord, Status, planner_view, transition
@@ -161,8 +161,17 @@ class Records:
         try:
             doc = json.loads((self.state_dir / LAST_VALID_FILE).read_text(encoding="utf-8"))
             models = {m["id"]: ModelSpec.model_validate(m) for m in doc["models"]}
-            return DesiredState(models, ClusterSpec.model_validate(doc["cluster"]), doc["revision"])
-        except (OSError, ValueError, KeyError, TypeError):
+            cluster = ClusterSpec.model_validate(doc["cluster"])
+            # a fleet host's view (core.fleet.host_view): the other hosts, and what they run
+            hosts = {n: HostSpec.model_validate(h) for n, h in doc.get("hosts", {}).items()}
+            elsewhere = {m["id"]: ModelSpec.model_validate(m) for m in doc.get("elsewhere", [])}
+            host = doc.get("host")
+            if host is not None and not isinstance(host, str):
+                return None
+            return DesiredState(
+                models, cluster, doc["revision"], hosts=hosts, host=host, elsewhere=elsewhere
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def remember_valid(self, desired: DesiredState) -> None:
@@ -173,6 +182,10 @@ class Records:
             "cluster": desired.cluster.model_dump(mode="json"),
             "models": [m.model_dump(mode="json") for m in desired.models.values()],
         }
+        if desired.hosts:
+            doc["hosts"] = {n: h.model_dump(mode="json") for n, h in desired.hosts.items()}
+            doc["host"] = desired.host
+            doc["elsewhere"] = [m.model_dump(mode="json") for m in desired.elsewhere.values()]
         atomic_write(self.state_dir / LAST_VALID_FILE, json.dumps(doc, indent=1, sort_keys=True))
 
     # operators' restart requests

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.core.desired import Problem, RawDesiredState
+from reconciler.core.desired import Problem, RawDesiredState, SourceDoc
 from reconciler.source.repo import SourceError, open_repo, relative_dir, resolve, subtree
 from reconciler.source.yamldoc import MAX_DEPTH, MAX_NODES, parse_document
 
@@ -125,6 +125,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLUSTER_FILE",
+    "HOSTS_DIR",
     "MAX_DEPTH",
     "MAX_NODES",
     "MODELS_DIR",
@@ -140,6 +141,9 @@ __all__ = [
 
 CLUSTER_FILE = "cluster.yaml"
 MODELS_DIR = "models"
+HOSTS_DIR = "hosts"
+"""a fleet: one file per host, hosts/<name>.yaml"""
+SPEC_DIRS = {MODELS_DIR: "model", HOSTS_DIR: "host"}
 
 Text = str | Problem
 """A spec file's text, or the problem that kept it from being read."""
@@ -151,10 +155,17 @@ class LoadError(Exception):
 
 def is_spec_path(inner: str) -> bool:
     """Paths (relative to the desired-state directory) that hold specs."""
+    return _kind_of(inner) is not None
+
+
+def _kind_of(inner: str) -> str | None:
+    """The kind of spec a path holds (cluster, model or host), else None."""
     if inner == CLUSTER_FILE:
-        return True
+        return "cluster"
     head, _, name = inner.partition("/")
-    return head == MODELS_DIR and "/" not in name and _is_spec_name(name)
+    if head in SPEC_DIRS and "/" not in name and _is_spec_name(name):
+        return SPEC_DIRS[head]
+    return None
 
 
 def _is_spec_name(name: str) -> bool:
@@ -170,14 +181,16 @@ def load_directory(root: str | os.PathLike[str]) -> RawDesiredState:
     if not base.is_dir():
         raise LoadError(f"{root}: not a directory")
     boundary = repository_top(base)
-    files = []
+    files: list[tuple[str, Path]] = []
     cluster = base / CLUSTER_FILE
     if os.path.lexists(cluster):  # not is_file(): a FIFO or dangling link is reported too
-        files.append(cluster)
-    models_dir = base / MODELS_DIR
-    if models_dir.is_dir():
-        files.extend(sorted(p for p in models_dir.iterdir() if _is_spec_name(p.name)))
-    triples = ((p == cluster, _display(p), read_spec_file(p, boundary, _display(p))) for p in files)
+        files.append(("cluster", cluster))
+    for dirname, kind in SPEC_DIRS.items():
+        spec_dir = base / dirname
+        if spec_dir.is_dir():
+            found = sorted(p for p in spec_dir.iterdir() if _is_spec_name(p.name))
+            files.extend((kind, p) for p in found)
+    triples = ((k, _display(p), read_spec_file(p, boundary, _display(p))) for k, p in files)
     return _assemble(str(root), None, triples)
 
 
@@ -217,13 +230,14 @@ def load_staged(root: str | os.PathLike[str]) -> RawDesiredState:
         entry = entries.get(path)
         return (entry.mode, entry.binsha) if entry is not None else None
 
-    def files() -> Iterator[tuple[bool, str, Text]]:
+    def files() -> Iterator[tuple[str, str, Text]]:
         for path in sorted(entries):
             inner = path[len(prefix) :]
-            if path.startswith(prefix) and is_spec_path(inner):
+            kind = _kind_of(inner) if path.startswith(prefix) else None
+            if kind is not None:
                 entry = entries[path]
                 yield (
-                    inner == CLUSTER_FILE,
+                    kind,
                     path,
                     _git_text(repo, path, entry.mode, entry.binsha, blob),
                 )
@@ -273,7 +287,7 @@ def load_revision_bare(
 
 def _tree_files(
     repo: git.Repo, commit: git.Commit, tree: git.Tree, rel: str
-) -> Iterator[tuple[bool, str, Text]]:
+) -> Iterator[tuple[str, str, Text]]:
     prefix = "" if rel == "." else rel + "/"
 
     def blob(path: str) -> tuple[int, bytes] | None:
@@ -284,13 +298,15 @@ def _tree_files(
     cluster = names.get(CLUSTER_FILE)
     if cluster is not None and cluster.type == "blob":
         path = prefix + CLUSTER_FILE
-        yield True, path, _git_text(repo, path, cluster.mode, cluster.binsha, blob)
-    models = names.get(MODELS_DIR)
-    if models is not None and models.type == "tree":
-        for item in sorted(models, key=lambda b: b.name):
+        yield "cluster", path, _git_text(repo, path, cluster.mode, cluster.binsha, blob)
+    for dirname, kind in SPEC_DIRS.items():
+        spec_dir = names.get(dirname)
+        if spec_dir is None or spec_dir.type != "tree":
+            continue
+        for item in sorted(spec_dir, key=lambda b: b.name):
             if item.type == "blob" and _is_spec_name(item.name):
-                path = f"{prefix}{MODELS_DIR}/{item.name}"
-                yield False, path, _git_text(repo, path, item.mode, item.binsha, blob)
+                path = f"{prefix}{dirname}/{item.name}"
+                yield kind, path, _git_text(repo, path, item.mode, item.binsha, blob)
 
 
 def _git_text(
@@ -319,24 +335,25 @@ def _git_text(
 
 
 def _assemble(
-    root: str, revision: str | None, files: Iterable[tuple[bool, str, Text]]
+    root: str, revision: str | None, files: Iterable[tuple[str, str, Text]]
 ) -> RawDesiredState:
-    """Parse (is_cluster, display path, text) triples into one raw desired state."""
+    """Parse (kind, display path, text) triples into one raw desired state."""
     cluster = None
-    models = []
+    models: list[SourceDoc] = []
+    hosts: list[SourceDoc] = []
     problems = []
-    for is_cluster, path, text in files:
+    for kind, path, text in files:
         if isinstance(text, Problem):
             problems.append(text)
             continue
         doc, problem = parse_document(path, text)  # one of the two, never both
         if problem is not None:
             problems.append(problem)
-        if doc is not None and is_cluster:
+        if doc is not None and kind == "cluster":
             cluster = doc
         elif doc is not None:
-            models.append(doc)
-    return RawDesiredState(root, revision, cluster, models, problems)
+            (hosts if kind == "host" else models).append(doc)
+    return RawDesiredState(root, revision, cluster, models, problems, hosts)
 
 
 def with_revision(raw: RawDesiredState, sha: str) -> RawDesiredState:
