@@ -36,7 +36,8 @@ def render_kubernetes_cmd(
         bool, typer.Option("--check", help="write nothing; exit 1 when OUT is stale against DIR")
     ] = False,
 ) -> None:
-    """Render Deployments, Services, PriorityClasses and a kustomization.yaml into OUT."""
+    """Render Deployments, Services, PriorityClasses, the gateway and a kustomization.yaml into
+    OUT."""
     if namespace is not None and not re.fullmatch(ID_PATTERN, namespace):
         raise usage_error(f"--namespace {namespace!r} is not a DNS label")
     if out_dir.exists() and not out_dir.is_dir():
@@ -47,7 +48,9 @@ def render_kubernetes_cmd(
         print_problems(result.errors, Format.text)
         err.print(f"{directory}: invalid desired state: nothing rendered")
         raise typer.Exit(1)
-    rendered, problems = kubernetes.render_loaded(raw, result.desired, namespace)
+    from reconciler.gateway.cluster_routes import routes_file  # the gateway's table format
+
+    rendered, problems = kubernetes.render_loaded(raw, result.desired, namespace, routes_file)
     if problems:
         print_problems(problems, Format.text)
         err.print(f"{directory}: cannot run on Kubernetes as specified: nothing rendered")

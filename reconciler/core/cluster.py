@@ -250,6 +250,37 @@ class ModelVolume(Strict):
     )
 
 
+GATEWAY_IMAGE_PLACEHOLDER = "ghcr.io/example/reconciler:latest"
+"""no reconciler image is published: an operator builds deploy/Dockerfile and names it"""
+
+
+class KubernetesGateway(Strict):
+    """The gateway on Kubernetes: one endpoint in front of every model's pods (aliases,
+    fallbacks, remote models, overflow, keys, request metrics), read from a routes ConfigMap."""
+
+    image: str = Field(
+        GATEWAY_IMAGE_PLACEHOLDER,
+        min_length=1,
+        description="the reconciler's own image, built from deploy/Dockerfile and pushed to a "
+        "registry the cluster pulls from; the default is a placeholder: set it, and pin a tag "
+        "or digest for reproducible rollouts",
+    )
+    replicas: int = Field(
+        2, ge=0, le=100, description="gateway pods (each balances over every model's pods)"
+    )
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        "ClusterIP", description="type of the Service reconciler-gateway"
+    )
+    port: Port = Field(8000, description="port of the gateway's container and Service")
+    keys_secret: str = Field(
+        "reconciler-gateway-keys",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="the Secret the operator creates (never rendered): gateway.api_keys' and "
+        "remote models' RECONCILER_SECRET_* variables, and each remote key's _HOSTS binding",
+    )
+
+
 class KubernetesSpec(Strict):
     """`reconciler render kubernetes`: how the same specs run on a Kubernetes cluster."""
 
@@ -265,6 +296,10 @@ class KubernetesSpec(Strict):
     container_port: Port = Field(8080, description="container port of models without a port")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         "ClusterIP", description="type of each model's Service"
+    )
+    gateway: KubernetesGateway = Field(
+        default_factory=KubernetesGateway,
+        description="the gateway's Deployment and Service (reconciler-gateway)",
     )
 
 

@@ -19,6 +19,7 @@ from reconciler.gateway.clients import (
     connection_limit,
     raise_open_files_limit,
 )
+from reconciler.gateway.discovery import ServiceGateway, uses_services
 from reconciler.gateway.server import Gateway
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -53,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     host, port = parse_listen(args.listen)
-    gateway = Gateway(
+    # a rendered (Kubernetes) table names Services: they are resolved into instances
+    kind = ServiceGateway if uses_services(args.routes) else Gateway
+    gateway = kind(
         args.routes, poll_s=args.poll_interval, require_keys=args.require_keys, listen_host=host
     )
     asyncio.run(serve(gateway, host, port, args.parent_pid))

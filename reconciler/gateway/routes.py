@@ -102,6 +102,16 @@ class OverflowRoute:
 
 
 @dataclass(frozen=True)
+class ServiceRoute:
+    """Where a model's pods answer on Kubernetes: a headless Service, resolved by the gateway
+    into one instance per ready pod (gateway.discovery)."""
+
+    name: str
+    """the Service's DNS name, e.g. qwen2-7b-pods.llm.svc.cluster.local"""
+    port: int
+
+
+@dataclass(frozen=True)
 class RouteModel:
     id: str
     status: str
@@ -116,6 +126,8 @@ class RouteModel:
     overflow: OverflowRoute | None = None
     routing: str = "prefix"
     """prefix | least_outstanding: how requests spread over its instances (gateway.affinity)"""
+    service: ServiceRoute | None = None
+    """on Kubernetes: its instances are the addresses this name resolves to (no static ones)"""
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,7 @@ class Routes:
                 "remote": None if m.remote is None else asdict(m.remote),
                 "overflow": None if m.overflow is None else asdict(m.overflow),
                 "routing": m.routing,
+                "service": None if m.service is None else asdict(m.service),
             }
             for m in sorted(self.models.values(), key=lambda m: m.id)
         }
@@ -283,13 +296,14 @@ def parse_routes(text: str) -> Routes:
                 remote=_parsed(RemoteRoute, m.get("remote")),
                 overflow=_parsed(OverflowRoute, m.get("overflow")),
                 routing=str(m.get("routing", "prefix")),
+                service=_parsed(ServiceRoute, m.get("service")),
             )
         return Routes(models, settings, int(data.get("generation", 0)))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise RoutesError(f"bad routes file: {exc}") from exc
 
 
-Part = TypeVar("Part", RemoteRoute, OverflowRoute)
+Part = TypeVar("Part", RemoteRoute, OverflowRoute, ServiceRoute)
 
 
 def _parsed(kind: type[Part], value: object) -> Part | None:

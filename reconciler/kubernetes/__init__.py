@@ -26,10 +26,15 @@ Choices an operator should know about:
   on GPU feature discovery's `nvidia.com/gpu.memory` label (MiB per GPU), with the cluster's
   `reserved_memory_mb` on top. Other estimates are left out on purpose: they depend on which model
   files the rendering machine holds, and the output must be the same on every machine.
-- **Not carried over.** A fallback, a GPU pin (`gpu_devices`), `aliases` (the gateway's
-  names) and `activation: on_demand` with its `idle_timeout_s` (the gateway starts those models)
-  have no Kubernetes equivalent: each is named in an annotation, a comment and the
-  command's notes, never silently dropped. `replicas` is the Deployment's replicas (Kubernetes
+- **The gateway.** The OpenAI-compatible gateway runs there too (gateway.py: a Deployment of
+  the reconciler's image, a Service, the routes ConfigMap, a headless Service per model whose
+  addresses are its ready pods), so aliases, fallbacks, remote models, overflow, keys and
+  request metrics carry over.
+- **Not carried over.** A GPU pin (`gpu_devices`) and `activation: on_demand` with its
+  `idle_timeout_s` (the gateway of `run` asks its daemon to start those models) have no
+  Kubernetes equivalent; without the gateway (`render` without `routes_file`) neither have a
+  fallback and `aliases`: each is named in an annotation, a comment and the command's notes,
+  never silently dropped. `replicas` is the Deployment's replicas (Kubernetes
   spreads and replaces the pods; the Service balances over them).
 - **Source.** `reconciler.io/source-revision` is the commit when rendering a revision (`--rev`),
   `working-tree` otherwise: output committed together with its specs cannot name its own commit
@@ -38,11 +43,13 @@ Choices an operator should know about:
   fixed settings (output.py), so rendering an unchanged spec is a no-op diff.
 
 Modules: pods (model path in the pod, the engine container), objects (Deployment, Service,
-PriorityClass), render (the whole output, problems located as file:line), output (YAML, the
-output directory).
+PriorityClass), gateway (the gateway's objects), manifests (the whole output, problems located
+as file:line, YAML, the output directory).
 """
 
+from reconciler.kubernetes.gateway import RoutesFile
 from reconciler.kubernetes.manifests import (
+    GATEWAY_FILE,
     GENERATED,
     KUSTOMIZATION,
     PRIORITY_CLASSES,
@@ -81,6 +88,7 @@ __all__ = [
     "ANNOTATION_PIN",
     "ANNOTATION_REVISION",
     "ANNOTATION_SOURCE_FILE",
+    "GATEWAY_FILE",
     "GENERATED",
     "KUSTOMIZATION",
     "LABEL_FRAMEWORK",
@@ -92,6 +100,7 @@ __all__ = [
     "PodModel",
     "RenderProblem",
     "Rendered",
+    "RoutesFile",
     "memory_requirements",
     "pod_model",
     "priority_class_name",

@@ -19,6 +19,13 @@ from reconciler.core.cluster import KubernetesSpec
 from reconciler.core.desired import DesiredState, Problem, RawDesiredState
 from reconciler.core.engine_args import FlagValueError, endpoint_host
 from reconciler.core.spec import ModelSpec
+from reconciler.kubernetes.gateway import (
+    GATEWAY,
+    PODS_SUFFIX,
+    RoutesFile,
+    gateway_docs,
+    gateway_notes,
+)
 from reconciler.kubernetes.objects import (
     ModelContext,
     deployment,
@@ -35,6 +42,7 @@ GENERATED = (
 )
 KUSTOMIZATION = "kustomization.yaml"
 PRIORITY_CLASSES = "priorityclasses.yaml"
+GATEWAY_FILE = "gateway.yaml"
 MODELS_DIR = "models"
 
 
@@ -70,7 +78,9 @@ def _quote_style(data: str) -> str | None:
 
 
 def _represent_str(representer: SafeRepresenter, data: str) -> ScalarNode:
-    return representer.represent_scalar(_STR, data, style=_quote_style(data))
+    # a file's text (the gateway's routes.json) stays readable, and diffs line by line
+    style = "|" if "\n" in data else _quote_style(data)
+    return representer.represent_scalar(_STR, data, style=style)
 
 
 def _writer(*, pure: bool = False) -> YAML:
@@ -142,7 +152,11 @@ def write_rendered(out: Path, rendered: Rendered) -> tuple[list[str], list[str]]
 
 def _obsolete(out: Path, rendered: Rendered) -> list[str]:
     """Generated files of models (or priority levels) that are no longer rendered."""
-    candidates = [out / PRIORITY_CLASSES, *sorted((out / MODELS_DIR).glob("*.yaml"))]
+    candidates = [
+        out / PRIORITY_CLASSES,
+        out / GATEWAY_FILE,
+        *sorted((out / MODELS_DIR).glob("*.yaml")),
+    ]
     found = [p.relative_to(out).as_posix() for p in candidates if p.is_file() and _generated(p)]
     return [name for name in found if name not in rendered.files]
 
@@ -160,6 +174,8 @@ def _read(path: Path) -> str | None:
 
 
 WORKING_TREE = "working-tree"
+MAX_SERVICE_NAME = 63
+"""a Service's name is a DNS label"""
 
 
 def render(
@@ -168,12 +184,16 @@ def render(
     namespace: str | None = None,
     memory: Mapping[str, int | None] | None = None,
     source_files: Mapping[str, str] | None = None,
+    routes_file: RoutesFile | None = None,
 ) -> Rendered:
     """The output directory for `desired`. `memory`: MiB per GPU per model id (None = unknown);
-    `source_files`: each model's spec file relative to the desired-state directory."""
+    `source_files`: each model's spec file relative to the desired-state directory;
+    `routes_file`: writes the gateway's table (gateway.cluster_routes.routes_file), and renders
+    the gateway; None renders the models alone."""
     kube = desired.cluster.kubernetes
     problems = _cluster_problems(desired)
-    remote = remote_notes(desired)
+    remote = remote_notes(desired, routes_file is not None)
+    whole = desired
     desired = _engines_only(desired)
     pods: dict[str, PodModel] = {}
     for spec in _sorted_models(desired):
@@ -183,6 +203,16 @@ def render(
             problems.append(_path_problem(spec.id, kube, str(exc)))
         if not spec.id[0].isalpha():
             message = f"id '{spec.id}' must start with a letter to name a Kubernetes Service"
+            problems.append(RenderProblem(spec.id, ("id",), message))
+        if routes_file is not None and len(spec.id) + len(PODS_SUFFIX) > MAX_SERVICE_NAME:
+            message = (
+                f"id '{spec.id}' is too long for the gateway's Service {spec.id}{PODS_SUFFIX}: "
+                f"at most {MAX_SERVICE_NAME - len(PODS_SUFFIX)} characters"
+            )
+            problems.append(RenderProblem(spec.id, ("id",), message))
+        taken = {GATEWAY, *(m + PODS_SUFFIX for m in desired.models if m != spec.id)}
+        if routes_file is not None and spec.id in taken:
+            message = f"id '{spec.id}' is the name of a Service the gateway needs: rename it"
             problems.append(RenderProblem(spec.id, ("id",), message))
     if problems:
         return Rendered(problems=problems)
@@ -196,13 +226,14 @@ def render(
             source_file=(source_files or {}).get(spec.id, f"{MODELS_DIR}/{spec.id}.yaml"),
             memory_mb=memory.get(spec.id),
             reserved_mb=desired.cluster.reserved_memory_mb,
+            gateway=routes_file is not None,
         )
         try:
             docs = [deployment(spec, pods[spec.id], ctx, kube), service(spec, ctx, kube)]
         except FlagValueError as exc:
             problems.append(RenderProblem(spec.id, ("parameters",), str(exc)))
             continue
-        these = model_notes(spec, ctx.memory_mb)
+        these = model_notes(spec, ctx.memory_mb, ctx.gateway)
         notes += these
         files[f"{MODELS_DIR}/{spec.id}.yaml"] = yaml_file(docs, these)
     if problems:
@@ -210,16 +241,22 @@ def render(
     levels = sorted({spec.priority for spec in desired.models.values()})
     if levels:
         files[PRIORITY_CLASSES] = yaml_file([priority_class(p) for p in levels])
+    if routes_file is not None:
+        these = gateway_notes(whole)
+        notes += these
+        namespace = namespace or kube.namespace
+        files[GATEWAY_FILE] = yaml_file(gateway_docs(whole, namespace, routes_file), these)
     # the index names what was left out, so that a reader of the manifests misses nothing
     files[KUSTOMIZATION] = yaml_file([kustomization(sorted(files))], remote)
     return Rendered(dict(sorted(files.items())), notes)
 
 
-def remote_notes(desired: DesiredState) -> list[str]:
+def remote_notes(desired: DesiredState, gateway: bool = False) -> list[str]:
     """One line per remote model: rendered to no workload, and where its requests go."""
+    routed = "; the gateway routes it there" if gateway else ""
     return [
         f"remote model {spec.id} -> {endpoint_host(spec.endpoint or '')}: no workload rendered "
-        "(served by its endpoint, not by the cluster)"
+        f"(served by its endpoint, not by the cluster){routed}"
         for spec in _sorted_models(desired)
         if spec.is_remote
     ]
@@ -264,7 +301,10 @@ def _cluster_problems(desired: DesiredState) -> list[RenderProblem]:
 
 
 def render_loaded(
-    raw: RawDesiredState, desired: DesiredState, namespace: str | None = None
+    raw: RawDesiredState,
+    desired: DesiredState,
+    namespace: str | None = None,
+    routes_file: RoutesFile | None = None,
 ) -> tuple[Rendered, list[Problem]]:
     """Render a validated desired state; its problems located as file:line."""
     rendered = render(
@@ -272,6 +312,7 @@ def render_loaded(
         namespace=namespace,
         memory=memory_requirements(desired),
         source_files=source_files(raw),
+        routes_file=routes_file,
     )
     return rendered, [_locate(p, raw) for p in rendered.problems]
 

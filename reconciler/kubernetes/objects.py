@@ -68,6 +68,8 @@ class ModelContext:
     source_file: str
     memory_mb: int | None
     reserved_mb: int
+    gateway: bool = False
+    """the gateway is rendered too: it routes aliases and falls back, as on one host"""
 
 
 def labels(spec: ModelSpec) -> dict[str, str]:
@@ -122,11 +124,11 @@ def model_annotations(spec: ModelSpec, ctx: ModelContext) -> dict[str, str]:
     found = {ANNOTATION_SOURCE_FILE: ctx.source_file, ANNOTATION_REVISION: ctx.revision}
     if spec.name:
         found[ANNOTATION_NAME] = spec.name
-    if spec.fallback:
+    if spec.fallback and not ctx.gateway:
         found[ANNOTATION_FALLBACK] = spec.fallback
     if spec.gpu_devices:
         found[ANNOTATION_PIN] = ",".join(str(g) for g in spec.gpu_devices)
-    if spec.aliases:
+    if spec.aliases and not ctx.gateway:
         found[ANNOTATION_ALIASES] = ",".join(spec.aliases)
     if spec.activation != "always":
         found[ANNOTATION_ACTIVATION] = on_demand_text(spec)
@@ -149,10 +151,11 @@ def service(spec: ModelSpec, ctx: ModelContext, kube: KubernetesSpec) -> dict[st
     }
 
 
-def model_notes(spec: ModelSpec, memory_mb: int | None) -> list[str]:
-    """What does not carry over to Kubernetes for this model, in the operator's words."""
+def model_notes(spec: ModelSpec, memory_mb: int | None, gateway: bool = False) -> list[str]:
+    """What does not carry over to Kubernetes for this model, in the operator's words; with
+    the `gateway`, aliases and fallbacks do."""
     notes = []
-    if spec.fallback:
+    if spec.fallback and not gateway:
         notes.append(
             f"{spec.id}: fallback {spec.fallback} does not apply on Kubernetes (no controller "
             "swaps models there); it stays pending until a node has room, preempting lower "
@@ -163,7 +166,7 @@ def model_notes(spec: ModelSpec, memory_mb: int | None) -> list[str]:
             f"{spec.id}: gpu_devices {list(spec.gpu_devices)} does not apply on Kubernetes "
             "(the device plugin chooses the GPUs)"
         )
-    if spec.aliases:
+    if spec.aliases and not gateway:
         notes.append(
             f"{spec.id}: aliases {', '.join(spec.aliases)} do not apply on Kubernetes (no "
             f"gateway routes them there); clients use the Service {spec.id}"

@@ -81,16 +81,20 @@ def test_renders_the_bundled_desired_state_and_says_what_does_not_apply(tmp_path
     proc = render(BUNDLED, out)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.yaml")) == [
+        "gateway.yaml",
         "kustomization.yaml",
         "models/gemma3-270m.yaml",
         "models/qwen2-7b.yaml",
         "models/web-echo.yaml",
         "priorityclasses.yaml",
     ]
-    assert "note: qwen2-7b: fallback gemma3-270m does not apply on Kubernetes" in proc.stdout
-    assert "5 written, 0 removed, 0 unchanged" in proc.stdout
+    # the gateway routes qwen2-7b's requests to its fallback there too
+    assert "fallback gemma3-270m does not apply" not in proc.stdout
+    assert "note: gateway: image ghcr.io/example/reconciler:latest is a placeholder" in proc.stdout
+    assert "note: web-echo: gpu_devices [1] does not apply on Kubernetes" in proc.stdout
+    assert "6 written, 0 removed, 0 unchanged" in proc.stdout
     again = render(BUNDLED, out)
-    assert "0 written, 0 removed, 5 unchanged" in again.stdout
+    assert "0 written, 0 removed, 6 unchanged" in again.stdout
     check = render(BUNDLED, out, "--check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert "up to date" in check.stdout
