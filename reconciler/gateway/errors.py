@@ -8,6 +8,11 @@ from aiohttp import web
 MODEL_HEADER = "X-Reconciler-Model"
 INSTANCE_HEADER = "X-Reconciler-Instance"
 """names the engine instance that answered (`gemma3-270m.1`; a model of one instance: its id)"""
+HOST_HEADER = "X-Reconciler-Host"
+"""in a fleet: the host whose gateway answered (a forwarded answer keeps the other host's)"""
+FORWARDED_HEADER = "X-Reconciler-Forwarded"
+"""on a request one host's gateway forwards to another's: the sender's name; such a request is
+served by the receiving host's own instances only, never forwarded again"""
 INVALID = "invalid_request_error"
 UNAVAILABLE = "service_unavailable"
 FORBIDDEN = "permission_error"
@@ -112,6 +117,18 @@ def key_withheld(model: str) -> Refusal:
     # 502: the gateway cannot make a valid request upstream; retrying will not help until the
     # host's operator binds the key (a client's own mistake it is not)
     return Refusal(502, message, "server_error", "remote_key_withheld")
+
+
+def fleet_key_withheld(model: str, host: str) -> Refusal:
+    # which variable and which _HOSTS are the operator's to read, in gateway.log
+    message = f"the gateway may not send the fleet key to host `{host}`, which runs `{model}`"
+    return Refusal(502, message, "server_error", "fleet_key_withheld")
+
+
+def not_here(model: str, retry_after: int) -> Refusal:
+    """A forwarded request for a model this host cannot serve itself."""
+    message = f"the model `{model}` has no instance on this host (a forwarded request stays)"
+    return Refusal(503, message, UNAVAILABLE, "model_unavailable", retry_after=retry_after)
 
 
 def not_found(method: str, path: str) -> Refusal:

@@ -131,6 +131,13 @@ class GatewayMetrics:
             ["model", "to"],
             registry=r,
         )
+        self.forwards = Counter(
+            "reconciler_gateway_forwarded",
+            "Requests forwarded to another host's gateway (a fleet), by the host that answered "
+            "and its HTTP status code",
+            ["model", "host", "code"],
+            registry=r,
+        )
         self.key_requests = Counter(
             "reconciler_gateway_key_requests",
             "Requests accepted per API key name",
@@ -171,6 +178,9 @@ class GatewayMetrics:
 
     def overflowed(self, model: str, to: str) -> None:
         self._child(self.overflows, model, to).inc()
+
+    def forwarded(self, model: str, host: str, code: int) -> None:
+        self._child(self.forwards, model, host, str(code)).inc()
 
     def key_used(self, name: str) -> None:
         self._child(self.key_requests, name).inc()

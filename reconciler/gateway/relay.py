@@ -13,6 +13,10 @@ can (a provider's own error says more than ours). What changes for an endpoint:
 - the body's `model` is the endpoint's name for it (`upstream_model`);
 - the key is the gateway's own (`Authorization: Bearer`, read from its environment), and only
   to a host the operator binds it to (reconciler.core.secrets): never the client's header.
+Another host's gateway (a fleet: the model runs there) is relayed to the same way, but gets the
+client's path and `model` as they came (its own table knows the model's names), the fleet key
+(`gateway.fleet_key_env`, bound by its _HOSTS like any secret), and X-Reconciler-Forwarded, so
+that it serves the request itself and never forwards it again.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from reconciler.gateway.clients import FORWARDED_HEADERS
 from reconciler.gateway.errors import INSTANCE_HEADER, MODEL_HEADER
 from reconciler.gateway.framing import UpstreamError
 from reconciler.gateway.metrics import Failover, GatewayMetrics
+from reconciler.gateway.peers import FleetKey, passed_back, peer_model
 from reconciler.gateway.routes import GatewaySettings, RemoteRoute
-from reconciler.gateway.table import DOWN_FOR_S, Entry, Instance, Table
+from reconciler.gateway.table import DOWN_FOR_S, PEER_DOWN_FOR_S, Entry, Instance, Table
 from reconciler.gateway.upstream import Pool
 
 log = logging.getLogger("reconciler.gateway")
@@ -155,6 +160,7 @@ class Relay:
         self.environ = environ
         """the gateway's environment: where remote models' keys are read"""
         self._keys: dict[tuple[str, RemoteRoute], KeyCheck] = {}
+        self.fleet_key = FleetKey(environ)
 
     async def forward(
         self,
@@ -164,9 +170,11 @@ class Relay:
         body: bytes,
         payload: dict[str, Any],
         started: float,
+        here_only: bool = False,
     ) -> web.StreamResponse:
-        """Try instances until one answers (failover before the first byte), then relay."""
-        tried: set[str] = set()
+        """Try instances until one answers (failover before the first byte), then relay.
+        `here_only`: a request another host forwarded: this host's instances only."""
+        tried: set[str] = target.peer_keys() if here_only else set()
         last_problem = "no instance is ready"
         keyed: Entry | None = None  # the model whose prefix key `prefix` is (once per request)
         prefix: int | None = None
@@ -177,15 +185,20 @@ class Relay:
             fallback = self.table.fallback_of(entry) if target.id == entry.id else None
             if fallback is not None and (fallback.id == target.id or fallback.full()):
                 fallback = None  # itself, or a remote one at its limit: nobody to go to
+            if fallback is not None and here_only and not fallback.ready_here():
+                fallback = None
             if instance is None:
                 if fallback is None:
                     raise errors.no_upstream(target.id, last_problem, self.settings().retry_after_s)
                 self.metrics.failover(entry.id, Failover.fallback)
-                target, tried = fallback, set()
+                target, tried = fallback, fallback.peer_keys() if here_only else set()
                 continue
             tried.add(instance.key)
-            # a remote model's endpoint is its one instance: with no fallback it has the last word
-            final = target.route.remote is not None and fallback is None
+            # a remote model's endpoint is its one instance: with no fallback it has the last word;
+            # so has another host's gateway that is the last to try (its answer says more)
+            final = fallback is None and (
+                target.route.remote is not None or (instance.peer and _last(target, tried))
+            )
             result = await self.attempt(request, instance, target, body, payload, started, final)
             if isinstance(result, web.StreamResponse):
                 return result
@@ -206,7 +219,11 @@ class Relay:
         a 502 or 503 is the answer)."""
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
         remote = target.route.remote
-        if remote is None:
+        if instance.peer:
+            path = request.raw_path
+            body = with_model(body, payload, peer_model(payload, target))
+            headers = self.fleet_key.headers(headers, self.settings(), target.id, instance)
+        elif remote is None:
             path = request.raw_path  # checked by check_client: what the engine gets
             body = with_model(body, payload, target.route.served_name or target.id)
         else:
@@ -244,7 +261,8 @@ class Relay:
                 instance.unanswered -= 1
                 answered = True
             except UpstreamError as exc:
-                instance.down_until = time.monotonic() + DOWN_FOR_S
+                down_for = PEER_DOWN_FOR_S if instance.peer else DOWN_FOR_S
+                instance.down_until = time.monotonic() + down_for
                 return Miss(Failover.connection, f"{type(exc).__name__} {exc}")
             instance.served += 1
             out_headers = {
@@ -252,6 +270,9 @@ class Relay:
                 INSTANCE_HEADER: instance.id,
                 "Content-Type": content_type,
             }
+            if instance.peer:
+                passed_back(out_headers, upstream.headers, instance.host)
+                self.metrics.forwarded(target.id, instance.host, upstream.status)
             if streaming:
                 return await self.relay_stream(
                     request,
@@ -262,7 +283,8 @@ class Relay:
                     instance,
                 )
             self.metrics.first_byte(target.id, time.perf_counter() - started)
-            if upstream.status == 200 and b'"usage"' in data:
+            # the host whose engine answered counts its tokens (a fleet's sum counts them once)
+            if upstream.status == 200 and b'"usage"' in data and not instance.peer:
                 self.record_usage(target.id, data)
             return web.Response(body=data, status=upstream.status, headers=out_headers)
         finally:
@@ -313,7 +335,7 @@ class Relay:
             }
             await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
         await response.write_eof()
-        if usage:
+        if usage and not instance.peer:
             self.record_usage(model, usage)
         return response
 
@@ -331,6 +353,11 @@ class Relay:
         # a regular expression, not a second JSON parse of every answer: this is the hot path
         for kind, value in USAGE_FIELD.findall(data, data.rfind(b'"usage"')):
             self.metrics.tokens_add(model, kind.decode(), int(value))
+
+
+def _last(target: Entry, tried: set[str]) -> bool:
+    """No instance of `target` is left to try after those in `tried`."""
+    return not any(i.routable and i.key not in tried for i in target.instances)
 
 
 async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

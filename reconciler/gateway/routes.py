@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 from reconciler.core.desired import DesiredState
@@ -41,6 +41,8 @@ ENGINE_HOST = "127.0.0.1"
 """Engines listen on the loopback of the reconciler's host."""
 
 UNAVAILABLE = frozenset({"preempted", "unschedulable", "error"})
+ELSEWHERE = "elsewhere"
+"""a fleet model's local_status on a host that does not run it"""
 _STATUS_RANK = {"running": 0, "starting": 1}
 """which instance's status a replicated model shows: the lowest rank, instance order on ties"""
 
@@ -68,6 +70,11 @@ class GatewaySettings:
     """request bodies held at once (read, queued, in flight) across all models; 503 past it"""
     retry_after_s: int = 10
     api_keys: tuple[ApiKey, ...] = ()
+    host: str = ""
+    """this host's name in a fleet (X-Reconciler-Host, X-Reconciler-Forwarded); "" outside one"""
+    fleet_key_env: str | None = None
+    """the RECONCILER_SECRET_* variable holding the key this gateway sends the other hosts'
+    gateways (and accepts from them, as the key named "fleet"); None: none is sent"""
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,11 @@ class RouteInstance:
     draining: bool = False
     id: str = ""
     """the instance's id (reconciler.core.serving: `<model>` for instance 0, `<model>.N`), named
-    in X-Reconciler-Instance; "" = the model's id"""
+    in X-Reconciler-Instance; "" = the model's id; a peer: `<model>@<host>`"""
+    host: str = ""
+    """the host that serves it; "" = this host"""
+    peer: bool = False
+    """another host's gateway (its URL): the request goes there as the client sent it"""
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,12 @@ class RouteModel:
     overflow: OverflowRoute | None = None
     routing: str = "prefix"
     """prefix | least_outstanding: how requests spread over its instances (gateway.affinity)"""
+    hosts: tuple[str, ...] = ()
+    """in a fleet, the hosts that run it (its spec's `hosts`); () for a remote model and
+    outside a fleet"""
+    local_status: str | None = None
+    """in a fleet, what this host alone offers (all a forwarded request may use): its own
+    status, or "elsewhere" for a model only other hosts run; None: the same as `status`"""
     service: ServiceRoute | None = None
     """on Kubernetes: its instances are the addresses this name resolves to (no static ones)"""
 
@@ -149,6 +166,8 @@ class Routes:
                 "remote": None if m.remote is None else asdict(m.remote),
                 "overflow": None if m.overflow is None else asdict(m.overflow),
                 "routing": m.routing,
+                "hosts": list(m.hosts),
+                "local_status": m.local_status,
                 "service": None if m.service is None else asdict(m.service),
             }
             for m in sorted(self.models.values(), key=lambda m: m.id)
@@ -202,11 +221,14 @@ def build_routes(
     unschedulable: Collection[str] = (),
     draining: Collection[str] = (),
     generation: int = 0,
+    down_hosts: Collection[str] = (),
 ) -> Routes:
     """The table for the gateway: every desired model, its status and its ready instances.
 
     `records` are the state file's models; `draining` holds instance URLs that get no new
     requests (the daemon is about to stop them); `unschedulable` the plan's unschedulable ids.
+    In a host's view of a fleet (core.fleet.host_view) the table holds the whole fleet: see
+    `fleet_routes`; `down_hosts` are the hosts whose gateway did not answer the daemon's probe.
     """
     models: dict[str, RouteModel] = {}
     # the instances of a replicated model (reconciler.core.serving) are one route: its id
@@ -238,7 +260,67 @@ def build_routes(
             else OverflowRoute(spec.overflow.model, spec.overflow.queue_over),
             routing=spec.routing,
         )
+    if desired.host is not None and desired.hosts:
+        models = fleet_routes(desired, models, frozenset(down_hosts))
     return Routes(models, settings or GatewaySettings(), generation)
+
+
+def fleet_routes(
+    desired: DesiredState, local: Mapping[str, RouteModel], down: frozenset[str]
+) -> dict[str, RouteModel]:
+    """Every model of the fleet, as this host's gateway serves it: a model this host runs has
+    its own instances first, then the other hosts that run it, each as one instance (its
+    gateway); a model only other hosts run has those alone. A host in `down` is left out; a
+    model with no instance at all keeps this host's status ("error" when only others run it:
+    its fallback answers, else 503 + Retry-After). `local_status` keeps what this host alone
+    offers, for the requests another host forwarded (never forwarded again)."""
+    here = desired.host or ""
+    models = dict(local)
+    for model_id, route in local.items():
+        spec = desired.models[model_id]  # instance 0's id is the model's
+        if spec.is_remote:
+            continue
+        peers = peer_instances(desired, model_id, spec, here, down)
+        models[model_id] = replace(
+            route,
+            status="running" if peers and not route.instances else route.status,
+            instances=route.instances + peers,
+            hosts=tuple(spec.hosts or ()),
+            local_status=route.status,
+        )
+    for model_id, ids in group(desired.elsewhere).items():
+        spec = desired.elsewhere[ids[0]]
+        peers = peer_instances(desired, model_id, spec, here, down)
+        # a disabled one may still serve there, as another model's fallback
+        status = "running" if peers else "error" if spec.enabled else "disabled"
+        models[model_id] = RouteModel(
+            id=model_id,
+            status=status,
+            enabled=spec.enabled,
+            aliases=tuple(spec.aliases),
+            fallback=spec.fallback,
+            instances=peers,
+            routing=spec.routing,
+            hosts=tuple(spec.hosts or ()),
+            local_status=ELSEWHERE,
+        )
+    return models
+
+
+def peer_instances(
+    desired: DesiredState, model_id: str, spec: ModelSpec, here: str, down: frozenset[str]
+) -> tuple[RouteInstance, ...]:
+    """The other hosts that run the model and whose gateways answer, in the spec's order."""
+    return tuple(
+        RouteInstance(
+            desired.hosts[host].gateway.rstrip("/"),
+            id=f"{model_id}@{host}",
+            host=host,
+            peer=True,
+        )
+        for host in spec.hosts or ()
+        if host != here and host in desired.hosts and host not in down
+    )
 
 
 def remote_route(spec: ModelSpec, record: InstanceRecord | None) -> RouteModel:
@@ -296,6 +378,8 @@ def parse_routes(text: str) -> Routes:
                 remote=_parsed(RemoteRoute, m.get("remote")),
                 overflow=_parsed(OverflowRoute, m.get("overflow")),
                 routing=str(m.get("routing", "prefix")),
+                hosts=tuple(str(h) for h in m.get("hosts") or ()),
+                local_status=m.get("local_status"),
                 service=_parsed(ServiceRoute, m.get("service")),
             )
         return Routes(models, settings, int(data.get("generation", 0)))

@@ -21,16 +21,24 @@ from aiohttp import web
 from reconciler.core.cluster import MIN_KEY_CHARS
 from reconciler.gateway import errors
 from reconciler.gateway.clients import Bodies, Claim, Connections, Guard, client_middleware
-from reconciler.gateway.errors import MODEL_HEADER, Refusal
+from reconciler.gateway.errors import FORWARDED_HEADER, HOST_HEADER, MODEL_HEADER, Refusal
 from reconciler.gateway.metrics import CONTENT_TYPE, UNKNOWN_MODEL, GatewayMetrics, TrafficWindow
 from reconciler.gateway.relay import Relay, tls_context
-from reconciler.gateway.routes import UNAVAILABLE, GatewaySettings, Routes, RoutesError
+from reconciler.gateway.routes import (
+    ELSEWHERE,
+    UNAVAILABLE,
+    GatewaySettings,
+    Routes,
+    RoutesError,
+)
 from reconciler.gateway.routes import parse_routes as parse_routes_text
 from reconciler.gateway.table import Entry, Table
 from reconciler.gateway.upstream import Pool
 
 log = logging.getLogger("reconciler.gateway")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+FLEET_KEY_NAME = "fleet"
+"""the name under which a gateway with keys accepts the fleet key (other hosts' gateways)"""
 
 
 class Gateway:
@@ -52,6 +60,9 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.traffic = TrafficWindow()
         self.keys: list[tuple[str, bytes]] = []
+        self.keyed = False
+        """requests must show a key: gateway.api_keys are set, or the gateway listens beyond
+        loopback and the fleet key is its one key (other hosts' gateways only)"""
         self.pool = Pool(tls=lambda: tls_context(self.environ))
         self.relay = Relay(self.table, self.metrics, self.pool, lambda: self.settings, self.environ)
         self.guard = Guard(listen_host)
@@ -87,21 +98,24 @@ class Gateway:
         for model, seconds in self.table.load(routes):
             self.metrics.cold_started(model, seconds)
         keys = []
-        for key in routes.settings.api_keys:
-            value = self.environ.get(key.key_env, "")
+        settings = routes.settings
+        named = [(key.name, key.key_env) for key in settings.api_keys]
+        self.keyed = bool(named) or (self.require_keys and settings.fleet_key_env is not None)
+        if self.keyed and settings.fleet_key_env is not None:
+            named.append((FLEET_KEY_NAME, settings.fleet_key_env))
+        for name, key_env in named:
+            value = self.environ.get(key_env, "")
             if len(value) >= MIN_KEY_CHARS:
-                keys.append((key.name, value.encode()))
+                keys.append((name, value.encode()))
             elif value:
                 log.error(
                     "API key %s: $%s is shorter than %d characters; that key is refused",
-                    key.name,
-                    key.key_env,
+                    name,
+                    key_env,
                     MIN_KEY_CHARS,
                 )
             else:
-                log.warning(
-                    "API key %s: $%s is not set; that key is refused", key.name, key.key_env
-                )
+                log.warning("API key %s: $%s is not set; that key is refused", name, key_env)
         self.keys = keys
 
     async def watch_routes(self) -> None:
@@ -112,7 +126,7 @@ class Gateway:
     # -- requests --------------------------------------------------------------------------
 
     def authorize(self, request: web.Request) -> None:
-        if not self.settings.api_keys:
+        if not self.keyed:
             if self.require_keys:
                 raise errors.keys_required()
             return
@@ -145,9 +159,13 @@ class Gateway:
             if not entry.route.enabled:  # asked by name; it may still run as a fallback
                 raise errors.disabled(entry.id)
             self.table.touch(entry.id)
-            target = await self.wait_for_target(entry)
+            # another host's gateway sent it: this host serves it, or nobody does
+            here_only = FORWARDED_HEADER in request.headers
+            target = await self.wait_for_target(entry, here_only)
             label = shown = target.id
-            response = await self.relay.forward(request, entry, target, body, payload, started)
+            response = await self.relay.forward(
+                request, entry, target, body, payload, started, here_only
+            )
             code = response.status
         except Refusal as refusal:
             response, code = refusal.response(shown), refusal.status
@@ -164,11 +182,12 @@ class Gateway:
         if self.table.routes.generation == 0:
             raise errors.no_table(self.settings.retry_after_s)
 
-    async def wait_for_target(self, entry: Entry) -> Entry:
+    async def wait_for_target(self, entry: Entry, here_only: bool = False) -> Entry:
         """The model itself when ready, its running fallback when it cannot run (a remote fallback
         also while it starts or when its queue is full), its overflow model when too many wait
         for it, or wait: for it to become ready, or (a remote model at its max_concurrency) for
-        one of its requests to end."""
+        one of its requests to end. `here_only` (a forwarded request): as this host alone can
+        serve it, never through another host."""
         settings = self.settings
         deadline = 0.0  # set when it joins the queue, before it waits
         queued = False
@@ -177,17 +196,26 @@ class Gateway:
                 entry = self.table.entries.get(entry.id, entry)
                 if not entry.route.enabled:
                     raise errors.disabled(entry.id)
-                if not queued and (spill := self.overflow_of(entry)) is not None:
+                if not queued and (spill := self.overflow_of(entry, here_only)) is not None:
                     self.metrics.overflowed(entry.id, spill.id)
                     return spill
                 target = None
-                if entry.ready():
+                status = entry.local_status() if here_only else entry.status
+                if entry.ready_here() if here_only else entry.ready():
                     target = entry
-                elif entry.status in UNAVAILABLE or entry.id not in self.table.entries:
+                elif (
+                    status in UNAVAILABLE
+                    or status == ELSEWHERE
+                    or entry.id not in self.table.entries
+                ):
                     target = self.table.fallback_of(entry)
+                    if target is not None and here_only and not target.ready_here():
+                        target = None
+                    if target is None and status == ELSEWHERE:
+                        raise errors.not_here(entry.id, settings.retry_after_s)
                     if target is None:
-                        raise errors.unavailable(entry.id, entry.status, settings.retry_after_s)
-                elif entry.status == "starting" and not queued:
+                        raise errors.unavailable(entry.id, status, settings.retry_after_s)
+                elif status == "starting" and not queued:
                     # a hosted fallback answers now rather than let the client wait for the start
                     target = self.remote_fallback_of(entry)
                 if target is not None and not target.full():
@@ -231,16 +259,16 @@ class Gateway:
         fallback = self.table.fallback_of(entry)
         return fallback if fallback is not None and fallback.route.remote is not None else None
 
-    def overflow_of(self, entry: Entry) -> Entry | None:
+    def overflow_of(self, entry: Entry, here_only: bool = False) -> Entry | None:
         """The model a new request for `entry` goes to instead, when more than queue_over
         requests already wait for `entry` and that model can take it now."""
         overflow = entry.route.overflow
         if overflow is None or entry.waiting_for_answer() <= overflow.queue_over:
             return None
         spill = self.table.entries.get(overflow.model)
-        if spill is None or spill.id == entry.id or not spill.ready() or spill.full():
+        if spill is None or spill.id == entry.id or spill.full():
             return None
-        return spill
+        return spill if (spill.ready_here() if here_only else spill.ready()) else None
 
     async def handle_models(self, request: web.Request) -> web.Response:
         try:
@@ -261,9 +289,24 @@ class Gateway:
                         "owned_by": "reconciler",
                         "root": entry.id,
                         "status": entry.status,
+                        "hosts": list(entry.route.hosts),
                     }
                 )
         return web.json_response({"object": "list", "data": data}, headers={MODEL_HEADER: ""})
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        """Whether this gateway can serve: other hosts' daemons probe it (no key: it says
+        nothing but this host's name); 503 before the daemon's first routing table."""
+        loaded = self.table.routes.generation != 0
+        body = {"status": "ok" if loaded else "no routing table yet", "host": self.settings.host}
+        return web.json_response(body, status=200 if loaded else 503, headers={MODEL_HEADER: ""})
+
+    async def stamp_host(self, request: web.Request, response: web.StreamResponse) -> None:
+        """X-Reconciler-Host on every response in a fleet: this host, unless another host's
+        gateway answered (the relay passed its name on)."""
+        host = self.settings.host
+        if host and HOST_HEADER not in response.headers:
+            response.headers[HOST_HEADER] = host
 
     async def handle_inflight(self, request: web.Request) -> web.Response:
         if not from_this_host(request):
@@ -294,16 +337,16 @@ class Gateway:
 
     def app(self) -> web.Application:
         # read_json applies the table's limit
-        checks = client_middleware(
-            self.guard, lambda: bool(self.settings.api_keys), self.connections
-        )
+        checks = client_middleware(self.guard, lambda: self.keyed, self.connections)
         app = web.Application(client_max_size=2**62, middlewares=[checks])
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_post("/v1/{tail:.+}", self.handle_post)
+        app.router.add_get("/healthz", self.handle_health)
         app.router.add_get("/internal/inflight", self.handle_inflight)
         app.router.add_get("/internal/traffic", self.handle_traffic)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_route("*", "/{tail:.*}", self.handle_unknown)
+        app.on_response_prepare.append(self.stamp_host)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app

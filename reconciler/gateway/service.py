@@ -33,6 +33,7 @@ from reconciler.core.health import Activity
 from reconciler.core.instance import InstanceRecord
 from reconciler.engines.base import Handle
 from reconciler.gateway.demand import DemandWatch
+from reconciler.gateway.peer_watch import PeerWatch, peers_of
 from reconciler.gateway.routes import (
     ApiKey,
     GatewaySettings,
@@ -82,6 +83,8 @@ class GatewayService:
         self.generation = _generation_on_disk(self.routes_path)
         self.draining: set[str] = set()
         self._last: tuple[DesiredState, dict[str, InstanceRecord], tuple[str, ...]] | None = None
+        self.down_hosts: frozenset[str] = frozenset()
+        """the other hosts of a fleet whose gateways do not answer (left out of the table)"""
         self._last_table: Routes | None = None
         self.unanswered_checks = unanswered_checks
         self.unanswered_for_s = unanswered_for_s
@@ -237,12 +240,15 @@ class GatewayService:
         desired: DesiredState | None,
         records: Mapping[str, InstanceRecord],
         unschedulable: Collection[str] = (),
+        down_hosts: Collection[str] = (),
     ) -> int:
         """Write the routing table for what the last pass left (call after every pass); a table
-        equal to the last one is not rewritten. Returns the generation the gateway will load."""
+        equal to the last one is not rewritten. Returns the generation the gateway will load.
+        `down_hosts`: the other hosts of a fleet whose gateways do not answer."""
         if desired is None:
             return self.generation
         self._last = (desired, dict(records), tuple(unschedulable))
+        self.down_hosts = frozenset(down_hosts)
         return self._write()
 
     def drain(self, urls: Collection[str], timeout_s: float | None = None) -> bool:
@@ -260,9 +266,14 @@ class GatewayService:
             return self.generation
         desired, records, unschedulable = self._last
         table = build_routes(
-            desired, records, self.settings, unschedulable=unschedulable, draining=self.draining
+            desired,
+            records,
+            self.settings,
+            unschedulable=unschedulable,
+            draining=self.draining,
+            down_hosts=self.down_hosts,
         )
-        ready = {i.url for m in table.models.values() for i in m.instances}
+        ready = {i.url for m in table.models.values() for i in m.instances if not i.peer}
         self.draining &= ready  # a stopped engine's mark goes: restarted, it takes requests again
         last = self._last_table
         if last is not None and (table.models, table.settings) == (last.models, last.settings):
@@ -296,7 +307,10 @@ def is_loopback(listen: str) -> bool:
     return listen.rpartition(":")[0] in LOOPBACK
 
 
-def settings_from(cluster: ClusterSpec, base: GatewaySettings) -> GatewaySettings:
+def settings_from(
+    cluster: ClusterSpec, base: GatewaySettings, host: str | None = None
+) -> GatewaySettings:
+    """The gateway's settings from cluster.yaml; `host`: this host's name in a fleet."""
     config = cluster.gateway
     return GatewaySettings(
         queue_timeout_s=config.queue_timeout_s,
@@ -307,6 +321,8 @@ def settings_from(cluster: ClusterSpec, base: GatewaySettings) -> GatewaySetting
         max_buffered_bytes=config.max_buffered_mb * 2**20,
         retry_after_s=base.retry_after_s,
         api_keys=tuple(ApiKey(k.name, k.key_env) for k in config.api_keys),
+        host=host or "",
+        fleet_key_env=config.fleet_key_env if host else None,
     )
 
 
@@ -314,15 +330,16 @@ def attach(daemon: Daemon, gateway: GatewayService) -> None:
     """Make `gateway` part of `daemon`: started and stopped with it, fed on the loop thread."""
     daemon.add_service(gateway)
     short_keys = ShortKeys()
-    daemon.pass_listeners.append(lambda result: publish(daemon, gateway, result, short_keys))
+    desired = lambda: daemon.reconciler.last_desired  # noqa: E731
+    peers = PeerWatch(desired, daemon.controller.trigger)
+    daemon.add_service(peers)
+    daemon.pass_listeners.append(lambda result: publish(daemon, gateway, result, short_keys, peers))
     host = daemon.reconciler.settings.engine_host
     daemon.reconciler.executor.before_stop.append(lambda handles: drain(gateway, host, handles))
     daemon.reconciler.supervisor.activity = lambda: activity(gateway)
     # on-demand models: the loop reads who waits for what, and a request for a cold one
     # asks for a pass at once
-    watch = DemandWatch(
-        gateway.answered, daemon.controller.trigger, lambda: daemon.reconciler.last_desired
-    )
+    watch = DemandWatch(gateway.answered, daemon.controller.trigger, desired)
     daemon.reconciler.planning.traffic = watch.traffic
     daemon.add_service(watch)
 
@@ -332,16 +349,22 @@ def publish(
     gateway: GatewayService,
     result: PassResult,
     short_keys: ShortKeys | None = None,
+    peers: PeerWatch | None = None,
 ) -> None:
     desired = daemon.reconciler.last_desired
     state = daemon.reconciler.last_state
     if desired is None or state is None:
         return
-    gateway.settings = settings_from(desired.cluster, gateway.settings)
+    gateway.settings = settings_from(desired.cluster, gateway.settings, desired.host)
     if short_keys is not None:
         short_keys.check(daemon, gateway)
+    down: Collection[str] = ()
+    if peers is not None:
+        for kind, message in peers.news(peers_of(desired)):
+            daemon.reconciler.event(kind, None, message)
+        down = peers.down()
     unschedulable = [u.model for u in result.plan.unschedulable]
-    gateway.publish(desired, state.models, unschedulable)
+    gateway.publish(desired, state.models, unschedulable, down)
     gateway.ensure_running()
 
 

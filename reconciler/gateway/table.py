@@ -18,6 +18,9 @@ from reconciler.gateway.routes import RouteModel, Routes
 DOWN_FOR_S = 1.0
 """after a connection error an instance is tried last for this long (the daemon may not have
 noticed yet that it died)"""
+PEER_DOWN_FOR_S = 5.0
+"""after a connection error another host's gateway gets no request for this long (the daemon
+probes it this often: by then its table has left the host out, or it answers again)"""
 
 
 @dataclass(eq=False)
@@ -25,8 +28,8 @@ class Instance:
     url: str
     model: str
     key: str = ""
-    """unique in the table: the URL of an engine; a remote endpoint's, with `#<model>` (two
-    remote models may share an endpoint, each with its own count against its limit)"""
+    """unique in the table: the URL of an engine; a remote endpoint's or another host's
+    gateway's, with `#<model>` (models share them, each with its own count)"""
     id: str = ""
     """the instance's id, named in X-Reconciler-Instance (`gemma3-270m.1`)"""
     inflight: int = 0
@@ -39,6 +42,10 @@ class Instance:
     last_byte_at: float | None = None
     """monotonic time it last sent bytes to a client (the daemon's health checks: a busy
     engine is not a dead one)"""
+    host: str = ""
+    """the host that serves it ("" = this one)"""
+    peer: bool = False
+    """another host's gateway: a forwarded request goes there"""
 
     def __post_init__(self) -> None:
         self.key = self.key or self.url
@@ -78,6 +85,20 @@ class Entry:
 
     def ready(self) -> bool:
         return self.route.status == "running" and any(i.routable for i in self.instances)
+
+    def local_status(self) -> str:
+        """What this host alone offers (a forwarded request may use nothing else)."""
+        return self.route.local_status or self.route.status
+
+    def ready_here(self) -> bool:
+        """Ready on this host's own instances."""
+        return self.local_status() == "running" and any(
+            i.routable and not i.peer for i in self.instances
+        )
+
+    def peer_keys(self) -> set[str]:
+        """Its instances on other hosts: what a forwarded request must not be sent to."""
+        return {i.key for i in self.instances if i.peer}
 
     def full(self) -> bool:
         """A remote model with max_concurrency requests in flight: the next one waits."""
@@ -123,10 +144,11 @@ class Table:
                 entry.last_request_at = previous.last_request_at
                 entry.affinity = previous.affinity
             for spec in route.instances:
-                key = spec.url if route.remote is None else f"{spec.url}#{model_id}"
+                shared = route.remote is not None or spec.peer
+                key = f"{spec.url}#{model_id}" if shared else spec.url
                 instance = self.instances.get(key)
                 if instance is None or instance.model != model_id:
-                    instance = Instance(spec.url, model_id, key)
+                    instance = Instance(spec.url, model_id, key, host=spec.host, peer=spec.peer)
                     self.instances[key] = instance
                 instance.draining = spec.draining
                 instance.id = spec.id or model_id
@@ -195,7 +217,10 @@ class Table:
             instance = candidates[index]
             if not instance.routable or instance.key in exclude:
                 continue
-            key = (instance.down_until > now, instance.inflight)
+            down = instance.down_until > now
+            if down and instance.peer:
+                continue  # a host that refused: skipped until it answers again (the daemon)
+            key = (down, instance.inflight)
             if best is None or key < best_key:
                 best, best_key, best_index = instance, key, index
         if best is None:
@@ -226,7 +251,8 @@ class Table:
             "instances": {
                 key: {
                     "model": i.model,
-                    "remote": i.key != i.url,
+                    "remote": i.key != i.url,  # not an engine of this host
+                    "peer": i.peer,
                     "inflight": i.inflight,
                     "served": i.served,
                     "draining": i.draining,
@@ -238,7 +264,7 @@ class Table:
             },
             "models": {
                 model_id: {
-                    "status": e.status,
+                    "status": e.local_status(),  # the daemon's business: this host's engines
                     "inflight": (inflight := sum(i.inflight for i in e.instances)),
                     "queued": e.waiting,
                     "wanted": inflight > 0 or e.waiting > 0,
