@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ import typer
 from reconciler.cli.loading import read_desired, validate_here
 from reconciler.core.desired import DesiredState
 from reconciler.core.diff import diff_cluster, diff_desired, render_diff
+from reconciler.core.fleet import host_view
 from reconciler.core.instance import InstanceRecord
 from reconciler.core.plan import (
     Plan,
@@ -23,14 +25,32 @@ from reconciler.core.plan import (
     render_markdown,
     render_text,
 )
+from reconciler.core.plan.fleet_report import (
+    FleetPlan,
+    fleet_plan,
+    render_fleet_json,
+    render_fleet_markdown,
+    render_fleet_text,
+)
 from reconciler.core.secrets import secret_uses
 from reconciler.gpus import InventoryError, inventory
 from reconciler.loop.memory import read_learned
 from reconciler.loop.planning import Requirements, plan_desired
+from reconciler.source.load import HOSTS_DIR, is_spec_path
 from reconciler.state.reading import ObservedFileError, read_observed
 
 from . import command_app
-from .options import DEFAULT_DIR, DirArg, RevOpt, StateDirOpt, err, resolve_state_dir, usage_error
+from .options import (
+    DEFAULT_DIR,
+    DirArg,
+    HostNameOpt,
+    RevOpt,
+    StateDirOpt,
+    err,
+    host_name,
+    resolve_state_dir,
+    usage_error,
+)
 
 app = command_app()
 
@@ -94,11 +114,20 @@ def plan_cmd(
     ] = None,
     fmt: Annotated[PlanFormat, typer.Option("--format")] = PlanFormat.text,
     state_dir: StateDirOpt = None,
+    host: HostNameOpt = None,
+    only: Annotated[
+        str | None, typer.Option("--host", help="a fleet (hosts/): only this host's plan")
+    ] = None,
 ) -> None:
     """Print what a pass would do: starts, stops, restarts, preemptions, and why."""
     if (base is None) != (head is None):
         raise usage_error("--base and --head go together")
     observed = _observed_from_file(observed_file) if observed_file else None
+    if _is_fleet(directory, head if base is not None else rev):
+        where = Where(directory, state_dir, host_name(host), only, observed)
+        fleet, spec_diff = _review_fleet(where, base, head) if base else _plan_fleet(where, rev)
+        sys.stdout.write(_render_fleet(fleet, fmt, spec_diff) + "\n")
+        raise typer.Exit(0 if isinstance(fleet, FleetPlan) or fleet.valid else 1)
     if base is not None:
         plan, spec_diff = _plan_review(directory, base, head, observed)
         sys.stdout.write(render_plan(plan, fmt, spec_diff) + "\n")
@@ -112,8 +141,7 @@ def plan_cmd(
         plan = reconciler.pass_once(dry_run=True).plan
         desired, requirements = reconciler.last_desired, reconciler.requirements
     else:
-        learned = read_learned(resolve_state_dir(state_dir))
-        requirements = Requirements(lambda m, h: learned.get(m, {}).get(h))
+        requirements = _learned(state_dir)
         plan, desired = _plan_offline(directory, rev, observed or {}, requirements)
     plan = with_secrets(plan, desired)
     text = render_plan(plan, fmt)
@@ -121,6 +149,12 @@ def plan_cmd(
         text += memory_basis(requirements, desired)
     sys.stdout.write(text + "\n")
     raise typer.Exit(0 if plan.valid else 1)
+
+
+def _learned(state_dir: Path | None) -> Requirements:
+    """What engines were measured to use on this host (memory.json of its state directory)."""
+    learned = read_learned(resolve_state_dir(state_dir))
+    return Requirements(lambda m, h: learned.get(m, {}).get(h))
 
 
 def with_secrets(
@@ -171,3 +205,122 @@ def _plan_review(
         diff_desired(base_desired, head_desired), diff_cluster(base_desired, head_desired)
     )
     return with_secrets(head_plan, head_desired, base_desired), text or "no spec changes"
+
+
+# ---- a fleet (desired-state/hosts/): a plan per host -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a fleet's plan is made: the repository, this host (its state directory, its name,
+    an --observed file of it) and the one host asked for (--host)."""
+
+    directory: Path
+    state_dir: Path | None
+    me: str
+    only: str | None
+    observed: Observed | None
+
+
+def _is_fleet(directory: Path, rev: str | None) -> bool:
+    """Whether the repository declares hosts (the working tree: any hosts/*.yaml; a revision:
+    read, since only git knows)."""
+    if rev is not None:
+        return bool(read_desired(directory, rev).hosts)
+    hosts = directory / HOSTS_DIR
+    return hosts.is_dir() and any(is_spec_path(f"{HOSTS_DIR}/{p.name}") for p in hosts.iterdir())
+
+
+def _validated(directory: Path, rev: str | None) -> tuple[DesiredState | None, Plan]:
+    raw = read_desired(directory, rev)
+    result = validate_here(raw, check_paths=False)
+    return result.desired, invalid_plan(raw.revision, result.problems)
+
+
+def _shown(desired: DesiredState, where: Where) -> list[str]:
+    if where.only is None:
+        return sorted(desired.hosts)
+    if where.only not in desired.hosts:
+        known = ", ".join(sorted(desired.hosts))
+        raise usage_error(f"--host {where.only}: not a host of the fleet (declared: {known})")
+    return [where.only]
+
+
+def _plan_fleet(where: Where, rev: str | None) -> tuple[FleetPlan | Plan, str | None]:
+    """Each host's plan: this host's against what runs here (its state directory or --observed),
+    the others' from nothing running (their engines are observed on them)."""
+    desired, invalid = _validated(where.directory, rev)
+    if desired is None:
+        return invalid, None
+    plans = {}
+    for name in _shown(desired, where):
+        if name != where.me:
+            plans[name] = _host_plan(desired, name, {}, None, "from nothing running")
+        elif where.observed is None and _host_observable(where.state_dir):
+            from reconciler.loop.reconcile import Reconciler, Settings
+
+            settings = Settings(where.directory, resolve_state_dir(where.state_dir), rev)
+            settings.host_name = name
+            live = Reconciler(settings).pass_once(dry_run=True).plan
+            plans[name] = (live, "this host: against what runs here")
+        else:
+            why = "this host: against " + ("--observed" if where.observed else "nothing running")
+            requirements = _learned(where.state_dir)
+            plans[name] = _host_plan(desired, name, where.observed or {}, requirements, why)
+    secrets = with_secrets(Plan(None, True), desired).secrets
+    return fleet_plan(desired.revision, plans, invalid.problems, secrets), None
+
+
+def _host_plan(
+    desired: DesiredState,
+    name: str,
+    observed: Observed,
+    requirements: Requirements | None,
+    basis: str,
+) -> tuple[Plan | None, str]:
+    """One host's plan and what it was made against, or None and why not. `requirements` is
+    this host's learned memory; None: a host whose GPUs are only known there unless declared."""
+    view = host_view(desired, name)
+    if view.cluster.gpus == "auto" and requirements is None:
+        return None, (
+            f"hosts/{name}.yaml says `gpus: auto`: its GPUs are read on {name} itself "
+            f"(run `reconciler plan --host-name {name}` there, or declare them)"
+        )
+    try:
+        return plan_desired(view, observed, requirements=requirements), basis
+    except InventoryError as exc:
+        return None, str(exc).split("\n", 1)[0]
+
+
+def _review_fleet(where: Where, base: str, head: str | None) -> tuple[FleetPlan | Plan, str]:
+    """A pull request's plan per host: HEAD's share of each host against what BASE's share of
+    it converged to (nothing, for a host BASE did not declare)."""
+    base_desired, _ = _validated(where.directory, base)
+    head_desired, invalid = _validated(where.directory, head)
+    text = render_diff(
+        diff_desired(base_desired, head_desired), diff_cluster(base_desired, head_desired)
+    )
+    if head_desired is None:
+        return invalid, text or "no spec changes"
+    plans = {}
+    for name in _shown(head_desired, where):
+        start = where.observed or {} if name == where.me else {}
+        if base_desired is not None and name in base_desired.hosts:
+            before, _ = _host_plan(base_desired, name, start, None, "")
+            start = converged_observed(before, start) if before is not None else start
+        basis = "against what BASE converged to on it"
+        plans[name] = _host_plan(head_desired, name, start, None, basis)
+    secrets = with_secrets(Plan(None, True), head_desired, base_desired).secrets
+    fleet = fleet_plan(head_desired.revision, plans, invalid.problems, secrets)
+    return fleet, text or "no spec changes"
+
+
+def _render_fleet(fleet: FleetPlan | Plan, fmt: PlanFormat, spec_diff: str | None) -> str:
+    if isinstance(fleet, Plan):  # an invalid desired state: no host's plan, the problems
+        return render_plan(fleet, fmt, spec_diff)
+    if fmt is PlanFormat.json:
+        return render_fleet_json(fleet)
+    if fmt is PlanFormat.markdown:
+        return render_fleet_markdown(fleet, spec_diff)
+    text = render_fleet_text(fleet)
+    return f"{spec_diff}\n\n{text}" if spec_diff else text

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from reconciler.core.desired import Problem
 from reconciler.core.plan.actions import Action, Outcome, Plan, RemoteModel, gpu_names
 
 
 def render_json(plan: Plan) -> str:
     """The plan as JSON: stable keys and order, byte-identical for the same plan."""
+    return json.dumps(json_document(plan), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def json_document(plan: Plan) -> dict[str, object]:
+    """The plan as plain values (render_json's document)."""
     document: dict[str, object] = {
         "revision": plan.revision,
         "valid": plan.valid,
@@ -39,7 +45,7 @@ def render_json(plan: Plan) -> str:
         document["secrets"] = [use.to_dict() for use in plan.secrets]
     if plan.remote:
         document["remote"] = [model.to_dict() for model in plan.remote]
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
+    return document
 
 
 def render_text(plan: Plan) -> str:
@@ -51,7 +57,12 @@ def render_text(plan: Plan) -> str:
             "(the last valid desired state stays in force).",
         ]
         return "\n".join([*lines, *(f"  {p}" for p in plan.problems)])
-    lines = [f"Plan for {revision}: {plan.summary()}"]
+    return "\n".join([f"Plan for {revision}: {plan.summary()}", *text_sections(plan)])
+
+
+def text_sections(plan: Plan) -> list[str]:
+    """A valid plan's lines under its title: actions, then each section it has."""
+    lines = []
     if not plan.actions:
         lines.append("  nothing to do: what runs matches the desired state")
     width = max((len(a.model) for a in plan.actions), default=0)
@@ -80,7 +91,7 @@ def render_text(plan: Plan) -> str:
     if plan.problems:
         lines.append("Problems:")
         lines.extend(f"  {p}" for p in plan.problems)
-    return "\n".join(lines)
+    return lines
 
 
 def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
@@ -94,47 +105,56 @@ def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
         ]
     else:
         out += [f"**{plan.summary()}**", ""]
-        out += _markdown_actions(plan.actions)
-        if plan.unschedulable:
-            out += ["#### Unschedulable", "", "| Model | Reason |", "|---|---|"]
-            out += [f"| `{m}` | {_cell(r)} |" for m, r in plan.unschedulable] + [""]
-        if on_demand := _on_demand(plan):
-            out += ["#### On demand", "", "| Model | Demand | Note |", "|---|---|---|"]
-            out += [f"| `{m}` | {o.demand} | {_cell(o.reason or '')} |" for m, o in on_demand]
-            out += [""]
-        if plan.remote:
-            out += ["#### Remote models (never placed)", "", "| Model | Endpoint host | Note |"]
-            out += ["|---|---|---|"]
-            out += [
-                f"| `{r.id}` | {_cell(r.host)} | {_cell(_remote_note(r))} |" for r in plan.remote
-            ]
-            out += [""]
-        if plan.gpus:
-            out += [
-                "#### GPU memory",
-                "",
-                "| GPU | Capacity | Before | After |",
-                "|--:|--:|--:|--:|",
-            ]
-            out += [
-                f"| {g.index} | {g.memory_mb} MiB | {g.used_mb_before} MiB "
-                f"| {g.used_mb_after} MiB |"
-                for g in plan.gpus
-            ] + [""]
-        if plan.secrets:
-            out += ["#### Secrets", "", "| Secret | Goes to | Use | |", "|---|---|---|---|"]
-            out += [
-                f"| `{u.name}` | {_cell(u.destination)} | {_cell(u.use)} | "
-                f"{'**new**' if u.new else ''} |"
-                for u in plan.secrets
-            ] + [""]
-    if plan.problems:
+        out += markdown_sections(plan)
+    out += markdown_tail(plan.problems, spec_diff)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def markdown_sections(plan: Plan, heading: str = "####") -> list[str]:
+    """A valid plan's markdown under its summary: actions, then each section it has."""
+    out = _markdown_actions(plan.actions)
+    if plan.unschedulable:
+        out += [f"{heading} Unschedulable", "", "| Model | Reason |", "|---|---|"]
+        out += [f"| `{m}` | {cell(r)} |" for m, r in plan.unschedulable] + [""]
+    if on_demand := _on_demand(plan):
+        out += [f"{heading} On demand", "", "| Model | Demand | Note |", "|---|---|---|"]
+        out += [f"| `{m}` | {o.demand} | {cell(o.reason or '')} |" for m, o in on_demand]
+        out += [""]
+    if plan.remote:
+        out += [f"{heading} Remote models (never placed)", "", "| Model | Endpoint host | Note |"]
+        out += ["|---|---|---|"]
+        out += [f"| `{r.id}` | {cell(r.host)} | {cell(_remote_note(r))} |" for r in plan.remote]
+        out += [""]
+    if plan.gpus:
+        out += [
+            f"{heading} GPU memory",
+            "",
+            "| GPU | Capacity | Before | After |",
+            "|--:|--:|--:|--:|",
+        ]
+        out += [
+            f"| {g.index} | {g.memory_mb} MiB | {g.used_mb_before} MiB | {g.used_mb_after} MiB |"
+            for g in plan.gpus
+        ] + [""]
+    if plan.secrets:
+        out += [f"{heading} Secrets", "", "| Secret | Goes to | Use | |", "|---|---|---|---|"]
+        out += [
+            f"| `{u.name}` | {cell(u.destination)} | {cell(u.use)} | {'**new**' if u.new else ''} |"
+            for u in plan.secrets
+        ] + [""]
+    return out
+
+
+def markdown_tail(problems: Sequence[Problem], spec_diff: str | None) -> list[str]:
+    """The validation problems and the folded spec diff that end a plan's comment."""
+    out = []
+    if problems:
         out += ["#### Validation problems", ""]
         out += [
             f"- `{p.location()}` {p.severity}"
             + (f" `{p.field}`" if p.field else "")
-            + f": {_cell(p.message)}"
-            for p in plan.problems
+            + f": {cell(p.message)}"
+            for p in problems
         ] + [""]
     if spec_diff:
         fence = "```"
@@ -142,7 +162,7 @@ def render_markdown(plan: Plan, spec_diff: str | None = None) -> str:
             fence += "`"
         out += ["<details><summary>Spec diff</summary>", "", f"{fence}diff", spec_diff.rstrip("\n")]
         out += [fence, "", "</details>", ""]
-    return "\n".join(out).rstrip("\n") + "\n"
+    return out
 
 
 def _markdown_actions(actions: Sequence[Action]) -> list[str]:
@@ -157,7 +177,7 @@ def _markdown_actions(actions: Sequence[Action]) -> list[str]:
         memory = f"{a.memory_mb} MiB" if a.gpus else ""
         port = "" if a.port is None else str(a.port)
         rows.append(
-            f"| {i} | {a.action} | `{a.model}` | {gpus} | {memory} | {port} | {_cell(a.reason)} |"
+            f"| {i} | {a.action} | `{a.model}` | {gpus} | {memory} | {port} | {cell(a.reason)} |"
         )
     return [*rows, ""]
 
@@ -173,6 +193,6 @@ def _on_demand(plan: Plan) -> list[tuple[str, Outcome]]:
     return [(m, o) for m, o in plan.models.items() if o.demand is not None]
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
     """Text safe inside a markdown table cell."""
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
