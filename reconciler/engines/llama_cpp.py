@@ -16,6 +16,14 @@ llama-cpp-python's server settings (pydantic-settings, case-insensitive) read HO
 beat its --host/--port: a spec may not set them, and they are removed from the environment the
 engine inherits.
 
+Prompt cache (a prompt's work kept beyond the one the engine just served, so that prefix
+routing's repeated prefixes skip their processing): llama-server keeps one prompt per slot
+(`--parallel`, auto = 4 in current builds, all sharing ctx-size) and more in host RAM up to
+`--cache-ram` MiB, which is on by default there with an 8 GiB bound; llama_server_argv() passes
+llama_cpp_memory.PROMPT_CACHE_MIB unless the spec sets `cache-ram`. Host RAM, not GPU memory,
+so the planner does not count it (llama_cpp_memory says why). llama-cpp-python's server: see
+llama_cpp_python.py (off unless a spec sets `cache-ram`: its bound does not bound its RAM).
+
 Readiness: llama-server answers /health; llama_cpp.server has no /health, and health_path()
 substitutes llama_cpp_python.HEALTH_PATH when a spec keeps the default (why that path: there).
 """
@@ -40,7 +48,7 @@ from reconciler.engines.base import (
     EnginePlacement,
     KubernetesContainer,
 )
-from reconciler.engines.llama_cpp_memory import estimate_hook
+from reconciler.engines.llama_cpp_memory import PROMPT_CACHE_MIB, estimate_hook
 from reconciler.engines.llama_cpp_python import HEALTH_PATH as PYTHON_SERVER_HEALTH_PATH
 from reconciler.engines.llama_cpp_python import python_server_args, python_server_unsupported
 from reconciler.engines.process_engine import ProcessEngine
@@ -127,6 +135,7 @@ PARAMETERS = frozenset(
         "metrics",
         "slots",
         "cache-reuse",
+        "cache-ram",
         "lora",
         "mmproj",
         "verbose",
@@ -168,7 +177,8 @@ def llama_server_argv(
     spec: ModelSpec, placement: EnginePlacement, launcher: tuple[str, ...]
 ) -> list[str]:
     """Pure: the descriptor's argv builder, `llama-server --model M --host H --port P ...`."""
-    return [*launcher, *_base_args(spec, placement), *llama_server_args(spec.parameters)]
+    parameters = {"cache-ram": PROMPT_CACHE_MIB, **spec.parameters}
+    return [*launcher, *_base_args(spec, placement), *llama_server_args(parameters)]
 
 
 def _base_args(spec: ModelSpec, placement: EnginePlacement) -> list[str]:

@@ -2,6 +2,13 @@
 
 The estimate hook of the llama_cpp descriptor. Pure arithmetic; the shared parts (facts,
 CUDA context, parameter parsing) are reconciler.core.estimate's.
+
+The prompt cache (PROMPT_CACHE_MIB) is not counted: it is host RAM, not GPU memory. Both
+servers keep a cached prompt as a copy of its KV state that they read out of the context into
+ordinary process memory (llama-server's host-memory prompt cache, llama-cpp-python's
+`LlamaRAMCache` of `save_state()` copies) and copy back in on a hit, so it never grows the
+GPU's share; the GPU keeps only the one context counted below. Parallel slots share that
+context (see _kv_derivation).
 """
 
 from __future__ import annotations
@@ -32,6 +39,14 @@ for recent models and would reserve many GiB of KV cache the engine does not all
 default. 4096 is llama.cpp's long-standing common default (llama-cpp-python's is 2048; recent
 llama-server builds read the model's). Engines should pass ctx-size explicitly so that engine
 and estimate agree."""
+
+PROMPT_CACHE_MIB = 1024
+"""The host RAM bound (MiB) of a llama.cpp engine's prompt cache when a spec sets no `cache-ram`.
+
+llama-server keeps prompts beyond its slots in host RAM by default, up to 8192 MiB per engine;
+on a host running several engines that is many GiB nobody planned, so the engine module passes
+this smaller bound (1 GiB: a few dozen long prompts of a small model, a handful of a 7B one).
+A spec's `cache-ram` overrides it (0 turns the cache off). Not GPU memory: see above."""
 
 LLAMA_UBATCH = 512
 """llama.cpp's default physical batch (n_ubatch = 512, logged as `n_ubatch`); the compute

@@ -92,6 +92,8 @@ def test_llama_server_argv_is_exact(tmp_path: Path) -> None:
         "8123",
         "--alias",
         "qwen",
+        "--cache-ram",
+        "1024",
         "--no-cont-batching",
         "--ctx-size",
         "8192",

@@ -433,6 +433,8 @@ spec:
         - 0.0.0.0
         - --port
         - '8080'
+        - --cache-ram
+        - '1024'
         - --ctx-size
         - '2048'
         image: ghcr.io/ggml-org/llama.cpp:server-cuda
