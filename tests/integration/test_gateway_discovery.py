@@ -143,6 +143,10 @@ def test_the_rendered_gateway_routes_by_id_and_alias_and_falls_back(
         listed = httpx.get(f"{gateway.base}/v1/models", headers=gateway.headers(), timeout=5)
         status = {m["id"]: m["status"] for m in listed.json()["data"]}
         assert status == {"small": "running", "tiny": "running", "big": "error"}
+        # the kubelet's probes, as rendered (no key: they cannot carry one)
+        for probe in ("readinessProbe", "livenessProbe"):
+            path = container[probe]["httpGet"]["path"]
+            assert httpx.get(f"{gateway.base}{path}", timeout=5).status_code == 200
         # without the key (the pod reads it from the operator's Secret) nothing is served
         refused = httpx.post(
             f"{gateway.base}/v1/chat/completions",

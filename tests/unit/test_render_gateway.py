@@ -5,8 +5,10 @@ the models), and the routes file is read back with the gateway's own parser."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +19,15 @@ import pytest
 import yaml
 
 from reconciler import kubernetes as k8s
+from reconciler.cli.loading import validate_here
 from reconciler.core.cluster import ClusterSpec
 from reconciler.core.desired import DesiredState
 from reconciler.core.spec import ModelSpec
+from reconciler.gateway import discovery
 from reconciler.gateway.cluster_routes import routes_file
 from reconciler.gateway.discovery import with_addresses
 from reconciler.gateway.routes import RouteModel, Routes, ServiceRoute, parse_routes
+from reconciler.source.load import load_directory
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -104,6 +109,19 @@ def test_the_gateway_objects_validate_strictly() -> None:
         assert doc["metadata"]["namespace"] == NS
         for version in VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_bundled_desired_state_renders_a_strictly_valid_gateway() -> None:
+    raw = load_directory(REPO / "desired-state")
+    result = validate_here(raw, check_paths=False)
+    assert result.desired is not None
+    rendered, problems = k8s.render_loaded(raw, result.desired, NS, routes_file)
+    assert problems == []
+    docs = gateway_docs(rendered)
+    for doc in docs:
+        for version in VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert sorted(table(docs).models) == sorted(result.desired.models)
 
 
 def test_the_routes_hold_every_model_alias_fallback_remote_and_overflow() -> None:
@@ -291,7 +309,49 @@ def test_a_disabled_model_without_pods_is_disabled_not_an_error() -> None:
     assert routes.models["chat"].status == "disabled"
 
 
+class Resolver:
+    """A stand-in for the event loop's getaddrinfo: answers, or raises, as told."""
+
+    def __init__(self, outcome: list[str] | OSError) -> None:
+        self.outcome = outcome
+
+    async def __call__(self, host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        if isinstance(self.outcome, OSError):
+            raise self.outcome
+        return [(0, 0, 0, "", (a, port)) for a in self.outcome]
+
+
+def resolved(outcome: list[str] | OSError, previous: tuple[str, ...] | None) -> tuple[str, ...]:
+    async def run() -> tuple[str, ...]:
+        loop = asyncio.get_running_loop()
+        loop.getaddrinfo = Resolver(outcome)  # type: ignore[method-assign]
+        return await discovery.resolve("chat-pods.llm.svc", 8080, previous)
+
+    return asyncio.run(run())
+
+
+def test_resolution_follows_the_dns_answer_and_survives_a_resolver_hiccup() -> None:
+    old = ("10.0.0.7",)
+    # one instance per pod: a dual-stack pod's IPv6 address is left out when it has an IPv4 one
+    assert resolved(["10.0.1.9", "10.0.0.7", "fd00::7", "10.0.0.7"], old) == (
+        "10.0.0.7",
+        "10.0.1.9",
+    )
+    assert resolved(["fd00::7"], None) == ("fd00::7",)
+    # no such name (no ready pod): no instance, whatever was there before
+    assert resolved(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), old) == ()
+    # the resolver failing otherwise keeps the last answer: a DNS hiccup does not empty a model
+    assert resolved(socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), old) == old
+    assert resolved(TimeoutError(), old) == old
+    assert resolved(socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), None) == ()
+
+
 # ---- the image -------------------------------------------------------------------------------
+
+
+def instruction(dockerfile: str, name: str) -> str:
+    (found,) = re.findall(rf"^{name} (.*)$", dockerfile, re.M)
+    return str(found)
 
 
 def test_the_dockerfile_copies_what_exists_and_runs_the_rendered_gateway() -> None:
@@ -305,8 +365,8 @@ def test_the_dockerfile_copies_what_exists_and_runs_the_rendered_gateway() -> No
     assert copied and all((REPO / p).exists() for p in copied), copied
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     assert re.search(r"^USER 10001", text, re.M)  # the uid the Deployment runs as
-    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.*)$", text, re.M).group(1))  # type: ignore[union-attr]
-    cmd = json.loads(re.search(r"^CMD (.*)$", text, re.M).group(1))  # type: ignore[union-attr]
+    entrypoint = json.loads(instruction(text, "ENTRYPOINT"))
+    cmd = json.loads(instruction(text, "CMD"))
     assert entrypoint == ["python", "-m", "reconciler.gateway"]
     # the image's default arguments are the rendered Deployment's (default port)
     assert cmd == gateway_container(gateway_docs(render(spec("chat"))))["args"]
