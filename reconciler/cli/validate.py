@@ -97,11 +97,12 @@ def validate_cmd(
     else:
         print_problems(result.problems, fmt)
         if fmt is Format.text:
-            count = len(raw.models)
+            count = f"{len(raw.models)} model(s)"
+            if raw.hosts:
+                count += f", {len(raw.hosts)} host(s)"
             verdict = "[green]valid[/]" if result.valid else "[red]invalid[/]"
             errors, warnings = len(result.errors), len(result.problems) - len(result.errors)
             out.print(
-                f"{directory}: {verdict} ({count} model(s) read, {errors} error(s), "
-                f"{warnings} warning(s))"
+                f"{directory}: {verdict} ({count} read, {errors} error(s), {warnings} warning(s))"
             )
     raise typer.Exit(0 if result.valid else 1)

@@ -136,6 +136,7 @@ def test_validate_points_at_the_broken_host_file_and_at_a_model_on_no_host(
     )
     done = cli(fleet_repo, "validate", "desired-state", "--no-path-check")
     assert done.returncode == 1
+    assert "invalid (3 model(s), 2 host(s) read, 2 error(s)" in done.stdout
     assert f"hosts/b.yaml:{placement}: error: placement:" in done.stdout
     assert (
         f"models/gemma3-270m.yaml:{hosts_line}: error: hosts[1]: unknown host 'c' "
@@ -182,6 +183,22 @@ def test_apply_as_host_a_starts_only_as_models(host: Host) -> None:
     assert last_valid["host"] == "a" and [m["id"] for m in last_valid["elsewhere"]] == ["only-b"]
     status = host.cli("status", "--host-name", "a")
     assert "host: a" in status.stdout
+    plan = host.cli("plan", str(host.desired), "--host-name", "a")
+    assert plan.returncode == 0, str(plan)
+    assert "Host a: no changes (this host: against what runs here)" in plan.stdout
+    assert "Host b: 2 to start (from nothing running)" in plan.stdout
+
+
+def test_the_pre_receive_check_refuses_a_broken_host_file(fleet_repo: Path) -> None:
+    host_b = fleet_repo / "desired-state" / "hosts" / "b.yaml"
+    host_b.write_text(host_b.read_text().replace("gateway: http://127.0.0.1:8002", ""))
+    repo = git.Repo(fleet_repo)
+    repo.index.add([str(host_b.relative_to(fleet_repo))])
+    repo.index.commit("b without its gateway")
+    repo.close()
+    done = cli(fleet_repo, "hooks", "validate-rev", "HEAD", "desired-state", "--git-dir", ".")
+    assert done.returncode == 1
+    assert "desired-state/hosts/b.yaml:1: error: missing required field 'gateway'" in done.stdout
 
 
 def test_an_undeclared_host_touches_nothing(host: Host) -> None:
