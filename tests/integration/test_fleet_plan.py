@@ -214,3 +214,13 @@ def test_an_undeclared_host_touches_nothing(host: Host) -> None:
     ), str(done)
     assert "nothing was changed" in done.stdout
     assert wait_for(lambda: host.engines() == pids, timeout_s=5), "a's engines untouched"
+
+
+def test_gpus_shows_the_inventory_of_the_host_it_runs_as(fleet_repo: Path) -> None:
+    as_b = cli(fleet_repo, "gpus", "desired-state", "--host-name", "b")
+    assert as_b.returncode == 0, as_b.stderr
+    assert "source: declared (host b)" in as_b.stdout
+    assert as_b.stdout.count("Simulated L4") == 2, "b declares two GPUs, a one"
+    stranger = cli(fleet_repo, "gpus", "desired-state", env={"RECONCILER_HOST_NAME": "zz"})
+    assert stranger.returncode == 1
+    assert "this host is 'zz'" in stranger.stdout
