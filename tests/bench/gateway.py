@@ -348,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
                 # nor the remote model, which an older gateway would not know as remote
                 table = json.loads((work / "routes.json").read_text())
                 local = {k: v for k, v in table["models"].items() if k != REMOTE}
+                for route in local.values():  # nor an instance's fleet fields (host, peer)
+                    route["instances"] = [
+                        {k: v for k, v in i.items() if k in ("url", "draining", "id")}
+                        for i in route["instances"]
+                    ]
                 older = {**table, "settings": {}, "models": local}
                 (work / "routes-baseline.json").write_text(json.dumps(older))
                 baseline = GatewayService(

@@ -27,6 +27,7 @@ from reconciler.core.desired import DesiredState
 from reconciler.core.fleet import host_view
 from reconciler.core.instance import InstanceRecord, Status
 from reconciler.core.spec import ModelSpec
+from reconciler.gateway.peer_watch import probe_gateway
 from reconciler.gateway.routes import ApiKey, GatewaySettings, build_routes, write_routes
 from reconciler.gateway.service import GatewayService
 
@@ -293,7 +294,9 @@ def test_when_bs_gateway_stops_a_answers_bs_models_at_once(fleet: Fleet) -> None
     desired = start_with_engines(fleet)
     a, b = fleet.a, fleet.b
     assert a.post("beta").status_code == 200
+    assert probe_gateway(b.base, 2.0) is None  # what the daemon of a asks every 5 s
     b.service.stop()
+    assert probe_gateway(b.base, 2.0) == f"connection refused by {b.base}"
     for _ in range(3):
         started = time.monotonic()
         gone = a.post("beta")
