@@ -169,6 +169,8 @@ def with_secrets(
         base.cluster if base is not None else None,
         models=desired.models.values(),
         base_models=base.models.values() if base is not None else (),
+        hosts=desired.hosts,
+        base_hosts=base.hosts if base is not None else None,
     )
     return dataclasses.replace(plan, secrets=uses)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from reconciler.core.cluster import ClusterSpec, NotificationTarget
+from reconciler.core.cluster import ClusterSpec, HostSpec, NotificationTarget
 from reconciler.core.engine_args import endpoint_host
 from reconciler.core.spec import SECRET_NAME_PATTERN, ModelSpec
 
@@ -97,16 +97,30 @@ def secret_uses(
     base: ClusterSpec | None = None,
     models: Iterable[ModelSpec] = (),
     base_models: Iterable[ModelSpec] = (),
+    hosts: Mapping[str, HostSpec] | None = None,
+    base_hosts: Mapping[str, HostSpec] | None = None,
 ) -> tuple[SecretUse, ...]:
     """Every secret git names and where it goes, as git says it (the values may not exist where
     this runs, e.g. in CI): cluster.yaml's in the file's order, then each remote model's key
-    with its endpoint's host, by model id. With `base` (a review: its cluster and models), the
-    uses that the base revision does not have are marked new."""
-    uses = _uses(cluster) + _model_uses(models)
+    with its endpoint's host, by model id, then the fleet key to each host's gateway, by host
+    name. With `base` (a review: its cluster, models and hosts), the uses that the base
+    revision does not have are marked new."""
+    uses = _uses(cluster) + _model_uses(models) + _fleet_uses(cluster, hosts or {})
     if base is None:
         return uses
-    before = set(_uses(base) + _model_uses(base_models))
+    before = set(_uses(base) + _model_uses(base_models) + _fleet_uses(base, base_hosts or {}))
     return tuple(SecretUse(u.name, u.destination, u.use, u not in before) for u in uses)
+
+
+def _fleet_uses(cluster: ClusterSpec, hosts: Mapping[str, HostSpec]) -> tuple[SecretUse, ...]:
+    # the URL, not the host's name, is what a pull request could point elsewhere
+    name = cluster.gateway.fleet_key_env
+    if name is None:
+        return ()
+    return tuple(
+        SecretUse(name, endpoint_host(hosts[h].gateway), f'fleet key to host "{h}"')
+        for h in sorted(hosts)
+    )
 
 
 def _model_uses(models: Iterable[ModelSpec]) -> tuple[SecretUse, ...]:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_validate import CLUSTER, check, error
 
-from reconciler.core.cluster import ClusterSpec, NotificationTarget
+from reconciler.core.cluster import ClusterSpec, HostSpec, NotificationTarget
 from reconciler.core.plan import Plan, render_json, render_markdown, render_text
 from reconciler.core.secrets import (
     SECRET_RULE,
@@ -296,3 +296,25 @@ def test_a_spec_that_bypassed_validation_still_hands_no_reconciler_variable(
     assert command.env["KEPT"] == "1"
     assert "RECONCILER_SECRET_X" not in command.env
     assert command.env["RECONCILER_MODEL_ID"] == "m"  # the marker, not the spec's value
+
+
+def test_the_fleet_key_is_listed_for_every_host_gateway_and_a_moved_url_is_new() -> None:
+    cluster = ClusterSpec.model_validate({"gateway": {"fleet_key_env": "RECONCILER_SECRET_FLEET"}})
+    hosts = {
+        "b": HostSpec(gateway="http://10.0.0.2:8000"),
+        "a": HostSpec(gateway="https://gpu-a.example.com"),
+    }
+    uses = secret_uses(cluster, hosts=hosts)
+    assert [(u.name, u.destination, u.use) for u in uses] == [
+        ("RECONCILER_SECRET_FLEET", "gpu-a.example.com", 'fleet key to host "a"'),
+        ("RECONCILER_SECRET_FLEET", "10.0.0.2", 'fleet key to host "b"'),
+    ]
+    # a pull request that points b's gateway elsewhere shows the key's new destination
+    moved = {**hosts, "b": HostSpec(gateway="http://203.0.113.9:8000")}
+    review = secret_uses(cluster, cluster, hosts=moved, base_hosts=hosts)
+    assert [(u.destination, u.new) for u in review] == [
+        ("gpu-a.example.com", False),
+        ("203.0.113.9", True),
+    ]
+    # without a fleet key, the hosts' URLs carry no secret
+    assert secret_uses(ClusterSpec(), hosts=hosts) == ()
