@@ -190,7 +190,8 @@ def load_directory(root: str | os.PathLike[str]) -> RawDesiredState:
         if spec_dir.is_dir():
             found = sorted(p for p in spec_dir.iterdir() if _is_spec_name(p.name))
             files.extend((kind, p) for p in found)
-    triples = ((k, _display(p), read_spec_file(p, boundary, _display(p))) for k, p in files)
+    shown = ((k, p, _display(p)) for k, p in files)
+    triples = ((k, d, read_spec_file(p, boundary, d)) for k, p, d in shown)
     return _assemble(str(root), None, triples)
 
 
