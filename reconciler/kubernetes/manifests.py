@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,10 +78,28 @@ def _quote_style(data: str) -> str | None:
     return None if _YAML_1_1.resolve(ScalarNode, data, (True, False)) == _STR else "'"
 
 
+# a literal block may hold only printable characters: ruamel writes any other raw, unreadable
+_UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
 def _represent_str(representer: SafeRepresenter, data: str) -> ScalarNode:
     # a file's text (the gateway's routes.json) stays readable, and diffs line by line
-    style = "|" if "\n" in data else _quote_style(data)
+    block = "\n" in data and _UNPRINTABLE.search(data) is None
+    style = "|" if block else _quote_style(data)
     return representer.represent_scalar(_STR, data, style=style)
+
+
+class _ManifestRepresenter(SafeRepresenter):
+    """The manifests' way with strings and shared objects. A class of its own: ruamel keeps
+    representers per class, and SafeRepresenter's are every `YAML(typ="safe")`'s in the
+    process (a `|` block for any string would reach other writers)."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        # objects shared between documents (probe settings) are written out, never as &anchors
+        return True
+
+
+_ManifestRepresenter.add_representer(str, _represent_str)
 
 
 def _writer(*, pure: bool = False) -> YAML:
@@ -93,9 +112,7 @@ def _writer(*, pure: bool = False) -> YAML:
     yaml.width = 1 << 16  # never fold a long command line
     # libyaml's layout: a sequence at its key's indentation, as kubectl writes it
     yaml.indent(mapping=2, sequence=2, offset=0)
-    # objects shared between documents (probe settings) are written out, never as &anchors
-    yaml.representer.ignore_aliases = lambda _data: True
-    yaml.representer.add_representer(str, _represent_str)
+    yaml.Representer = _ManifestRepresenter
     return yaml
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import io
 import math
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from reconciler.engines.docker_runtime import DockerEngine
 from reconciler.engines.llama_cpp import LlamaBackend, LlamaCppEngine
 from reconciler.engines.sglang import SglangEngine
 from reconciler.engines.vllm import VllmEngine
+from reconciler.kubernetes import manifests
 from reconciler.source.load import load_directory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -922,3 +924,17 @@ def test_the_readme_shows_the_same_examples() -> None:
     for example in ("argocd-application.yaml", "flux-kustomization.yaml"):
         body = (DEPLOY / example).read_text(encoding="utf-8")
         assert body.strip() in section, f"README does not show deploy/kubernetes/{example}"
+
+
+def test_the_manifest_writer_changes_no_other_yaml_writer_in_the_process() -> None:
+    # the writer's string rules (a `|` block for multi-line text, quotes for YAML 1.1 words)
+    # once leaked into every YAML(typ="safe") of the process through ruamel's class-level table
+    out = io.StringIO()
+    manifests._writer().dump({"text": "a\nb", "word": "on", "odd": "\x1f\nz"}, out)
+    assert "text: |-" in out.getvalue() and "word: 'on'" in out.getvalue()
+    assert '"\\x1F\\nz"' in out.getvalue()  # a control character never goes into a block
+    plain = io.StringIO()
+    writer = YAML(typ="safe", pure=True)
+    writer.default_flow_style = False
+    writer.dump({"key": {"\x1f\n": None}, "word": "on"}, plain)
+    assert plain.getvalue() == 'key:\n  ? "\\x1F\\n"\n  : null\nword: on\n'
