@@ -22,7 +22,7 @@ Goals (issue 22): on A, prefix routing's p50 and p99 at least 2x lower; on B, th
 10 %.
 
     .venv/bin/python tests/bench/prefix_routing.py [--prompts 3] [--conversations 2]
-        [--turns 2] [--workers 2] [--seed 7] [--max-tokens 8] [--cache-ram 64]
+        [--turns 2] [--workers 2] [--seed 7] [--max-tokens 8] [--cache-ram 64] [--warm]
 
 Every request of A processes ~1,000 tokens when its prefix is not cached where it lands: on two
 busy cores that is tens of seconds, so the defaults stay small (12 requests a phase, ~5 min).
@@ -94,8 +94,9 @@ def instructions(rng: random.Random, tokens: int = 1000) -> str:
 
 def workload_a(
     rng: random.Random, prompts: int, conversations: int, turns: int
-) -> list[list[list[dict]]]:
-    """Per conversation, the message lists of its requests (each one turn longer)."""
+) -> tuple[list[str], list[list[list[dict]]]]:
+    """The shared instructions, and per conversation the message lists of its requests (each
+    one turn longer)."""
     shared = [instructions(rng) for _ in range(prompts)]
     result = []
     for c in range(prompts * conversations):
@@ -110,7 +111,15 @@ def workload_a(
                 {"role": "user", "content": f"And {rng.choice(WORDS)} {turn}?"},
             ]
         result.append(bodies)
-    return result
+    return shared, result
+
+
+def warm_up(base: str, shared: list[str], max_tokens: int) -> None:
+    """One request per shared instruction, through the routing being measured, not counted:
+    the steady state of instructions that every conversation of a deployment opens with (the
+    cold first request of each is then no longer in the figures of either routing)."""
+    for text in shared:
+        ask(base, [{"role": "user", "content": f"{text}\nQuestion: are you ready?"}], max_tokens)
 
 
 def workload_b(rng: random.Random, requests: int) -> list[list[dict]]:
@@ -235,6 +244,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--cache-ram", type=int, default=64)
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="before workload A, send each shared instruction once (not counted)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -257,7 +271,11 @@ def main() -> None:
                         )
                     )
                     if workload == "A":
-                        convs = workload_a(rng, args.prompts, args.conversations, args.turns)
+                        shared, convs = workload_a(
+                            rng, args.prompts, args.conversations, args.turns
+                        )
+                        if args.warm:
+                            warm_up(harness.base, shared, args.max_tokens)
                         n = args.workers
                         per_worker = [interleave(rng, convs[w::n]) for w in range(n)]
                     else:
